@@ -1,0 +1,192 @@
+"""The full-corpus benchmark: build, search quality and speed against exhaustive MaxSim.
+
+    python scripts/bench.py                      # full debian-pkgs, default encoder
+    python scripts/bench.py --limit 5000         # a quick look
+    python scripts/bench.py --reuse              # keep an index built by an earlier run
+
+Each phase runs in its own process so its peak RSS is its own:
+1. build: encode + store + token index (timings split into encoding and indexing);
+2. search: every dev query one at a time (2 threads), the pipeline's metrics and
+   latency, plus a small sweep of search settings on the same index;
+3. exhaustive: the oracle, exact MaxSim over every stored token, its metrics and
+   its per-query latency.
+Writes runs/bench/report.json and report.md (a table with the exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SWEEP = [  # (k_token, nprobe, n_rerank)
+    (32, 8, 32),
+    (64, 8, 64),
+    (64, 16, 64),
+    (128, 16, 128),
+]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker_build(args: argparse.Namespace) -> dict[str, Any]:
+    from sie_index.index import Index
+
+    index = Index.build(
+        args.index,
+        "debian-pkgs",
+        limit=args.limit or None,
+        on_error="skip",
+        overwrite=True,
+        index_kind=args.index_kind,
+        progress=False,
+    )
+    r = index.build_report
+    assert r is not None
+    info = index.info()
+    return {
+        "documents": r.documents,
+        "tokens": r.tokens,
+        "skipped_lines": len(r.bad_lines),
+        "encode_s": r.encode_seconds,
+        "store_s": r.store_seconds,
+        "index_s": r.index_seconds,
+        "total_s": r.total_seconds,
+        "index_bytes": info["total_bytes"],
+        "bytes_per_token": info["bytes_per_token"],
+        "files_bytes": info["files_bytes"],
+        "token_index": info["token_index"],
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def worker_search(args: argparse.Namespace) -> dict[str, Any]:
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import evaluate
+    from sie_index.index import Index
+    from sie_index.params import SearchParams
+
+    index = Index.open(args.index, verify=False)
+    dataset = BeirDataset.load("debian-pkgs")
+    main = evaluate(index, dataset, params=SearchParams(), max_queries=args.queries)
+    sweep = []
+    for k_token, nprobe, n_rerank in SWEEP:
+        p = SearchParams(k_token=k_token, nprobe=nprobe, n_rerank=n_rerank)
+        rep = evaluate(index, dataset, params=p, max_queries=args.queries)
+        sweep.append({"k_token": k_token, "nprobe": nprobe, "n_rerank": n_rerank,
+                      "metrics": rep.metrics, "latency_ms": rep.latency_ms})
+    return {"main": json.loads(main.to_json()), "sweep": sweep, "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_exhaustive(args: argparse.Namespace) -> dict[str, Any]:
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import evaluate
+    from sie_index.index import Index
+
+    index = Index.open(args.index, verify=False)
+    dataset = BeirDataset.load("debian-pkgs")
+    rep = evaluate(index, dataset, exhaustive=True, max_queries=args.queries,
+                   exhaustive_latency_queries=args.exhaustive_latency_queries)
+    return {"exhaustive_metrics": rep.exhaustive_metrics,
+            "exhaustive_latency_ms": rep.exhaustive_latency_ms,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+WORKERS = {"build": worker_build, "search": worker_search, "exhaustive": worker_exhaustive}
+
+
+def _run_worker(name: str, argv: list[str], out: Path) -> dict[str, Any]:
+    target = out / f"{name}.json"
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--worker", name, "--worker-out", str(target), *argv], check=True
+    )
+    result: dict[str, Any] = json.loads(target.read_text())
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def _table(build: dict[str, Any], search: dict[str, Any], ex: dict[str, Any], command: str) -> str:
+    m = search["main"]
+    pm, lat = m["metrics"], m["latency_ms"]
+    em, elat = ex["exhaustive_metrics"], ex["exhaustive_latency_ms"]
+    rows = [
+        ("documents / tokens", f"{build['documents']:,} / {build['tokens']:,} "
+                               f"({build['skipped_lines']} repeated-id lines skipped)"),
+        ("queries", f"{m['queries']}"),
+        ("token index", json.dumps(build["token_index"])),
+        ("MRR@10 pipeline / exhaustive / ratio",
+         f"{pm['MRR@10']:.4f} / {em['MRR@10']:.4f} / {pm['MRR@10'] / em['MRR@10']:.3f}"),
+        ("nDCG@10 pipeline / exhaustive", f"{pm['nDCG@10']:.4f} / {em['nDCG@10']:.4f}"),
+        ("R@1 / R@10 / R@100 pipeline", f"{pm['R@1']:.4f} / {pm['R@10']:.4f} / {pm['R@100']:.4f}"),
+        ("R@1 / R@10 / R@100 exhaustive", f"{em['R@1']:.4f} / {em['R@10']:.4f} / {em['R@100']:.4f}"),
+        ("search-only latency p50 / p95 (ms)", f"{lat['search_p50']:.2f} / {lat['search_p95']:.2f}"),
+        ("with query encoding p50 / p95 (ms)",
+         f"{lat['with_encoding_p50']:.2f} / {lat['with_encoding_p95']:.2f}"),
+        ("exhaustive MaxSim p50 / p95 (ms)", f"{elat['p50']:.1f} / {elat['p95']:.1f}"),
+        ("exhaustive p50 / pipeline p50", f"{elat['p50'] / lat['search_p50']:.1f}x"),
+        ("build: encoding / storing / indexing (s)",
+         f"{build['encode_s']:.0f} / {build['store_s']:.0f} / {build['index_s']:.0f}"),
+        ("index size on disk", f"{build['index_bytes'] / 2**20:,.0f} MiB, "
+                               f"{build['bytes_per_token']:.0f} bytes a token"),
+        ("peak RSS build / search / exhaustive (MiB)",
+         f"{build['peak_rss_mb']:,.0f} / {search['peak_rss_mb']:,.0f} / {ex['peak_rss_mb']:,.0f}"),
+    ]
+    lines = [f"Command: `{command}`", "", "| measure | value |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    lines += ["", "Search settings (same index, same queries):", "",
+              "| k_token | nprobe | n_rerank | MRR@10 | R@100 | p50 ms | p95 ms |",
+              "|---|---|---|---|---|---|---|"]
+    for s in search["sweep"]:
+        lines.append(f"| {s['k_token']} | {s['nprobe']} | {s['n_rerank']} | "
+                     f"{s['metrics']['MRR@10']:.4f} | {s['metrics']['R@100']:.4f} | "
+                     f"{s['latency_ms']['search_p50']:.2f} | {s['latency_ms']['search_p95']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--limit", type=int, default=0, help="documents to index (0: all)")
+    parser.add_argument("--index", default="runs/bench/index")
+    parser.add_argument("--index-kind", default="auto")
+    parser.add_argument("--queries", type=int, default=None, help="dev queries to run (default all)")
+    parser.add_argument("--exhaustive-latency-queries", type=int, default=50)
+    parser.add_argument("--reuse", action="store_true", help="reuse an existing index")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = WORKERS[args.worker](args)
+        Path(args.worker_out).write_text(json.dumps(result, indent=2))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = ["--index", args.index, "--index-kind", args.index_kind, "--limit", str(args.limit),
+            "--exhaustive-latency-queries", str(args.exhaustive_latency_queries)]
+    if args.queries:
+        argv += ["--queries", str(args.queries)]
+    if args.reuse and (Path(args.index) / "manifest.json").is_file() and (out / "build.json").is_file():
+        build = json.loads((out / "build.json").read_text())
+    else:
+        build = _run_worker("build", argv, out)
+    search = _run_worker("search", argv, out)
+    ex = _run_worker("exhaustive", argv, out)
+    command = "python " + " ".join(sys.argv)
+    report = {"build": build, "search": search, "exhaustive": ex, "command": command}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    table = _table(build, search, ex, command)
+    (out / "report.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""sie-index: a multi-vector (ColBERT-style) retrieval index.
+
+Documents are encoded into one vector per token, stored in a FAISS token index
+plus SQLite document maps, and searched by token ANN followed by exact MaxSim::
+
+    from sie_index import Index
+
+    index = Index.build("my-index", "corpus.jsonl")          # default encoder
+    for hit in Index.open("my-index").search("how do I ...", k=5):
+        print(hit.external_id, hit.score)
+
+Names are imported on first use, so ``import sie_index`` stays cheap (the
+encoders pull in torch only when one is made).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CorruptIndex",
+    "DimensionMismatch",
+    "Document",
+    "Encoder",
+    "EncoderError",
+    "EncoderProtocolError",
+    "EncoderSpec",
+    "EncoderUnavailable",
+    "FormatVersionMismatch",
+    "Hit",
+    "Index",
+    "IndexLocked",
+    "InvalidInput",
+    "NotAnIndex",
+    "PrecomputedEncoder",
+    "SearchParams",
+    "SieIndexError",
+    "StorageError",
+    "TokenStatesEncoder",
+    "maxsim",
+    "maxsim_batch",
+]
+
+_WHERE = {
+    "CorruptIndex": "sie_index.errors",
+    "DimensionMismatch": "sie_index.errors",
+    "EncoderError": "sie_index.errors",
+    "EncoderProtocolError": "sie_index.errors",
+    "EncoderUnavailable": "sie_index.errors",
+    "FormatVersionMismatch": "sie_index.errors",
+    "IndexLocked": "sie_index.errors",
+    "InvalidInput": "sie_index.errors",
+    "NotAnIndex": "sie_index.errors",
+    "SieIndexError": "sie_index.errors",
+    "StorageError": "sie_index.errors",
+    "Document": "sie_index.corpus",
+    "Encoder": "sie_index.encoders.base",
+    "EncoderSpec": "sie_index.encoders.base",
+    "PrecomputedEncoder": "sie_index.encoders.precomputed",
+    "TokenStatesEncoder": "sie_index.encoders.token_states",
+    "Hit": "sie_index.params",
+    "SearchParams": "sie_index.params",
+    "Index": "sie_index.index",
+    "maxsim": "sie_index.maxsim",
+    "maxsim_batch": "sie_index.maxsim",
+}
+
+if TYPE_CHECKING:
+    from sie_index.corpus import Document
+    from sie_index.encoders.base import Encoder, EncoderSpec
+    from sie_index.encoders.precomputed import PrecomputedEncoder
+    from sie_index.encoders.token_states import TokenStatesEncoder
+    from sie_index.errors import (
+        CorruptIndex,
+        DimensionMismatch,
+        EncoderError,
+        EncoderProtocolError,
+        EncoderUnavailable,
+        FormatVersionMismatch,
+        IndexLocked,
+        InvalidInput,
+        NotAnIndex,
+        SieIndexError,
+        StorageError,
+    )
+    from sie_index.index import Index
+    from sie_index.maxsim import maxsim, maxsim_batch
+    from sie_index.params import Hit, SearchParams
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sie_index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

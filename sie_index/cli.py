@@ -1,0 +1,279 @@
+"""The ``sie-index`` command: a thin layer over the library.
+
+Each subcommand parses its arguments, makes one or two library calls, prints
+the result, and turns a :class:`SieIndexError` into a one-line message and exit
+status 2. No logic lives only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sie_index.errors import SieIndexError
+
+__all__ = ["main"]
+
+DEMO_QUERIES = 6
+
+
+def _corpus_arg(value: str) -> Path:
+    """A corpus path, or the name of a dataset shipped with sie-index."""
+    from sie_index.corpus import resolve_dataset
+
+    return resolve_dataset(value)
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from sie_index.params import SearchParams
+
+    flt = getattr(args, "filter", None)
+    return SearchParams().with_(
+        k=getattr(args, "k", None),
+        k_token=args.k_token,
+        n_rerank=args.n_rerank,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        filter=json.loads(flt) if flt and flt.lstrip().startswith("{") else flt,
+    )
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k-token", type=int, help="document tokens fetched per query token")
+    p.add_argument("--n-rerank", type=int, help="candidates rescored by exact MaxSim")
+    p.add_argument("--nprobe", type=int, help="inverted lists visited per query token (IVF)")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth")
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default="minilm", help="minilm (default), token-states:PATH, precomputed:PATH")
+    p.add_argument("--index-kind", default="auto", help="auto, flat, ivf-flat, ivf-sq8, ivf-pq, hnsw")
+    p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
+    p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
+    p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+
+
+def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
+    from sie_index.encoders.registry import load_encoder
+    from sie_index.index import Index
+
+    return Index.build(
+        out,
+        corpus,
+        encoder=load_encoder(args.encoder),
+        index_kind=args.index_kind,
+        limit=args.limit or None,
+        batch_size=args.batch_size,
+        on_error="skip" if args.skip_bad_lines else "raise",
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    index = _build(args, _corpus_arg(args.corpus), Path(args.index))
+    r = index.build_report
+    print(
+        f"built {index.path}: {r.documents} documents, {r.tokens} tokens "
+        f"(encoding {r.encode_seconds:.1f}s, storing {r.store_seconds:.1f}s, "
+        f"indexing {r.index_seconds:.1f}s)"
+    )
+    for bad in r.bad_lines:
+        print(f"skipped {bad.source}:{bad.line}: {bad.reason}", file=sys.stderr)
+    return 0
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    """Print rows as a plain fixed-width table."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from sie_index.index import Index
+
+    index = Index.open(args.index, verify=not args.no_verify)
+    results = index.search_batch(args.queries, params=_params(args), text=True, metadata=True)
+    if args.json:
+        out = [
+            {"query": q, "hits": [{"rank": i + 1, "id": h.external_id, "score": h.score,
+                                    "text": h.text, "metadata": h.metadata}
+                                   for i, h in enumerate(hits)]}
+            for q, hits in zip(args.queries, results, strict=True)
+        ]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    for q, hits in zip(args.queries, results, strict=True):
+        print(f"\nquery: {q}")
+        rows = [(str(i + 1), h.external_id, f"{h.score:.3f}", _clip(h.text or "", 70))
+                for i, h in enumerate(hits)]
+        print_table(rows, ("rank", "id", "score", "text"))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sie_index.index import Index
+
+    info = Index.open(args.index, verify=not args.no_verify).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print_table(
+        [(k, json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in info.items()],
+        ("field", "value"),
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import evaluate
+    from sie_index.index import Index
+
+    folder = _corpus_arg(args.dataset)
+    dataset = BeirDataset.load(folder, split=args.split)
+    index_path = Path(args.index)
+    if args.build or not index_path.exists():
+        _build(args, dataset.corpus_path, index_path)
+    index = Index.open(index_path, verify=not args.no_verify)
+    out = Path(args.out)
+    report = evaluate(
+        index,
+        dataset,
+        params=_params(args),
+        exhaustive=args.exhaustive,
+        max_queries=args.max_queries,
+        run_path=out / "run.trec",
+        report_path=out / "report.json",
+        dataset_name=folder.name,
+        split=args.split,
+    )
+    rows = [(name, f"{value:.4f}",
+             f"{report.exhaustive_metrics[name]:.4f}" if report.exhaustive_metrics else "",
+             f"{report.ratio_to_exhaustive[name]:.3f}" if report.ratio_to_exhaustive else "")
+            for name, value in report.metrics.items()]
+    print(f"{report.queries} queries, {report.index['documents']} documents, "
+          f"{report.index['tokens']} tokens")
+    print_table(rows, ("metric", "pipeline", "exhaustive", "ratio"))
+    lat = report.latency_ms
+    print(f"latency ms: search p50 {lat['search_p50']:.1f} p95 {lat['search_p95']:.1f}; "
+          f"with encoding p50 {lat['with_encoding_p50']:.1f} p95 {lat['with_encoding_p95']:.1f}")
+    if report.exhaustive_latency_ms:
+        ex = report.exhaustive_latency_ms
+        print(f"exhaustive MaxSim latency ms: p50 {ex['p50']:.1f} p95 {ex['p95']:.1f}")
+    print(f"wrote {out / 'report.json'} and {out / 'run.trec'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sie_index.corpus import BeirDataset, packaged_dataset
+    from sie_index.index import Index
+
+    folder = packaged_dataset("debian-pkgs")
+    dataset = BeirDataset.load(folder, split="dev")
+    limit = args.limit or None
+    print(f"building an index of debian-pkgs ({limit or 'all'} documents) "
+          f"with the default encoder (all-MiniLM-L6-v2 token states) into {args.out} ...")
+    t0 = time.perf_counter()
+    # The shipped corpus repeats a few package names (packages with several
+    # descriptions); skip mode keeps the first and reports the rest.
+    index = Index.build(args.out, dataset.corpus_path, limit=limit, overwrite=True,
+                        on_error="skip", progress=False if args.quiet else None)
+    r = index.build_report
+    print(f"built in {time.perf_counter() - t0:.0f}s: {r.documents} documents, {r.tokens} tokens, "
+          f"token index {index.info()['token_index']['kind']}"
+          + (f"; {len(r.bad_lines)} corpus lines skipped (repeated ids)" if r.bad_lines else ""))
+    picked = [(qid, text, next(iter(dataset.qrels[qid])))
+              for qid, text in dataset.queries.items()
+              if any(index.snapshot.docs.doc_ids_where("external_id = ?", [d]).size
+                     for d in dataset.qrels[qid])][: DEMO_QUERIES]
+    results = index.search_batch([text for _, text, _ in picked], k=3, text=True)
+    for (_, text, answer), hits in zip(picked, results, strict=True):
+        print(f"\nquery: {text}   (the judged answer: {answer})")
+        rows = [(str(i + 1), ("* " if h.external_id == answer else "  ") + h.external_id,
+                 f"{h.score:.2f}", _clip(h.text or "", 64)) for i, h in enumerate(hits)]
+        print_table(rows, ("rank", "package", "score", "description"))
+    print(f"\nsearch it yourself: .venv/bin/sie-index search {args.out} \"your question\"")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sie-index", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="build an index from a JSONL corpus or a BEIR folder")
+    p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz, a BEIR folder, or 'debian-pkgs'")
+    p.add_argument("index", help="folder to write the index to")
+    _add_build_options(p)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("search", help="search an index and print a table (or JSON)")
+    p.add_argument("index")
+    p.add_argument("queries", nargs="+", help="one or more query texts")
+    p.add_argument("-k", type=int, default=10, help="hits per query")
+    p.add_argument("--filter", help="SQL predicate over documents, or a JSON object of metadata")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip hashing the vector file on open")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="describe an index")
+    p.add_argument("index")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-verify", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("evaluate", help="evaluate on a BEIR folder: nDCG, MRR, recall, latency")
+    p.add_argument("dataset", help="BEIR folder (corpus, queries, qrels/), or 'debian-pkgs'")
+    p.add_argument("--index", required=True, help="index folder (built from the corpus if absent)")
+    p.add_argument("--build", action="store_true", help="(re)build the index first")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--exhaustive", action="store_true", help="also score by exact MaxSim over all tokens")
+    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("-k", type=int, default=100, help="run depth")
+    p.add_argument("--out", default="runs/eval", help="folder for report.json and run.trec")
+    p.add_argument("--no-verify", action="store_true")
+    _add_build_options(p)
+    _add_search_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="build an index of the shipped debian-pkgs corpus and search it")
+    p.add_argument("--out", default="demo-index", help="index folder")
+    p.add_argument("--limit", type=int, default=5000, help="documents to index (0: all 60,631)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except SieIndexError as exc:
+        print(f"sie-index {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

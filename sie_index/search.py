@@ -1,0 +1,233 @@
+"""The search pipeline over an opened index folder.
+
+For each query (a ``Q`` matrix of query-token vectors):
+
+1. the token index returns the ``k_token`` nearest document tokens of every
+   query token, for all query tokens in one FAISS call;
+2. token rows map to documents; deleted and filtered-out documents drop out;
+3. each candidate gets an approximate score: per query token, the best
+   similarity seen for it, or, when none was seen, the lowest similarity
+   returned for that query token (an upper bound of what was missed, as in
+   XTR/WARP); summed over query tokens;
+4. the best ``n_rerank`` candidates by that score are rescored by exact MaxSim
+   over their stored vectors, in one vectorized pass (segment max);
+5. the top ``k`` by exact score are returned, ties broken by internal id.
+
+A selective filter (few allowed documents) skips the ANN and scores every
+allowed document exactly, so a filter never silently empties a result list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sie_index.maxsim import segment_maxsim, segment_maxsim_explain
+from sie_index.params import Hit, MatchedToken, SearchParams
+from storage.store import StoreSnapshot
+
+__all__ = ["Ranked", "Searcher"]
+
+EXACT_FILTER_FACTOR = 8
+EXACT_CHUNK_TOKENS = 262_144
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Internal ids and exact scores of one query's results, best first."""
+
+    doc_ids: np.ndarray  # int64 [n]
+    scores: np.ndarray  # float32 [n]
+    explain: list[tuple[MatchedToken, ...]] | None = None
+
+
+def _top(doc_ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best by score, ties by ascending id."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        # keep every candidate tied with the k-th score so the tie-break is by id
+        kth = scores[part].min()
+        part = np.flatnonzero(scores >= kth)
+        doc_ids, scores = doc_ids[part], scores[part]
+    order = np.lexsort((doc_ids, -scores))[:k]
+    return doc_ids[order], scores[order]
+
+
+class Searcher:
+    """Runs queries against one :class:`StoreSnapshot`. Safe to share between threads."""
+
+    def __init__(self, snapshot: StoreSnapshot) -> None:
+        self.snapshot = snapshot
+        self.token_doc = np.asarray(snapshot.tokens.token_doc, dtype=np.int64)
+        spans = snapshot.spans
+        self.token_start = spans.token_start
+        self.token_count = spans.token_count
+        self.live = ~spans.deleted
+        self.n_docs = len(spans.token_start)
+
+    # -- filters -------------------------------------------------------------
+
+    def allowed_mask(self, flt: str | Mapping[str, Any] | None) -> np.ndarray:
+        """Boolean mask over documents: live, and matching the filter if any."""
+        if flt is None:
+            return self.live
+        if isinstance(flt, Mapping):
+            where = " AND ".join(
+                "json_extract(metadata, ?) IS ?" for _ in flt
+            ) or "1"
+            params: list[Any] = []
+            for key, value in flt.items():
+                params += [f'$."{key}"', value]
+            ids = self.snapshot.docs.doc_ids_where(where, params)
+        else:
+            ids = self.snapshot.docs.doc_ids_where(flt)
+        mask = np.zeros(self.n_docs, dtype=bool)
+        mask[ids[ids < self.n_docs]] = True
+        return mask & self.live
+
+    # -- the pipeline ----------------------------------------------------------
+
+    def rank(
+        self,
+        queries: Sequence[np.ndarray],
+        params: SearchParams,
+        *,
+        explain: bool = False,
+        threads: int | None = None,
+    ) -> list[Ranked]:
+        """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``)."""
+        if not queries:
+            return []
+        allowed = self.allowed_mask(params.filter)
+        n_allowed = int(allowed.sum())
+        if n_allowed == 0:
+            empty = Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), [] if explain else None)
+            return [empty for _ in queries]
+        if n_allowed <= EXACT_FILTER_FACTOR * max(params.n_rerank, params.k):
+            candidates = np.flatnonzero(allowed)
+            return self._map(
+                lambda Q: self._exact(Q, candidates, params.k, explain), queries, threads
+            )
+        lengths = [len(Q) for Q in queries]
+        stacked = np.concatenate(queries).astype(np.float32, copy=False)
+        sims, rows = self.snapshot.token_index.search(
+            stacked, params.k_token, nprobe=params.nprobe, ef_search=params.ef_search
+        )
+        bounds = np.cumsum([0, *lengths])
+        jobs = [
+            (queries[i], sims[bounds[i] : bounds[i + 1]], rows[bounds[i] : bounds[i + 1]])
+            for i in range(len(queries))
+        ]
+        return self._map(
+            lambda job: self._rerank(*job, allowed, params, explain), jobs, threads
+        )
+
+    @staticmethod
+    def _map(fn: Any, items: Sequence[Any], threads: int | None) -> list[Ranked]:
+        workers = threads or min(len(items), os.cpu_count() or 1)
+        if workers <= 1 or len(items) == 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, items))
+
+    def candidates(
+        self, sims: np.ndarray, rows: np.ndarray, allowed: np.ndarray, n_rerank: int
+    ) -> np.ndarray:
+        """The best ``n_rerank`` documents by approximate score (unordered)."""
+        valid = rows >= 0
+        docs = np.where(valid, self.token_doc[np.where(valid, rows, 0)], -1)
+        valid &= docs >= 0
+        valid[valid] = allowed[docs[valid]]
+        if not valid.any():
+            return np.zeros(0, np.int64)
+        cand, inv = np.unique(docs[valid], return_inverse=True)
+        nq = sims.shape[0]
+        # Imputation: a query token that did not reach a document scores at most
+        # the lowest similarity it returned.
+        floor = np.where(valid, sims, np.inf).min(axis=1)
+        floor[~np.isfinite(floor)] = 0.0
+        best = np.repeat(floor[:, None].astype(np.float32), len(cand), axis=1)
+        q_idx = np.broadcast_to(np.arange(nq)[:, None], sims.shape)[valid]
+        np.maximum.at(best, (q_idx, inv), sims[valid])
+        approx = best.sum(axis=0)
+        if len(cand) > n_rerank:
+            keep = np.argpartition(-approx, n_rerank - 1)[:n_rerank]
+            cand = cand[keep]
+        return cand
+
+    def _rerank(
+        self,
+        Q: np.ndarray,
+        sims: np.ndarray,
+        rows: np.ndarray,
+        allowed: np.ndarray,
+        params: SearchParams,
+        explain: bool,
+    ) -> Ranked:
+        cand = self.candidates(sims, rows, allowed, max(params.n_rerank, params.k))
+        return self._exact(Q, cand, params.k, explain)
+
+    def _exact(self, Q: np.ndarray, cand: np.ndarray, k: int, explain: bool) -> Ranked:
+        """Exact MaxSim of ``cand`` documents, top ``k``."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        scores = np.empty(len(cand), np.float32)
+        start = 0
+        # bounded memory: score candidates in groups of about EXACT_CHUNK_TOKENS tokens
+        counts = self.token_count[cand]
+        ends = np.cumsum(counts)
+        while start < len(cand):
+            base = ends[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + EXACT_CHUNK_TOKENS, "right")))
+            group = cand[start:stop]
+            D = self.snapshot.tokens.spans(self.token_start[group], counts[start:stop])
+            scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
+            start = stop
+        doc_ids, top_scores = _top(cand.astype(np.int64), scores, k)
+        matched = None
+        if explain:
+            matched = self._explain(Q, doc_ids)
+        return Ranked(doc_ids, top_scores, matched)
+
+    def _explain(self, Q: np.ndarray, doc_ids: np.ndarray) -> list[tuple[MatchedToken, ...]]:
+        if len(doc_ids) == 0:
+            return []
+        counts = self.token_count[doc_ids]
+        D = self.snapshot.tokens.spans(self.token_start[doc_ids], counts)
+        _, best_row, best_sim = segment_maxsim_explain(Q, D, counts)
+        offsets = np.cumsum(counts) - counts
+        return [
+            tuple(
+                MatchedToken(
+                    query_token=qi,
+                    doc_token=int(best_row[d, qi] - offsets[d]),
+                    similarity=float(best_sim[d, qi]),
+                )
+                for qi in range(len(Q))
+            )
+            for d in range(len(doc_ids))
+        ]
+
+    # -- hits ------------------------------------------------------------------
+
+    def hits(self, ranked: Ranked, *, text: bool = False, metadata: bool = False) -> list[Hit]:
+        """Turn a ranking into hits, reading ids (and text, metadata) from SQLite."""
+        stored = self.snapshot.docs.fetch(ranked.doc_ids.tolist(), text=text, metadata=metadata)
+        out = []
+        for i, (doc_id, score) in enumerate(zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)):
+            doc = stored[doc_id]
+            out.append(
+                Hit(
+                    doc_id=doc_id,
+                    external_id=doc.external_id,
+                    score=float(score),
+                    text=doc.text if text else None,
+                    metadata=doc.metadata if metadata else None,
+                    explain=ranked.explain[i] if ranked.explain is not None else None,
+                )
+            )
+        return out

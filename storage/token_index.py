@@ -1,0 +1,219 @@
+"""``tokens.faiss``: the FAISS index over every document token vector.
+
+Inner product throughout (vectors are L2-normalized). FAISS ids are token rows
+of the vector store. Kinds:
+
+- ``flat``: exact, for small corpora and tests;
+- ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``: an inverted file with ``nlist`` lists
+  and raw, 8-bit scalar or product-quantized codes; ``ivf-pq`` is the
+  large-corpus default;
+- ``hnsw``: a graph over raw vectors;
+- ``auto``: ``flat`` below :data:`AUTO_FLAT_MAX_TOKENS` tokens, else ``ivf-pq``.
+
+``nlist`` follows the token count N: ``2 ** round(log2(4 * sqrt(N)))``, and never
+more than N / 39 (FAISS needs about 39 training points a list). Training reads
+a bounded, seeded sample of rows (:func:`training_rows`), so build memory does
+not grow with the corpus; vectors are then added chunk by chunk from the map.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from sie_index.errors import CorruptIndex, InvalidInput
+from storage.fsio import atomic_replace
+from storage.vectors import TokenReader
+
+__all__ = [
+    "AUTO_FLAT_MAX_TOKENS",
+    "INDEX_KINDS",
+    "TOKEN_INDEX_NAME",
+    "TokenIndex",
+    "TokenIndexPlan",
+    "plan_token_index",
+    "training_rows",
+]
+
+TOKEN_INDEX_NAME = "tokens.faiss"
+INDEX_KINDS = ("auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
+AUTO_FLAT_MAX_TOKENS = 100_000
+TRAIN_SAMPLE_MAX = 262_144
+ADD_CHUNK_ROWS = 131_072
+MIN_POINTS_PER_LIST = 39
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenIndexPlan:
+    """A resolved token-index kind and its parameters (what the manifest records)."""
+
+    kind: str
+    nlist: int = 0
+    pq_m: int = 0
+    hnsw_m: int = 0
+    train_sample: int = 0
+    seed: int = 0
+
+    def factory_string(self) -> str:
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m}"
+        codes = {"ivf-flat": "Flat", "ivf-sq8": "SQ8", "ivf-pq": f"PQ{self.pq_m}x8"}[self.kind]
+        return f"IVF{self.nlist},{codes}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "nlist": self.nlist,
+            "pq_m": self.pq_m,
+            "hnsw_m": self.hnsw_m,
+            "train_sample": self.train_sample,
+            "seed": self.seed,
+            "factory": self.factory_string(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TokenIndexPlan:
+        return cls(
+            kind=str(raw["kind"]),
+            nlist=int(raw.get("nlist", 0)),
+            pq_m=int(raw.get("pq_m", 0)),
+            hnsw_m=int(raw.get("hnsw_m", 0)),
+            train_sample=int(raw.get("train_sample", 0)),
+            seed=int(raw.get("seed", 0)),
+        )
+
+
+def _pq_subquantizers(dim: int) -> int:
+    """The largest divisor of ``dim`` that is at most ``dim / 8`` (8+ dims a sub-vector)."""
+    return max(m for m in range(1, max(dim // 8, 1) + 1) if dim % m == 0)
+
+
+def plan_token_index(
+    kind: str,
+    n_tokens: int,
+    dim: int,
+    *,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+    hnsw_m: int = 32,
+    seed: int = 0,
+) -> TokenIndexPlan:
+    """Resolve ``kind`` (maybe ``auto``) and derive its parameters from the token count."""
+    if kind not in INDEX_KINDS:
+        raise InvalidInput(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    if kind == "auto":
+        kind = "flat" if n_tokens <= AUTO_FLAT_MAX_TOKENS else "ivf-pq"
+    if kind == "flat":
+        return TokenIndexPlan(kind=kind, seed=seed)
+    if kind == "hnsw":
+        return TokenIndexPlan(kind=kind, hnsw_m=hnsw_m, seed=seed)
+    max_lists = n_tokens // MIN_POINTS_PER_LIST
+    if nlist is None:
+        nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n_tokens, 1)), 1)))
+        nlist = min(nlist, max_lists)
+    if nlist < 1 or nlist > max_lists:
+        raise InvalidInput(
+            f"index kind {kind!r} with nlist={nlist} needs at least "
+            f"{MIN_POINTS_PER_LIST * max(nlist, 1)} tokens to train, and the corpus has "
+            f"{n_tokens}; use --index-kind flat for a corpus this small"
+        )
+    m = 0
+    if kind == "ivf-pq":
+        m = pq_m or _pq_subquantizers(dim)
+        if dim % m:
+            raise InvalidInput(f"pq_m={m} does not divide the dimension {dim}")
+        if n_tokens < 256 * MIN_POINTS_PER_LIST:
+            raise InvalidInput(
+                f"ivf-pq needs at least {256 * MIN_POINTS_PER_LIST} tokens to train its codebooks "
+                f"and the corpus has {n_tokens}; use --index-kind flat or ivf-flat"
+            )
+    sample = min(n_tokens, max(64 * nlist, 256 * 64 if m else 0), TRAIN_SAMPLE_MAX)
+    return TokenIndexPlan(kind=kind, nlist=nlist, pq_m=m, train_sample=sample, seed=seed)
+
+
+def training_rows(n_tokens: int, sample: int, seed: int) -> np.ndarray:
+    """A sorted, seeded sample of ``sample`` distinct rows out of ``n_tokens``."""
+    rng = np.random.default_rng(seed)
+    if sample >= n_tokens:
+        return np.arange(n_tokens)
+    return np.sort(rng.choice(n_tokens, size=sample, replace=False))
+
+
+class TokenIndex:
+    """A FAISS token index: built from a vector store, saved, loaded, searched."""
+
+    def __init__(self, index: faiss.Index, plan: TokenIndexPlan) -> None:
+        self.index = index
+        self.plan = plan
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def build(
+        cls,
+        plan: TokenIndexPlan,
+        tokens: TokenReader,
+        progress: Callable[[int], None] | None = None,
+    ) -> TokenIndex:
+        """Train (on a bounded sample) and fill an index with every row of ``tokens``."""
+        index = faiss.index_factory(tokens.dim, plan.factory_string(), faiss.METRIC_INNER_PRODUCT)
+        if plan.kind.startswith("ivf"):
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed = plan.seed
+            ivf.cp.niter = 10
+            if plan.kind == "ivf-pq":
+                faiss.downcast_index(index).pq.cp.seed = plan.seed
+        if not index.is_trained:
+            sample = tokens.rows(training_rows(tokens.n_tokens, plan.train_sample, plan.seed))
+            index.train(sample)
+            del sample
+        for start, stop in tokens.chunks(ADD_CHUNK_ROWS):
+            index.add(tokens.rows(np.arange(start, stop)))
+            if progress is not None:
+                progress(stop - start)
+        return cls(index, plan)
+
+    def save(self, path: Path) -> None:
+        atomic_replace(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
+
+    @classmethod
+    def load(cls, path: Path, plan: TokenIndexPlan, expected_ntotal: int) -> TokenIndex:
+        """Load a FAISS file whose checksum the caller has already verified."""
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise CorruptIndex(f"{path.name} cannot be read by FAISS: {exc}") from exc
+        if index.ntotal < expected_ntotal:
+            raise CorruptIndex(
+                f"{path.name} holds {index.ntotal} tokens, the manifest says {expected_ntotal}"
+            )
+        return cls(index, plan)
+
+    def search(
+        self, Q: np.ndarray, k_token: int, *, nprobe: int = 16, ef_search: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k_token`` token rows per query token: ``(sims [nq, k], rows [nq, k])``.
+
+        Missing results (fewer than ``k_token`` reachable rows) have row -1.
+        """
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        k = max(1, min(k_token, self.ntotal))
+        params: Any = None
+        if self.plan.kind.startswith("ivf"):
+            params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.plan.nlist))
+        elif self.plan.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k))
+        if self.ntotal == 0:
+            return np.zeros((len(Q), 0), np.float32), np.zeros((len(Q), 0), np.int64)
+        sims, rows = self.index.search(Q, k, params=params)
+        return sims, rows

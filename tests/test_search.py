@@ -1,0 +1,142 @@
+"""The search pipeline against its oracle, exhaustive MaxSim (tie-tolerant recall floors)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sie_index import Index, SearchParams
+from sie_index.errors import DimensionMismatch, EncoderUnavailable, InvalidInput
+from tests.conftest import synthetic_queries
+
+MakeIndex = Callable[..., tuple[Index, list[str], list[np.ndarray]]]
+
+
+def oracle(Q: np.ndarray, vectors: list[np.ndarray]) -> np.ndarray:
+    """Exact MaxSim of Q against every document, on the float16-rounded stored vectors."""
+    Q = Q.astype(np.float32)
+    return np.array(
+        [(Q @ d.astype(np.float16).astype(np.float32).T).max(axis=1).sum() for d in vectors],
+        np.float32,
+    )
+
+
+def tie_tolerant_recall(hit_scores: list[float], exact: np.ndarray, k: int) -> float:
+    """Share of the true top k found: a hit counts if it scores at least the k-th best."""
+    kth = np.sort(exact)[::-1][k - 1]
+    return sum(s >= kth - 1e-4 for s in hit_scores[:k]) / k
+
+
+@pytest.mark.parametrize(
+    ("kind", "n_docs", "floor"),
+    [("flat", 300, 1.0), ("ivf-flat", 900, 0.9), ("ivf-sq8", 900, 0.9), ("ivf-pq", 900, 0.8),
+     ("hnsw", 600, 0.9)],
+)
+def test_search_matches_exhaustive_maxsim(
+    make_index: MakeIndex, kind: str, n_docs: int, floor: float
+) -> None:
+    index, ids, vectors = make_index(n_docs, index_kind=kind)
+    queries = synthetic_queries(vectors, 25)
+    recalls = []
+    for Q in queries:
+        exact = oracle(Q, vectors)
+        hits = index.search(Q, k=10, k_token=64, n_rerank=100, nprobe=32)
+        assert len(hits) == 10
+        # every returned score is the exact MaxSim of that document
+        for h in hits:
+            assert h.external_id == ids[h.doc_id]
+            assert h.score == pytest.approx(float(exact[h.doc_id]), abs=1e-4)
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        recalls.append(tie_tolerant_recall(scores, exact, 10))
+    assert np.mean(recalls) >= floor
+
+
+def test_batch_search_equals_one_at_a_time(make_index: MakeIndex) -> None:
+    index, _, vectors = make_index(200)
+    queries = synthetic_queries(vectors, 8, seed=5)
+    batch = index.search_batch(queries, k=5)
+    for Q, hits in zip(queries, batch, strict=True):
+        assert [(h.doc_id, h.score) for h in index.search(Q, k=5)] == [
+            (h.doc_id, h.score) for h in hits
+        ]
+
+
+def test_results_are_the_same_after_reopening(make_index: MakeIndex) -> None:
+    index, _, vectors = make_index(200)
+    queries = synthetic_queries(vectors, 5, seed=7)
+    before = [[(h.doc_id, h.score) for h in hits] for hits in index.search_batch(queries)]
+    index.close()
+    reopened = Index.open(index.path)
+    after = [[(h.doc_id, h.score) for h in hits] for hits in reopened.search_batch(queries)]
+    assert before == after
+
+
+def test_explain_names_the_best_document_token(make_index: MakeIndex) -> None:
+    index, _, vectors = make_index(100)
+    Q = synthetic_queries(vectors, 1, seed=3)[0]
+    hit = index.search(Q, k=1, explain=True)[0]
+    D = vectors[hit.doc_id].astype(np.float16).astype(np.float32)
+    sims = Q @ D.T
+    assert hit.explain is not None and len(hit.explain) == len(Q)
+    for m in hit.explain:
+        assert m.doc_token == int(sims[m.query_token].argmax())
+        assert m.similarity == pytest.approx(float(sims[m.query_token].max()), abs=1e-5)
+    assert sum(m.similarity for m in hit.explain) == pytest.approx(hit.score, abs=1e-4)
+
+
+def test_k_larger_than_the_corpus_returns_every_document(make_index: MakeIndex) -> None:
+    index, ids, vectors = make_index(12)
+    hits = index.search(vectors[0], k=50)
+    assert sorted(h.external_id for h in hits) == sorted(ids)
+
+
+@pytest.mark.parametrize("selective", [True, False])
+def test_filters_restrict_results_and_never_silently_empty_them(
+    tmp_path: Path, selective: bool
+) -> None:
+    from tests.conftest import synthetic_corpus
+
+    ids, vectors = synthetic_corpus(600, 32, seed=2)
+    share = 60 if selective else 2  # every 60th document, or every second one
+    metadata = [{"group": "a" if i % share == 0 else "b", "n": i} for i in range(len(ids))]
+    index = Index.from_vectors(tmp_path / "idx", ids, vectors, metadata=metadata, index_kind="flat")
+    Q = synthetic_queries(vectors, 1, seed=9)[0]
+    allowed = [i for i in range(len(ids)) if i % share == 0]
+    exact = oracle(Q, [vectors[i] for i in allowed])
+    for flt in ({"group": "a"}, "json_extract(metadata, '$.group') = 'a'"):
+        hits = index.search(Q, k=5, filter=flt, metadata=True)
+        assert len(hits) == 5
+        assert all(h.metadata is not None and h.metadata["group"] == "a" for h in hits)
+        if selective:  # answered exactly over the allowed documents
+            best = [allowed[i] for i in np.argsort(-exact, kind="stable")[:5]]
+            assert [h.doc_id for h in hits] == best
+    assert index.search(Q, k=5, filter={"group": "zzz"}) == []
+    with pytest.raises(InvalidInput, match="cannot be evaluated"):
+        index.search(Q, filter="no_such_column = 1")
+
+
+def test_bad_queries_are_rejected(make_index: MakeIndex) -> None:
+    index, _, _ = make_index(20)
+    with pytest.raises(DimensionMismatch, match="dimension 8"):
+        index.search(np.ones((3, 8), np.float32))
+    with pytest.raises(InvalidInput, match="NaN"):
+        index.search(np.full((2, 32), np.nan, np.float32))
+    with pytest.raises(InvalidInput, match="shape"):
+        index.search(np.ones(32, np.float32))
+    with pytest.raises(EncoderUnavailable, match="query vectors"):
+        index.search("text needs a query encoder")
+    with pytest.raises(InvalidInput, match="positive integer"):
+        index.search(np.ones((2, 32), np.float32), k=0)
+
+
+def test_search_params_are_frozen_and_checked() -> None:
+    p = SearchParams(k_token=32)
+    assert p.with_(k=3, nprobe=None) == SearchParams(k=3, k_token=32)
+    with pytest.raises(AttributeError):
+        p.k = 5  # type: ignore[misc]
+    with pytest.raises(InvalidInput):
+        SearchParams(n_rerank=-1)
