@@ -80,8 +80,15 @@ def worker_search(args: argparse.Namespace) -> dict[str, Any]:
     for k_token, nprobe, n_rerank in SWEEP:
         p = SearchParams(k_token=k_token, nprobe=nprobe, n_rerank=n_rerank)
         rep = evaluate(index, dataset, params=p, max_queries=args.queries)
-        sweep.append({"k_token": k_token, "nprobe": nprobe, "n_rerank": n_rerank,
-                      "metrics": rep.metrics, "latency_ms": rep.latency_ms})
+        sweep.append(
+            {
+                "k_token": k_token,
+                "nprobe": nprobe,
+                "n_rerank": n_rerank,
+                "metrics": rep.metrics,
+                "latency_ms": rep.latency_ms,
+            }
+        )
     return {"main": json.loads(main.to_json()), "sweep": sweep, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -92,11 +99,18 @@ def worker_exhaustive(args: argparse.Namespace) -> dict[str, Any]:
 
     index = Index.open(args.index, verify=False)
     dataset = BeirDataset.load("debian-pkgs")
-    rep = evaluate(index, dataset, exhaustive=True, max_queries=args.queries,
-                   exhaustive_latency_queries=args.exhaustive_latency_queries)
-    return {"exhaustive_metrics": rep.exhaustive_metrics,
-            "exhaustive_latency_ms": rep.exhaustive_latency_ms,
-            "peak_rss_mb": _peak_rss_mb()}
+    rep = evaluate(
+        index,
+        dataset,
+        exhaustive=True,
+        max_queries=args.queries,
+        exhaustive_latency_queries=args.exhaustive_latency_queries,
+    )
+    return {
+        "exhaustive_metrics": rep.exhaustive_metrics,
+        "exhaustive_latency_ms": rep.exhaustive_latency_ms,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 WORKERS = {"build": worker_build, "search": worker_search, "exhaustive": worker_exhaustive}
@@ -118,36 +132,62 @@ def _table(build: dict[str, Any], search: dict[str, Any], ex: dict[str, Any], co
     pm, lat = m["metrics"], m["latency_ms"]
     em, elat = ex["exhaustive_metrics"], ex["exhaustive_latency_ms"]
     rows = [
-        ("documents / tokens", f"{build['documents']:,} / {build['tokens']:,} "
-                               f"({build['skipped_lines']} repeated-id lines skipped)"),
+        (
+            "documents / tokens",
+            f"{build['documents']:,} / {build['tokens']:,} "
+            f"({build['skipped_lines']} repeated-id lines skipped)",
+        ),
         ("queries", f"{m['queries']}"),
         ("token index", json.dumps(build["token_index"])),
-        ("MRR@10 pipeline / exhaustive / ratio",
-         f"{pm['MRR@10']:.4f} / {em['MRR@10']:.4f} / {pm['MRR@10'] / em['MRR@10']:.3f}"),
+        (
+            "MRR@10 pipeline / exhaustive / ratio",
+            f"{pm['MRR@10']:.4f} / {em['MRR@10']:.4f} / {pm['MRR@10'] / em['MRR@10']:.3f}",
+        ),
         ("nDCG@10 pipeline / exhaustive", f"{pm['nDCG@10']:.4f} / {em['nDCG@10']:.4f}"),
         ("R@1 / R@10 / R@100 pipeline", f"{pm['R@1']:.4f} / {pm['R@10']:.4f} / {pm['R@100']:.4f}"),
-        ("R@1 / R@10 / R@100 exhaustive", f"{em['R@1']:.4f} / {em['R@10']:.4f} / {em['R@100']:.4f}"),
-        ("search-only latency p50 / p95 (ms)", f"{lat['search_p50']:.2f} / {lat['search_p95']:.2f}"),
-        ("with query encoding p50 / p95 (ms)",
-         f"{lat['with_encoding_p50']:.2f} / {lat['with_encoding_p95']:.2f}"),
+        (
+            "R@1 / R@10 / R@100 exhaustive",
+            f"{em['R@1']:.4f} / {em['R@10']:.4f} / {em['R@100']:.4f}",
+        ),
+        (
+            "search-only latency p50 / p95 (ms)",
+            f"{lat['search_p50']:.2f} / {lat['search_p95']:.2f}",
+        ),
+        (
+            "with query encoding p50 / p95 (ms)",
+            f"{lat['with_encoding_p50']:.2f} / {lat['with_encoding_p95']:.2f}",
+        ),
         ("exhaustive MaxSim p50 / p95 (ms)", f"{elat['p50']:.1f} / {elat['p95']:.1f}"),
         ("exhaustive p50 / pipeline p50", f"{elat['p50'] / lat['search_p50']:.1f}x"),
-        ("build: encoding / storing / indexing (s)",
-         f"{build['encode_s']:.0f} / {build['store_s']:.0f} / {build['index_s']:.0f}"),
-        ("index size on disk", f"{build['index_bytes'] / 2**20:,.0f} MiB, "
-                               f"{build['bytes_per_token']:.0f} bytes a token"),
-        ("peak RSS build / search / exhaustive (MiB)",
-         f"{build['peak_rss_mb']:,.0f} / {search['peak_rss_mb']:,.0f} / {ex['peak_rss_mb']:,.0f}"),
+        (
+            "build: encoding / storing / indexing (s)",
+            f"{build['encode_s']:.0f} / {build['store_s']:.0f} / {build['index_s']:.0f}",
+        ),
+        (
+            "index size on disk",
+            f"{build['index_bytes'] / 2**20:,.0f} MiB, "
+            f"{build['bytes_per_token']:.0f} bytes a token",
+        ),
+        (
+            "peak RSS build / search / exhaustive (MiB)",
+            " / ".join(f"{r['peak_rss_mb']:,.0f}" for r in (build, search, ex)),
+        ),
     ]
     lines = [f"Command: `{command}`", "", "| measure | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
-    lines += ["", "Search settings (same index, same queries):", "",
-              "| k_token | nprobe | n_rerank | MRR@10 | R@100 | p50 ms | p95 ms |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Search settings (same index, same queries):",
+        "",
+        "| k_token | nprobe | n_rerank | MRR@10 | R@100 | p50 ms | p95 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in search["sweep"]:
-        lines.append(f"| {s['k_token']} | {s['nprobe']} | {s['n_rerank']} | "
-                     f"{s['metrics']['MRR@10']:.4f} | {s['metrics']['R@100']:.4f} | "
-                     f"{s['latency_ms']['search_p50']:.2f} | {s['latency_ms']['search_p95']:.2f} |")
+        lines.append(
+            f"| {s['k_token']} | {s['nprobe']} | {s['n_rerank']} | "
+            f"{s['metrics']['MRR@10']:.4f} | {s['metrics']['R@100']:.4f} | "
+            f"{s['latency_ms']['search_p50']:.2f} | {s['latency_ms']['search_p95']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +196,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="documents to index (0: all)")
     parser.add_argument("--index", default="runs/bench/index")
     parser.add_argument("--index-kind", default="auto")
-    parser.add_argument("--queries", type=int, default=None, help="dev queries to run (default all)")
+    parser.add_argument(
+        "--queries", type=int, default=None, help="dev queries to run (default all)"
+    )
     parser.add_argument("--exhaustive-latency-queries", type=int, default=50)
     parser.add_argument("--reuse", action="store_true", help="reuse an existing index")
     parser.add_argument("--out", default="runs/bench")
@@ -169,11 +211,23 @@ def main() -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    argv = ["--index", args.index, "--index-kind", args.index_kind, "--limit", str(args.limit),
-            "--exhaustive-latency-queries", str(args.exhaustive_latency_queries)]
+    argv = [
+        "--index",
+        args.index,
+        "--index-kind",
+        args.index_kind,
+        "--limit",
+        str(args.limit),
+        "--exhaustive-latency-queries",
+        str(args.exhaustive_latency_queries),
+    ]
     if args.queries:
         argv += ["--queries", str(args.queries)]
-    if args.reuse and (Path(args.index) / "manifest.json").is_file() and (out / "build.json").is_file():
+    if (
+        args.reuse
+        and (Path(args.index) / "manifest.json").is_file()
+        and (out / "build.json").is_file()
+    ):
         build = json.loads((out / "build.json").read_text())
     else:
         build = _run_worker("build", argv, out)

@@ -64,8 +64,8 @@ _WHERE = {
     "Hit": "sie_index.params",
     "SearchParams": "sie_index.params",
     "Index": "sie_index.index",
-    "maxsim": "sie_index.maxsim",
-    "maxsim_batch": "sie_index.maxsim",
+    "maxsim": "sie_index.scoring",
+    "maxsim_batch": "sie_index.scoring",
 }
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ if TYPE_CHECKING:
         StorageError,
     )
     from sie_index.index import Index
-    from sie_index.maxsim import maxsim, maxsim_batch
     from sie_index.params import Hit, SearchParams
+    from sie_index.scoring import maxsim, maxsim_batch
 
 
 def __getattr__(name: str) -> Any:

@@ -52,8 +52,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default="minilm", help="minilm (default), token-states:PATH, precomputed:PATH")
-    p.add_argument("--index-kind", default="auto", help="auto, flat, ivf-flat, ivf-sq8, ivf-pq, hnsw")
+    p.add_argument(
+        "--encoder", default="minilm", help="minilm (default), token-states:PATH, precomputed:PATH"
+    )
+    p.add_argument(
+        "--index-kind", default="auto", help="auto, flat, ivf-flat, ivf-sq8, ivf-pq, hnsw"
+    )
     p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
@@ -80,6 +84,7 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
 def cmd_build(args: argparse.Namespace) -> int:
     index = _build(args, _corpus_arg(args.corpus), Path(args.index))
     r = index.build_report
+    assert r is not None  # set by Index.build
     print(
         f"built {index.path}: {r.documents} documents, {r.tokens} tokens "
         f"(encoding {r.encode_seconds:.1f}s, storing {r.store_seconds:.1f}s, "
@@ -112,17 +117,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     results = index.search_batch(args.queries, params=_params(args), text=True, metadata=True)
     if args.json:
         out = [
-            {"query": q, "hits": [{"rank": i + 1, "id": h.external_id, "score": h.score,
-                                    "text": h.text, "metadata": h.metadata}
-                                   for i, h in enumerate(hits)]}
+            {
+                "query": q,
+                "hits": [
+                    {
+                        "rank": i + 1,
+                        "id": h.external_id,
+                        "score": h.score,
+                        "text": h.text,
+                        "metadata": h.metadata,
+                    }
+                    for i, h in enumerate(hits)
+                ],
+            }
             for q, hits in zip(args.queries, results, strict=True)
         ]
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for q, hits in zip(args.queries, results, strict=True):
         print(f"\nquery: {q}")
-        rows = [(str(i + 1), h.external_id, f"{h.score:.3f}", _clip(h.text or "", 70))
-                for i, h in enumerate(hits)]
+        rows = [
+            (str(i + 1), h.external_id, f"{h.score:.3f}", _clip(h.text or "", 70))
+            for i, h in enumerate(hits)
+        ]
         print_table(rows, ("rank", "id", "score", "text"))
     return 0
 
@@ -164,16 +181,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dataset_name=folder.name,
         split=args.split,
     )
-    rows = [(name, f"{value:.4f}",
-             f"{report.exhaustive_metrics[name]:.4f}" if report.exhaustive_metrics else "",
-             f"{report.ratio_to_exhaustive[name]:.3f}" if report.ratio_to_exhaustive else "")
-            for name, value in report.metrics.items()]
-    print(f"{report.queries} queries, {report.index['documents']} documents, "
-          f"{report.index['tokens']} tokens")
+    rows = [
+        (
+            name,
+            f"{value:.4f}",
+            f"{report.exhaustive_metrics[name]:.4f}" if report.exhaustive_metrics else "",
+            f"{report.ratio_to_exhaustive[name]:.3f}" if report.ratio_to_exhaustive else "",
+        )
+        for name, value in report.metrics.items()
+    ]
+    print(
+        f"{report.queries} queries, {report.index['documents']} documents, "
+        f"{report.index['tokens']} tokens"
+    )
     print_table(rows, ("metric", "pipeline", "exhaustive", "ratio"))
     lat = report.latency_ms
-    print(f"latency ms: search p50 {lat['search_p50']:.1f} p95 {lat['search_p95']:.1f}; "
-          f"with encoding p50 {lat['with_encoding_p50']:.1f} p95 {lat['with_encoding_p95']:.1f}")
+    print(
+        f"latency ms: search p50 {lat['search_p50']:.1f} p95 {lat['search_p95']:.1f}; "
+        f"with encoding p50 {lat['with_encoding_p50']:.1f} p95 {lat['with_encoding_p95']:.1f}"
+    )
     if report.exhaustive_latency_ms:
         ex = report.exhaustive_latency_ms
         print(f"exhaustive MaxSim latency ms: p50 {ex['p50']:.1f} p95 {ex['p95']:.1f}")
@@ -188,33 +214,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folder = packaged_dataset("debian-pkgs")
     dataset = BeirDataset.load(folder, split="dev")
     limit = args.limit or None
-    print(f"building an index of debian-pkgs ({limit or 'all'} documents) "
-          f"with the default encoder (all-MiniLM-L6-v2 token states) into {args.out} ...")
+    print(
+        f"building an index of debian-pkgs ({limit or 'all'} documents) "
+        f"with the default encoder (all-MiniLM-L6-v2 token states) into {args.out} ..."
+    )
     t0 = time.perf_counter()
     # The shipped corpus repeats a few package names (packages with several
     # descriptions); skip mode keeps the first and reports the rest.
-    index = Index.build(args.out, dataset.corpus_path, limit=limit, overwrite=True,
-                        on_error="skip", progress=False if args.quiet else None)
+    index = Index.build(
+        args.out,
+        dataset.corpus_path,
+        limit=limit,
+        overwrite=True,
+        on_error="skip",
+        progress=False if args.quiet else None,
+    )
     r = index.build_report
-    print(f"built in {time.perf_counter() - t0:.0f}s: {r.documents} documents, {r.tokens} tokens, "
-          f"token index {index.info()['token_index']['kind']}"
-          + (f"; {len(r.bad_lines)} corpus lines skipped (repeated ids)" if r.bad_lines else ""))
-    picked = [(qid, text, next(iter(dataset.qrels[qid])))
-              for qid, text in dataset.queries.items()
-              if any(index.snapshot.docs.doc_ids_where("external_id = ?", [d]).size
-                     for d in dataset.qrels[qid])][: DEMO_QUERIES]
+    assert r is not None  # set by Index.build
+    print(
+        f"built in {time.perf_counter() - t0:.0f}s: {r.documents} documents, {r.tokens} tokens, "
+        f"token index {index.info()['token_index']['kind']}"
+        + (f"; {len(r.bad_lines)} corpus lines skipped (repeated ids)" if r.bad_lines else "")
+    )
+    picked = [
+        (qid, text, next(iter(dataset.qrels[qid])))
+        for qid, text in dataset.queries.items()
+        if any(
+            index.snapshot.docs.doc_ids_where("external_id = ?", [d]).size
+            for d in dataset.qrels[qid]
+        )
+    ][:DEMO_QUERIES]
     results = index.search_batch([text for _, text, _ in picked], k=3, text=True)
     for (_, text, answer), hits in zip(picked, results, strict=True):
         print(f"\nquery: {text}   (the judged answer: {answer})")
-        rows = [(str(i + 1), ("* " if h.external_id == answer else "  ") + h.external_id,
-                 f"{h.score:.2f}", _clip(h.text or "", 64)) for i, h in enumerate(hits)]
+        rows = [
+            (
+                str(i + 1),
+                ("* " if h.external_id == answer else "  ") + h.external_id,
+                f"{h.score:.2f}",
+                _clip(h.text or "", 64),
+            )
+            for i, h in enumerate(hits)
+        ]
         print_table(rows, ("rank", "package", "score", "description"))
-    print(f"\nsearch it yourself: .venv/bin/sie-index search {args.out} \"your question\"")
+    print(f'\nsearch it yourself: .venv/bin/sie-index search {args.out} "your question"')
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sie-index", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="sie-index", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index folder (built from the corpus if absent)")
     p.add_argument("--build", action="store_true", help="(re)build the index first")
     p.add_argument("--split", default="dev")
-    p.add_argument("--exhaustive", action="store_true", help="also score by exact MaxSim over all tokens")
+    p.add_argument(
+        "--exhaustive", action="store_true", help="also score by exact MaxSim over all tokens"
+    )
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("-k", type=int, default=100, help="run depth")
     p.add_argument("--out", default="runs/eval", help="folder for report.json and run.trec")
@@ -255,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="build an index of the shipped debian-pkgs corpus and search it")
+    p = sub.add_parser(
+        "demo", help="build an index of the shipped debian-pkgs corpus and search it"
+    )
     p.add_argument("--out", default="demo-index", help="index folder")
     p.add_argument("--limit", type=int, default=5000, help="documents to index (0: all 60,631)")
     p.set_defaults(func=cmd_demo)

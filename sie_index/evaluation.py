@@ -106,9 +106,7 @@ def evaluate(
     indexed = set(external)
     # Judge only queries whose relevant documents the index holds (an index of a
     # slice of the corpus cannot answer the others); the report says how many.
-    judged = [
-        q for q in dataset.queries if any(d in indexed for d in dataset.qrels.get(q, {}))
-    ]
+    judged = [q for q in dataset.queries if any(d in indexed for d in dataset.qrels.get(q, {}))]
     qids = judged[:max_queries]
     texts = [dataset.queries[q] for q in qids]
     qrels = {q: dataset.qrels[q] for q in qids}
@@ -126,7 +124,9 @@ def evaluate(
         search_s.append(t2 - t1)
         total_s.append(t2 - t0)
         Qs.append(Q)
-        run[qid] = {external[d]: float(s) for d, s in zip(ranked.doc_ids, ranked.scores, strict=True)}
+        run[qid] = {
+            external[d]: float(s) for d, s in zip(ranked.doc_ids, ranked.scores, strict=True)
+        }
     metrics = metrics_of_run(qrels, run)
     latency = {
         **{f"search_{k}": v for k, v in _percentiles(search_s).items()},
@@ -134,7 +134,9 @@ def evaluate(
     }
     ex_metrics = ratio = ex_latency = None
     if exhaustive:
-        ex_metrics, ex_latency = _exhaustive(index, Qs, qids, qrels, external, exhaustive_latency_queries)
+        ex_metrics, ex_latency = _exhaustive(
+            index, Qs, qids, qrels, external, exhaustive_latency_queries
+        )
         ratio = {k: (metrics[k] / v if v else 0.0) for k, v in ex_metrics.items()}
     report = EvalReport(
         dataset=dataset_name,

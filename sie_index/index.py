@@ -188,7 +188,9 @@ class Index:
             if Q.ndim != 2 or Q.shape[0] == 0:
                 raise InvalidInput(f"query {i} has shape {Q.shape}; expected [n_tokens >= 1, dim]")
             if Q.shape[1] != dim:
-                raise DimensionMismatch(f"query {i} has dimension {Q.shape[1]}, the index has {dim}")
+                raise DimensionMismatch(
+                    f"query {i} has dimension {Q.shape[1]}, the index has {dim}"
+                )
             if not np.isfinite(Q).all():
                 raise InvalidInput(f"query {i} holds NaN or Inf values")
             out[i] = Q
@@ -204,13 +206,16 @@ class Index:
     ) -> list[Ranked]:
         """Internal ids and scores, without reading documents (for evaluation loops)."""
         return self._searcher.rank(
-            self._query_matrices(queries), params or SearchParams(), explain=explain, threads=threads
+            self._query_matrices(queries),
+            params or SearchParams(),
+            explain=explain,
+            threads=threads,
         )
 
     def search(
         self,
         query: Query,
-        k: int = 10,
+        k: int | None = None,
         *,
         params: SearchParams | None = None,
         text: bool = False,
@@ -231,7 +236,7 @@ class Index:
     def search_batch(
         self,
         queries: Sequence[Query],
-        k: int = 10,
+        k: int | None = None,
         *,
         params: SearchParams | None = None,
         text: bool = False,
@@ -240,7 +245,10 @@ class Index:
         threads: int | None = None,
         **overrides: Any,
     ) -> list[list[Hit]]:
-        """Search with many queries at once, on all cores; one hit list per query."""
+        """Search with many queries at once, on all cores; one hit list per query.
+
+        ``k`` (default: ``params.k``, 10) is the number of hits per query.
+        """
         if isinstance(queries, str | np.ndarray):
             raise InvalidInput("search_batch takes a sequence of queries; use search for one")
         params = (params or SearchParams()).with_(k=k, **overrides)

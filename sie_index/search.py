@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from sie_index.maxsim import segment_maxsim, segment_maxsim_explain
 from sie_index.params import Hit, MatchedToken, SearchParams
+from sie_index.scoring import segment_maxsim, segment_maxsim_explain
 from storage.store import StoreSnapshot
 
 __all__ = ["Ranked", "Searcher"]
@@ -77,9 +77,7 @@ class Searcher:
         if flt is None:
             return self.live
         if isinstance(flt, Mapping):
-            where = " AND ".join(
-                "json_extract(metadata, ?) IS ?" for _ in flt
-            ) or "1"
+            where = " AND ".join("json_extract(metadata, ?) IS ?" for _ in flt) or "1"
             params: list[Any] = []
             for key, value in flt.items():
                 params += [f'$."{key}"', value]
@@ -124,7 +122,9 @@ class Searcher:
             for i in range(len(queries))
         ]
         return self._map(
-            lambda job: self._rerank(*job, allowed, params, explain), jobs, threads
+            lambda job: self._rerank(job[0], job[1], job[2], allowed, params, explain),
+            jobs,
+            threads,
         )
 
     @staticmethod
@@ -218,7 +218,9 @@ class Searcher:
         """Turn a ranking into hits, reading ids (and text, metadata) from SQLite."""
         stored = self.snapshot.docs.fetch(ranked.doc_ids.tolist(), text=text, metadata=metadata)
         out = []
-        for i, (doc_id, score) in enumerate(zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)):
+        for i, (doc_id, score) in enumerate(
+            zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)
+        ):
             doc = stored[doc_id]
             out.append(
                 Hit(

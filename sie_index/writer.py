@@ -80,8 +80,9 @@ def build_index(
         stats = validate_corpus(corpus, on_error=on_error, limit=limit)
         bad_lines = stats.bad_lines
         total = stats.documents
-        docs = read_documents(corpus, on_error="skip" if on_error == "skip" else "raise",
-                              limit=limit, bad_lines=[])
+        docs = read_documents(
+            corpus, on_error="skip" if on_error == "skip" else "raise", limit=limit, bad_lines=[]
+        )
     else:
         docs = corpus if limit is None else (d for i, d in enumerate(corpus) if i < limit)
     key = getattr(encoder, "document_key", "text")

@@ -137,7 +137,7 @@ class DocStore:
         db = self.db
         try:
             with db.atomic():
-                db["documents"].insert_all(records, batch_size=1000)
+                db.table("documents").insert_all(records, batch_size=1000)
         except sqlite3.IntegrityError as exc:
             dup = self.first_existing([r.external_id for r in rows])
             raise InvalidInput(
@@ -151,9 +151,7 @@ class DocStore:
                 return ext
             seen.add(ext)
         for ext in external_ids:
-            row = self.db.execute(
-                "SELECT 1 FROM documents WHERE external_id = ?", [ext]
-            ).fetchone()
+            row = self.db.execute("SELECT 1 FROM documents WHERE external_id = ?", [ext]).fetchone()
             if row is not None:
                 return ext
         return None
@@ -164,7 +162,7 @@ class DocStore:
     def set_meta(self, values: Mapping[str, str]) -> None:
         db = self.db
         with db.atomic():
-            db["meta"].upsert_all(
+            db.table("meta").upsert_all(
                 [{"key": k, "value": v} for k, v in values.items()], pk="key"
             )
 
@@ -208,7 +206,7 @@ class DocStore:
                 )
         return out
 
-    def doc_ids_where(self, where: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> np.ndarray:
+    def doc_ids_where(self, where: str, params: Sequence[Any] = ()) -> np.ndarray:
         """Internal ids of documents matching an SQL predicate over the documents table.
 
         ``metadata`` is JSON text, so ``json_extract(metadata, '$.lang') = ?`` works.

@@ -63,7 +63,11 @@ def atomic_replace(target: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     """Atomically replace ``target`` with ``data``."""
-    atomic_replace(target, lambda tmp: tmp.write_bytes(data))
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_replace(target, write)
 
 
 def _hash_block(path: Path, index: int, length: int) -> str:

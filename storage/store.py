@@ -15,6 +15,7 @@ the committed prefix of the vector files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -67,7 +68,9 @@ def check_vectors(vectors: Any, dim: int, *, doc_id: str | None = None) -> np.nd
         raise InvalidInput("vectors have zero rows (no tokens)", doc_id=doc_id)
     if arr.shape[1] != dim:
         where = f" of document {doc_id!r}" if doc_id is not None else ""
-        raise DimensionMismatch(f"vectors{where} have dimension {arr.shape[1]}, the index has {dim}")
+        raise DimensionMismatch(
+            f"vectors{where} have dimension {arr.shape[1]}, the index has {dim}"
+        )
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise InvalidInput("vectors hold NaN or Inf values", doc_id=doc_id)
@@ -97,7 +100,9 @@ class StoreBuilder:
                     f"{self.target} exists and is not a sie-index index; refusing to replace it"
                 )
             if is_index and not overwrite:
-                raise StorageError(f"{self.target} already holds an index; pass overwrite to rebuild")
+                raise StorageError(
+                    f"{self.target} already holds an index; pass overwrite to rebuild"
+                )
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self.work = self.target.parent / (
@@ -130,7 +135,9 @@ class StoreBuilder:
             )
             start += len(vecs)
         if checked:
-            doc_ids = np.repeat(np.arange(self.n_docs, self.n_docs + len(batch)), [len(v) for v in checked])
+            doc_ids = np.repeat(
+                np.arange(self.n_docs, self.n_docs + len(batch)), [len(v) for v in checked]
+            )
             self.tokens.append(np.concatenate(checked), doc_ids)
             self.tokens.sync()
         self.docs.insert_batch(rows, self.generation)
@@ -155,7 +162,10 @@ class StoreBuilder:
         token_index = TokenIndex.build(plan, reader, progress)
         token_index.save(self.work / TOKEN_INDEX_NAME)
         del token_index, reader
-        files = {name: _file_record(self.work / name) for name in (TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME)}
+        files = {
+            name: _file_record(self.work / name)
+            for name in (TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME)
+        }
         manifest = Manifest(
             generation=self.generation,
             encoder=dict(encoder_spec),
@@ -186,10 +196,8 @@ class StoreBuilder:
     def abort(self) -> None:
         """Throw the work folder away."""
         self.docs.close()
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self.tokens.close()
-        except (OSError, ValueError):
-            pass
         shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> StoreBuilder:

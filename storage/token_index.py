@@ -41,7 +41,7 @@ __all__ = [
     "training_rows",
 ]
 
-TOKEN_INDEX_NAME = "tokens.faiss"
+TOKEN_INDEX_NAME = "tokens.faiss"  # noqa: S105 (a file name)
 INDEX_KINDS = ("auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
 AUTO_FLAT_MAX_TOKENS = 100_000
 TRAIN_SAMPLE_MAX = 262_144
@@ -172,7 +172,7 @@ class TokenIndex:
             ivf.cp.seed = plan.seed
             ivf.cp.niter = 10
             if plan.kind == "ivf-pq":
-                faiss.downcast_index(index).pq.cp.seed = plan.seed
+                faiss.downcast_index(index).pq.cp.seed = plan.seed  # type: ignore[attr-defined]
         if not index.is_trained:
             sample = tokens.rows(training_rows(tokens.n_tokens, plan.train_sample, plan.seed))
             index.train(sample)
@@ -210,9 +210,11 @@ class TokenIndex:
         k = max(1, min(k_token, self.ntotal))
         params: Any = None
         if self.plan.kind.startswith("ivf"):
-            params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.plan.nlist))
+            params = faiss.SearchParametersIVF()
+            params.nprobe = min(nprobe, self.plan.nlist)
         elif self.plan.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k))
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(ef_search, k)
         if self.ntotal == 0:
             return np.zeros((len(Q), 0), np.float32), np.zeros((len(Q), 0), np.int64)
         sims, rows = self.index.search(Q, k, params=params)

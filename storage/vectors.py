@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 TOKENS_NAME = "tokens.f16"
-TOKEN_DOC_NAME = "token_doc.i32"
+TOKEN_DOC_NAME = "token_doc.i32"  # noqa: S105 (a file name)
 VECTOR_DTYPE = np.dtype("<f2")
 DOC_DTYPE = np.dtype("<i4")
 
@@ -103,4 +103,6 @@ class TokenReader:
 
     def chunks(self, chunk_rows: int) -> list[tuple[int, int]]:
         """``(start, stop)`` row ranges covering the store in pieces of ``chunk_rows``."""
-        return [(s, min(s + chunk_rows, self.n_tokens)) for s in range(0, self.n_tokens, chunk_rows)]
+        return [
+            (s, min(s + chunk_rows, self.n_tokens)) for s in range(0, self.n_tokens, chunk_rows)
+        ]

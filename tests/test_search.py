@@ -32,8 +32,13 @@ def tie_tolerant_recall(hit_scores: list[float], exact: np.ndarray, k: int) -> f
 
 @pytest.mark.parametrize(
     ("kind", "n_docs", "floor"),
-    [("flat", 300, 1.0), ("ivf-flat", 900, 0.9), ("ivf-sq8", 900, 0.9), ("ivf-pq", 900, 0.8),
-     ("hnsw", 600, 0.9)],
+    [
+        ("flat", 300, 1.0),
+        ("ivf-flat", 900, 0.9),
+        ("ivf-sq8", 900, 0.9),
+        ("ivf-pq", 900, 0.8),
+        ("hnsw", 600, 0.9),
+    ],
 )
 def test_search_matches_exhaustive_maxsim(
     make_index: MakeIndex, kind: str, n_docs: int, floor: float

@@ -38,8 +38,12 @@ SPEC = {"kind": "precomputed", "model": "test", "dim": 8, "options": {}}
 def _doc(ext: str, n: int, dim: int = 8, seed: int = 0, **kw: object) -> PendingDoc:
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, dim)).astype(np.float32)
-    return PendingDoc(external_id=ext, text=kw.get("text", f"text {ext}"),  # type: ignore[arg-type]
-                      metadata=kw.get("metadata"), vectors=v)  # type: ignore[arg-type]
+    return PendingDoc(
+        external_id=ext,
+        text=kw.get("text", f"text {ext}"),  # type: ignore[arg-type]
+        metadata=kw.get("metadata"),
+        vectors=v,
+    )  # type: ignore[arg-type]
 
 
 def _build(path: Path, batches: list[list[PendingDoc]], dim: int = 8) -> None:
@@ -60,7 +64,9 @@ doc_strategy = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(docs=doc_strategy, batch=st.integers(1, 7))
 def test_round_trip_of_documents_and_vectors(tmp_path: Path, docs: list, batch: int) -> None:
     path = tmp_path / f"idx-{os.urandom(4).hex()}"
@@ -104,7 +110,11 @@ def test_span_rows_concatenates_ranges() -> None:
         (np.array([[np.inf] + [0.5] * 7], np.float32), InvalidInput, "NaN or Inf"),
         (np.ones((3, 7), np.float32), DimensionMismatch, "dimension 7"),
         (np.zeros((0, 8), np.float32), InvalidInput, "zero rows"),
-        (np.vstack([np.ones((1, 8)), np.zeros((1, 8))]).astype(np.float32), InvalidInput, "all-zero"),
+        (
+            np.vstack([np.ones((1, 8)), np.zeros((1, 8))]).astype(np.float32),
+            InvalidInput,
+            "all-zero",
+        ),
         (np.array([["a"] * 8]), InvalidInput, "dtype"),
         (np.ones(8, np.float32), InvalidInput, "shape"),
         (np.full((1, 8), 1e6, np.float32), InvalidInput, "float16"),
@@ -161,7 +171,7 @@ def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path: Path) -> Non
 
 
 def test_open_errors_say_what_is_wrong(tmp_path: Path) -> None:
-    with pytest.raises(NotAnIndex, match="no manifest.json"):
+    with pytest.raises(NotAnIndex, match=r"no manifest\.json"):
         StoreSnapshot.open(tmp_path)
     with pytest.raises(NotAnIndex, match="not a folder"):
         StoreSnapshot.open(tmp_path / "absent")
@@ -188,7 +198,7 @@ def test_damaged_files_give_corrupt_index(tmp_path: Path, name: str) -> None:
     with pytest.raises(CorruptIndex, match=name.replace(".", r"\.")):
         StoreSnapshot.open(path)
     target.write_bytes(bytes(data[: len(data) // 3]))
-    with pytest.raises(CorruptIndex, match="truncated|shorter"):
+    with pytest.raises(CorruptIndex, match=r"truncated|shorter"):
         StoreSnapshot.open(path)
 
 

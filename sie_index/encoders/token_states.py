@@ -88,7 +88,9 @@ class TokenStatesEncoder:
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         folder = Path(model_dir) if model_dir is not None else default_model_dir()
         if not (folder / "config.json").is_file():
             raise EncoderUnavailable(f"{folder} is not a model folder (no config.json)")

@@ -1,0 +1,270 @@
+"""MaxSim scoring: the SIE SDK's public helpers and the searcher's segment kernels.
+
+MaxSim (late interaction) scores a query token matrix ``Q [nq, dim]`` against a
+document token matrix ``D [n, dim]`` as ``sum_i max_j Q[i] · D[j]``.
+
+:func:`maxsim` and :func:`maxsim_batch` accept exactly what ``sie_sdk.scoring``
+accepts and return the same shapes and values (similarities and sums in float32,
+also for float16 input), so code written against the SDK runs unchanged. They
+differ only in speed: the documents' tokens are concatenated and scored with one
+matrix product per block of documents, and the per-document maximum is a
+segment reduction (``np.maximum.reduceat``), not a Python loop per document.
+
+The segment kernels (:func:`segment_maxsim`, :func:`segment_maxsim_explain`,
+:func:`segment_maxsim_torch`) take documents already concatenated, with their
+token ``counts``; the searcher uses them for the exact rerank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sie_index.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "maxsim",
+    "maxsim_batch",
+    "segment_maxsim",
+    "segment_maxsim_explain",
+    "segment_maxsim_torch",
+]
+
+# Elements of one similarity block (query tokens x document tokens): 32 MiB of float32.
+_BLOCK_ELEMS = 8 * 1024 * 1024
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+def _as_multivector(array: object, *, label: str) -> np.ndarray:
+    """One multivector as a 2-D float16/float32 array with at least one token.
+
+    Float16 input stays float16 here (it is cast to float32 block by block before
+    any arithmetic), so a float16 corpus is never copied whole at float32.
+    """
+    if isinstance(array, np.ndarray) and array.dtype in _FLOATS:
+        coerced = array
+    else:
+        coerced = np.asarray(array, dtype=np.float32)
+    if coerced.ndim != 2:
+        raise InvalidInput(
+            f"{label} must be a 2-D array of shape [num_tokens, dim], got shape {coerced.shape}. "
+            "A single token vector needs an outer dimension (use `vector[None, :]`); "
+            "a list of documents belongs in the `documents` argument, not here."
+        )
+    if coerced.shape[0] == 0:
+        raise InvalidInput(
+            f"{label} has 0 tokens (shape {coerced.shape}); "
+            "MaxSim is undefined with no tokens to match."
+        )
+    return coerced
+
+
+def _dim_mismatch(query_dim: int, doc_dim: int, index: int) -> InvalidInput:
+    return InvalidInput(
+        f"dim mismatch: query has dim {query_dim} but documents[{index}] has dim {doc_dim}. "
+        "Both sides must come from the same model — check that the stored document vectors "
+        "were produced by the model now encoding the query."
+    )
+
+
+def _document_list(documents: Any) -> list[Any]:
+    """The SDK's reading of ``documents``: a 2-D ndarray is ONE document."""
+    if isinstance(documents, np.ndarray) and documents.ndim == 2:
+        return [documents]
+    return list(documents)
+
+
+def _check_documents(documents: Iterable[Any], query_dims: Sequence[int]) -> list[np.ndarray]:
+    """Validate documents in order, as the SDK does: shape first, then width."""
+    distinct = set(query_dims)
+    checked = []
+    for index, doc in enumerate(documents):
+        array = _as_multivector(doc, label=f"documents[{index}]")
+        if len(distinct) > 1 or (distinct and array.shape[1] not in distinct):
+            query_dim = next(d for d in query_dims if d != array.shape[1])
+            raise _dim_mismatch(query_dim, array.shape[1], index)
+        checked.append(array)
+    return checked
+
+
+def _groups(counts: np.ndarray, rows: int, dim: int) -> list[tuple[int, int]]:
+    """Consecutive document ranges whose blocks (``rows x tokens`` similarities and
+    ``tokens x dim`` float32 vectors) stay near the budget; a longer document goes alone."""
+    budget = max(1, _BLOCK_ELEMS // max(rows, dim, 1))
+    ends = np.cumsum(counts)
+    groups = []
+    start = 0
+    while start < len(counts):
+        before = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, before + budget, side="right")))
+        groups.append((start, stop))
+        start = stop
+    return groups
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1 or (counts.size and int(counts.min()) < 1):
+        raise InvalidInput("segment counts must be a 1-D array of positive token counts")
+    return np.cumsum(counts) - counts
+
+
+def _segment_max(Q: np.ndarray, D: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per document and query token, the best similarity: float32 ``[n, nq]``, C-order.
+
+    The layout makes each document's query-token maxima one contiguous row, so a
+    row sum adds them in the same (pairwise) order as the SDK's ``np.sum``.
+    """
+    S = Q @ D.T  # [nq, T]: reducing along the contiguous axis is the fast reduceat
+    return np.ascontiguousarray(np.maximum.reduceat(S, offsets, axis=1).T)
+
+
+def _f32(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array, dtype=np.float32)
+
+
+def _check_kernel_input(Q: np.ndarray, D: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    offsets = _offsets(counts)
+    if Q.ndim != 2 or D.ndim != 2 or Q.shape[1] != D.shape[1]:
+        raise InvalidInput(f"Q {Q.shape} and D {D.shape} must be 2-D with the same dim")
+    if int(np.sum(counts)) != D.shape[0]:
+        raise InvalidInput(f"counts add up to {int(np.sum(counts))}, D has {D.shape[0]} rows")
+    return offsets
+
+
+def maxsim(query: Any, documents: Any) -> list[float]:
+    """MaxSim scores of one query against documents, as ``sie_sdk.scoring.maxsim``.
+
+    ``query`` is ``[num_query_tokens, dim]`` (float16, float32 or anything
+    ``np.asarray`` reads as numbers). ``documents`` is a list of ``[n_i, dim]``
+    multivectors, or one 2-D ndarray meaning a single document, or a 3-D ndarray
+    meaning a stack of documents. Returns one float per document: the sum over
+    query tokens of the best dot product with any document token, computed in
+    float32. An empty ``documents`` gives ``[]``.
+
+    Raises :class:`~sie_index.errors.InvalidInput` (a ``ValueError``, like the
+    SDK's) when the query or a document is not 2-D, has no tokens, or a document's
+    width differs from the query's; the message names the document's position.
+    """
+    doc_list = _document_list(documents)
+    Q = _f32(_as_multivector(query, label="query"))
+    docs = _check_documents(doc_list, [Q.shape[1]])
+    counts = np.array([len(doc) for doc in docs], dtype=np.int64)
+    scores = np.empty(len(docs), dtype=np.float32)
+    for start, stop in _groups(counts, len(Q), Q.shape[1]):
+        D = np.concatenate(docs[start:stop], axis=0, dtype=np.float32)
+        scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
+    return [float(score) for score in scores]
+
+
+def maxsim_batch(queries: Sequence[Any], documents: Sequence[Any]) -> np.ndarray:
+    """MaxSim scores of many queries against many documents, as ``sie_sdk.scoring.maxsim_batch``.
+
+    ``queries`` and ``documents`` are sequences of ``[n_tokens, dim]`` multivectors
+    (float16 or float32). Returns float32 ``[len(queries), len(documents)]`` with
+    ``scores[i, j]`` the MaxSim of query ``i`` against document ``j``.
+
+    Raises :class:`~sie_index.errors.InvalidInput` (a ``ValueError``) when a query
+    or document is not 2-D, has no tokens, or a document's width differs from a
+    query's.
+    """
+    query_list = [
+        _f32(_as_multivector(query, label=f"queries[{i}]")) for i, query in enumerate(queries)
+    ]
+    docs = _check_documents(documents, [q.shape[1] for q in query_list])
+    scores = np.zeros((len(query_list), len(docs)), dtype=np.float32)
+    if not query_list or not docs:
+        return scores
+    Q = np.concatenate(query_list, axis=0)
+    q_ends = np.cumsum([len(q) for q in query_list])
+    q_starts = q_ends - np.array([len(q) for q in query_list])
+    counts = np.array([len(doc) for doc in docs], dtype=np.int64)
+    for start, stop in _groups(counts, len(Q), Q.shape[1]):
+        D = np.concatenate(docs[start:stop], axis=0, dtype=np.float32)
+        best = _segment_max(Q, D, _offsets(counts[start:stop]))  # [docs, all query tokens]
+        for i, (q0, q1) in enumerate(zip(q_starts, q_ends, strict=True)):
+            scores[i, start:stop] = best[:, q0:q1].sum(axis=1)
+    return scores
+
+
+def segment_maxsim(Q: np.ndarray, D: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """MaxSim of ``Q [nq, dim]`` against each of ``n`` documents concatenated in ``D``.
+
+    ``D [T, dim]`` holds the documents' tokens back to back, ``counts [n]`` (all
+    >= 1, summing to ``T``) their token counts. Returns float32 ``[n]``.
+    """
+    Q, D = _f32(Q), _f32(D)
+    offsets = _check_kernel_input(Q, D, counts)
+    if offsets.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    result: np.ndarray = _segment_max(Q, D, offsets).sum(axis=1)
+    return result
+
+
+def segment_maxsim_explain(
+    Q: np.ndarray, D: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`segment_maxsim` plus, per document and query token, the matched token.
+
+    Returns ``(scores [n] float32, best_row [n, nq] int64, best_sim [n, nq] float32)``:
+    ``best_row`` indexes rows of ``D`` (the first one on ties) and ``best_sim`` is
+    that row's similarity, so ``scores == best_sim.sum(axis=1)``.
+    """
+    Q, D = _f32(Q), _f32(D)
+    offsets = _check_kernel_input(Q, D, counts)
+    nq = Q.shape[0]
+    if offsets.size == 0:
+        return (
+            np.zeros(0, dtype=np.float32),
+            np.zeros((0, nq), dtype=np.int64),
+            np.zeros((0, nq), dtype=np.float32),
+        )
+    S = Q @ D.T  # [nq, T]
+    best = np.maximum.reduceat(S, offsets, axis=1)  # [nq, n]
+    spread = np.repeat(best, np.asarray(counts, dtype=np.int64), axis=1)  # [nq, T]
+    rows = np.where(spread == S, np.arange(D.shape[0], dtype=np.int64), D.shape[0])
+    best_row = np.minimum.reduceat(rows, offsets, axis=1)
+    # A NaN maximum matches no row: point at the segment's first row instead.
+    best_row = np.where(best_row < D.shape[0], best_row, offsets)
+    best_sim = np.ascontiguousarray(best.T)
+    return best_sim.sum(axis=1), np.ascontiguousarray(best_row.T), best_sim
+
+
+def segment_maxsim_torch(
+    Q: np.ndarray | torch.Tensor,
+    D: np.ndarray | torch.Tensor,
+    counts: np.ndarray,
+    device: str = "cpu",
+) -> np.ndarray:
+    """:func:`segment_maxsim` with torch ops on ``device`` (``"cpu"`` or ``"cuda"``).
+
+    Same inputs and result (float32 ``[n]`` as a NumPy array) as the NumPy kernel,
+    equal to it within float32 rounding. The segment maximum is a
+    ``scatter_reduce(..., "amax")`` over each token's document number.
+    """
+    import torch
+
+    Qt = torch.as_tensor(Q).to(device=device, dtype=torch.float32)
+    Dt = torch.as_tensor(D).to(device=device, dtype=torch.float32)
+    counts = np.asarray(counts, dtype=np.int64)
+    _offsets(counts)
+    if Qt.ndim != 2 or Dt.ndim != 2 or Qt.shape[1] != Dt.shape[1]:
+        raise InvalidInput(f"Q {tuple(Qt.shape)} and D {tuple(Dt.shape)} must be 2-D, same dim")
+    if int(counts.sum()) != Dt.shape[0]:
+        raise InvalidInput(f"counts add up to {int(counts.sum())}, D has {Dt.shape[0]} rows")
+    n, nq = len(counts), Qt.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    S = Qt @ Dt.T  # [nq, T]
+    doc_of_row = torch.repeat_interleave(
+        torch.arange(n, device=device), torch.from_numpy(counts).to(device)
+    )
+    best = torch.full((nq, n), float("-inf"), device=device, dtype=torch.float32)
+    best = best.scatter_reduce(1, doc_of_row.expand(nq, -1), S, "amax", include_self=True)
+    result: np.ndarray = best.T.contiguous().sum(dim=1).cpu().numpy()
+    return result

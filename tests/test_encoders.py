@@ -1,0 +1,151 @@
+"""Encoders: the embedded default (real all-MiniLM-L6-v2 weights) and precomputed vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sie_index import EncoderSpec, Index, PrecomputedEncoder, TokenStatesEncoder
+from sie_index.encoders.base import Encoder, check_encoder_output
+from sie_index.encoders.registry import encoder_from_spec, load_encoder
+from sie_index.errors import (
+    DimensionMismatch,
+    EncoderProtocolError,
+    EncoderUnavailable,
+    InvalidInput,
+)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> TokenStatesEncoder:
+    return TokenStatesEncoder()
+
+
+def test_default_encoder_gives_one_normalized_row_per_word_piece(
+    minilm: TokenStatesEncoder,
+) -> None:
+    texts = ["GNU image manipulation program", "a lightweight web server", "x"]
+    out = minilm.encode_documents(texts)
+    assert isinstance(minilm, Encoder)
+    assert minilm.spec.dim == 384 and minilm.spec.kind == "token-states"
+    for text, vecs in zip(texts, out, strict=True):
+        pieces = minilm.tokenizer.tokenize(text)  # no [CLS]/[SEP]: special tokens are dropped
+        assert vecs.shape == (len(pieces), 384)
+        assert vecs.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_length_sorting_keeps_the_input_order(minilm: TokenStatesEncoder) -> None:
+    texts = ["a much longer text about compilers and linkers and debuggers", "short", "medium text"]
+    batched = minilm.encode_documents(texts)
+    alone = [minilm.encode_documents([t])[0] for t in texts]
+    for b, a in zip(batched, alone, strict=True):
+        assert b.shape == a.shape
+        # bf16 autocast: padding changes rounding a little, never the meaning
+        assert float((b * a).sum(axis=1).min()) > 0.98
+
+
+def test_related_texts_score_higher(minilm: TokenStatesEncoder) -> None:
+    from sie_index import maxsim
+
+    q = minilm.encode_queries(["edit photos and images"])[0]
+    docs = minilm.encode_documents(
+        ["GIMP is a program to edit photos, paint and retouch images", "a DNS resolver library"]
+    )
+    s = maxsim(q, docs)
+    assert s[0] > s[1]
+
+
+def test_queries_are_truncated_to_query_maxlen(minilm: TokenStatesEncoder) -> None:
+    long = " ".join(["word"] * 200)
+    assert len(minilm.encode_queries([long])[0]) == minilm.query_maxlen - 2
+    assert len(minilm.encode_documents([long])[0]) == min(200, minilm.doc_maxlen - 2)
+
+
+def test_spec_names_the_weights_and_round_trips(minilm: TokenStatesEncoder) -> None:
+    spec = minilm.spec
+    assert len(spec.options["weights_sha256"]) == 16
+    assert EncoderSpec.from_dict(spec.to_dict()) == spec
+    again = encoder_from_spec(spec)
+    spec.check_query_encoder(again.spec)
+
+
+def test_empty_text_is_rejected(minilm: TokenStatesEncoder) -> None:
+    with pytest.raises(InvalidInput, match="text 1 is empty"):
+        minilm.encode_queries(["fine", "   "])
+
+
+def test_a_folder_without_a_model_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(EncoderUnavailable, match=r"no config\.json"):
+        TokenStatesEncoder(tmp_path)
+    with pytest.raises(InvalidInput, match="unknown encoder"):
+        load_encoder("bm25")
+
+
+def test_query_encoder_must_match_the_index_spec() -> None:
+    built = EncoderSpec(kind="token-states", model="m", dim=4, options={"query_maxlen": 32})
+    with pytest.raises(DimensionMismatch, match="gives 8-dim"):
+        built.check_query_encoder(EncoderSpec(kind="token-states", model="m", dim=8))
+    with pytest.raises(DimensionMismatch, match="not the encoder"):
+        built.check_query_encoder(EncoderSpec(kind="token-states", model="other", dim=4))
+    pre = EncoderSpec(kind="precomputed", model="mine", dim=4)
+    pre.check_query_encoder(EncoderSpec(kind="sie", model="any", dim=4))
+
+
+@pytest.mark.parametrize(
+    ("outputs", "needle"),
+    [
+        ([np.ones((2, 4))], "2 inputs"),
+        ([np.ones((2, 4)), np.ones((2, 3))], "result 1 has shape"),
+        ([np.ones((2, 4)), np.full((1, 4), np.nan)], "NaN"),
+        ([np.ones((2, 4)), np.ones((0, 4))], "n_tokens >= 1"),
+    ],
+)
+def test_encoder_output_is_checked(outputs: list[np.ndarray], needle: str) -> None:
+    with pytest.raises(EncoderProtocolError, match=needle):
+        check_encoder_output(outputs, 2, 4, who="test encoder")
+
+
+def test_precomputed_from_npy_folder_and_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {f"d{i}": rng.standard_normal((i + 2, 6)).astype(np.float32) for i in range(4)}
+    folder = tmp_path / "vecs"
+    folder.mkdir()
+    for key, arr in arrays.items():
+        np.save(folder / f"{key}.npy", arr)
+    np.savez(tmp_path / "vecs.npz", **arrays)
+    for source in (folder, tmp_path / "vecs.npz"):
+        enc = PrecomputedEncoder(source)
+        assert enc.spec.dim == 6
+        got = enc.encode_documents(["d2", "d0"])
+        np.testing.assert_allclose(np.linalg.norm(got[0], axis=1), 1.0, atol=1e-6)
+        assert got[1].shape == (2, 6)
+        with pytest.raises(InvalidInput, match="'missing'"):
+            enc.encode_documents(["missing"])
+    np.save(folder / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput, match="without pickle"):
+        PrecomputedEncoder(folder).encode_documents(["obj"])
+
+
+def test_index_from_precomputed_folder(tmp_path: Path) -> None:
+    from sie_index.corpus import Document
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "vecs"
+    folder.mkdir()
+    docs = []
+    for i in range(20):
+        np.save(folder / f"p{i}.npy", rng.standard_normal((5, 8)).astype(np.float32))
+        docs.append(Document(id=f"p{i}", text=f"document {i}"))
+    index = Index.build(
+        tmp_path / "idx", docs, encoder=PrecomputedEncoder(folder), index_kind="flat"
+    )
+    Q = np.load(folder / "p7.npy")
+    assert index.search(Q, k=1)[0].external_id == "p7"
+    assert index.search(Q, k=1, text=True)[0].text == "document 7"
+    np.save(folder / "p3.npy", np.full((5, 8), np.inf, np.float32))
+    with pytest.raises(InvalidInput, match="'p3'"):
+        Index.build(tmp_path / "idx2", docs, encoder=PrecomputedEncoder(folder, dim=8))
+    assert not (tmp_path / "idx2").exists()

@@ -1,0 +1,43 @@
+"""The public face: a small, sorted, complete ``__all__``; no pickle anywhere."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import sie_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_all_is_sorted_and_every_name_resolves() -> None:
+    assert sie_index.__all__ == sorted(sie_index.__all__)
+    for name in sie_index.__all__:
+        assert getattr(sie_index, name) is not None, name
+
+
+def test_errors_form_one_tree() -> None:
+    for name in sie_index.__all__:
+        obj = getattr(sie_index, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, sie_index.SieIndexError)
+    assert issubclass(sie_index.InvalidInput, ValueError)
+
+
+def test_importing_the_package_or_storage_first_is_cheap_and_acyclic() -> None:
+    for stmt in ("import storage.store", "import sie_index; sie_index.Index", "import sie_index"):
+        code = f"{stmt}; import sys; print('torch' in sys.modules)"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout.strip()
+        if stmt == "import sie_index":
+            assert out == "False"
+
+
+def test_no_pickle_in_the_code() -> None:
+    pattern = re.compile(r"import pickle|pickle\.loads?\(|allow_pickle\s*=\s*True|torch\.load\(")
+    for folder in ("sie_index", "storage", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert not pattern.search(path.read_text()), path

@@ -1,0 +1,58 @@
+"""The README's commands and examples, run as written."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sie_index.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+
+
+def test_first_screen_gives_the_two_commands() -> None:
+    first_two = [code.strip() for lang, code in BLOCKS[:2]]
+    assert first_two == ["bash scripts/demo.sh", "bash scripts/test.sh"]
+    assert README.index("bash scripts/test.sh") < 1500  # on the first screen
+    for script in ("scripts/demo.sh", "scripts/test.sh", "scripts/setup.sh"):
+        assert (ROOT / script).is_file()
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_examples_parse() -> None:
+    lines = [
+        line.split("#")[0].strip()
+        for lang, code in BLOCKS
+        if lang == "bash"
+        for line in code.splitlines()
+        if line.startswith(".venv/bin/sie-index ")
+    ]
+    assert len(lines) >= 4
+    parser = build_parser()
+    for line in lines:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert callable(args.func)
+
+
+def test_python_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = next(code for lang, code in BLOCKS if lang == "python")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4  # three hits, then the batch's ids
+    assert (tmp_path / "pkgs-index" / "manifest.json").is_file()
+
+
+def test_demo_main_job_on_a_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "demo", "--limit", "300", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "300 documents" in out
+    assert out.count("query:") == 6
+    assert "* " in out  # a judged answer is in a top 3
