@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from sie_index.index import Index
+
+# Tests write nothing into the working tree: no hypothesis example database.
+settings.register_profile("sie-index", database=None)
+settings.load_profile("sie-index")
 
 
 def synthetic_corpus(
