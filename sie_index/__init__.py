@@ -16,6 +16,12 @@ encoders pull in torch only when one is made).
 from __future__ import annotations
 
 import importlib
+import os
+
+# FAISS and torch each load their own OpenMP runtime. Threads that spin after a
+# parallel region steal cores from the other runtime, which doubled search latency
+# on a 2-core machine; waiting passively avoids it. A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"

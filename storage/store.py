@@ -275,3 +275,4 @@ class StoreSnapshot:
 
     def close(self) -> None:
         self.docs.close()
+        self.tokens.close()
