@@ -29,7 +29,7 @@ import numpy as np
 from sie_index.errors import CorruptIndex, DimensionMismatch, InvalidInput
 from storage.vectors import TokenReader
 
-__all__ = ["exhaustive_scores", "exhaustive_search"]
+__all__ = ["ResidentScan", "exhaustive_scores", "exhaustive_search"]
 
 
 def exhaustive_search(
@@ -289,3 +289,61 @@ def _writable_alias(vectors: np.ndarray) -> np.ndarray | None:
             shape=vectors.shape,
         )
     return None
+
+
+class ResidentScan:
+    """Exhaustive MaxSim with every stored vector held in memory, for latency baselines.
+
+    The honest brute-force competitor of the searcher: all token vectors loaded
+    once into a torch tensor (bfloat16 by default, as the usual in-memory
+    MaxSim scan does), then each query is one matrix product per block of whole
+    documents and a segment max. Needs ``n_tokens * dim * 2`` bytes of memory.
+    Document spans must be contiguous and in doc-id order (as a build writes them).
+    """
+
+    def __init__(
+        self,
+        reader: TokenReader,
+        token_start: np.ndarray,
+        token_count: np.ndarray,
+        *,
+        dtype: str = "bfloat16",
+        block_tokens: int = 262_144,
+    ) -> None:
+        import torch
+
+        counts = np.asarray(token_count, dtype=np.int64)
+        ends = np.cumsum(counts)
+        if len(counts) and (
+            int(token_start[0]) != 0 or not np.array_equal(token_start[1:], ends[:-1])
+        ):
+            raise InvalidInput("ResidentScan needs contiguous document spans in doc-id order")
+        self._torch = torch
+        self.dim = reader.dim
+        self.n_docs = len(counts)
+        self.vectors = torch.empty(
+            (int(ends[-1]) if len(ends) else 0, reader.dim), dtype=getattr(torch, dtype)
+        )
+        for start, stop in reader.chunks(block_tokens):
+            chunk = torch.from_numpy(np.array(reader.vectors[start:stop]))
+            self.vectors[start:stop] = chunk.to(self.vectors.dtype)
+        # blocks of whole documents, about block_tokens rows each
+        self.blocks: list[tuple[int, int, int, int, np.ndarray]] = []
+        doc = 0
+        while doc < self.n_docs:
+            row0 = int(ends[doc - 1]) if doc else 0
+            stop = max(doc + 1, int(np.searchsorted(ends, row0 + block_tokens, side="right")))
+            row1 = int(ends[stop - 1])
+            offsets = np.concatenate([[0], ends[doc : stop - 1] - row0]).astype(np.int64)
+            self.blocks.append((doc, stop, row0, row1, offsets))
+            doc = stop
+
+    def scores(self, Q: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of ``Q [nq, dim]`` against every document: float32 ``[n_docs]``."""
+        torch = self._torch
+        Qt = torch.from_numpy(_as_query(Q, "query", self.dim)).to(self.vectors.dtype)
+        out = np.empty(self.n_docs, np.float32)
+        for doc0, doc1, row0, row1, offsets in self.blocks:
+            S = (Qt @ self.vectors[row0:row1].T).float().numpy()
+            out[doc0:doc1] = np.maximum.reduceat(S, offsets, axis=1).sum(axis=0)
+        return out

@@ -281,3 +281,25 @@ def test_property_matches_brute_force(
     expected_scores, expected_ids = brute_force_top(queries, docs, k, live)
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_resident_scan_matches_the_streaming_oracle(tmp_path: Path) -> None:
+    from sie_index.exhaustive import ResidentScan, exhaustive_scores
+
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 30, size=40)
+    vectors = rng.standard_normal((int(counts.sum()), 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    writer = TokenWriter(tmp_path, 16)
+    writer.append(vectors, np.repeat(np.arange(40), counts))
+    writer.close()
+    reader = TokenReader(tmp_path, 16, len(vectors))
+    starts = np.cumsum(counts) - counts
+    Q = rng.standard_normal((5, 16)).astype(np.float32)
+    exact = exhaustive_scores(Q, reader, starts, counts)
+    for dtype in ("float32", "bfloat16"):
+        scan = ResidentScan(reader, starts, counts, dtype=dtype, block_tokens=50)
+        tol = 1e-4 if dtype == "float32" else 0.1
+        np.testing.assert_allclose(scan.scores(Q), exact, atol=tol)
+    with pytest.raises(InvalidInput, match="contiguous"):
+        ResidentScan(reader, starts[::-1].copy(), counts[::-1].copy())
