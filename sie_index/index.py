@@ -118,9 +118,11 @@ class Index:
         """Build an index from multivectors the user already has (one array per id)."""
         if len(ids) != len(vectors):
             raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
-        if len(set(ids)) != len(ids):
-            dup = next(i for n, i in enumerate(ids) if i in ids[:n])
-            raise InvalidInput("duplicate document id", doc_id=dup)
+        seen: set[str] = set()
+        for ext in ids:
+            if ext in seen:
+                raise InvalidInput("duplicate document id", doc_id=ext)
+            seen.add(ext)
         by_id = dict(zip(ids, vectors, strict=True))
         dims = {np.shape(v)[1] for v in vectors if np.ndim(v) == 2}
         encoder = PrecomputedEncoder(

@@ -145,3 +145,10 @@ def test_search_params_are_frozen_and_checked() -> None:
         p.k = 5  # type: ignore[misc]
     with pytest.raises(InvalidInput):
         SearchParams(n_rerank=-1)
+
+
+def test_from_vectors_rejects_repeated_ids_and_builds_nothing(tmp_path: Path) -> None:
+    v = np.eye(4, dtype=np.float32)[:2]
+    with pytest.raises(InvalidInput, match="'b'"):
+        Index.from_vectors(tmp_path / "idx", ["a", "b", "b"], [v, v, v])
+    assert not (tmp_path / "idx").exists()
