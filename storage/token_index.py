@@ -13,7 +13,8 @@ of the vector store. Kinds:
 ``nlist`` follows the token count N: ``2 ** round(log2(4 * sqrt(N)))``, and never
 more than N / 39 (FAISS needs about 39 training points a list). Training reads
 a bounded, seeded sample of rows (:func:`training_rows`), so build memory does
-not grow with the corpus; vectors are then added chunk by chunk from the map.
+not grow with the corpus; vectors are then read and added chunk by chunk (read,
+not mapped, so a pass over the store leaves no mapped pages in the process).
 """
 
 from __future__ import annotations
@@ -174,11 +175,12 @@ class TokenIndex:
             if plan.kind == "ivf-pq":
                 faiss.downcast_index(index).pq.cp.seed = plan.seed  # type: ignore[attr-defined]
         if not index.is_trained:
-            sample = tokens.rows(training_rows(tokens.n_tokens, plan.train_sample, plan.seed))
+            rows = training_rows(tokens.n_tokens, plan.train_sample, plan.seed)
+            sample = tokens.sample_rows(rows, ADD_CHUNK_ROWS)
             index.train(sample)
             del sample
         for start, stop in tokens.chunks(ADD_CHUNK_ROWS):
-            index.add(tokens.rows(np.arange(start, stop)))
+            index.add(tokens.read_rows(start, stop).astype(np.float32))
             if progress is not None:
                 progress(stop - start)
         return cls(index, plan)

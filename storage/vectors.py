@@ -113,10 +113,26 @@ class TokenReader:
                 raise CorruptIndex(
                     f"token span {start}+{count} is outside the {self.n_tokens} rows"
                 )
-            size = count * self._row_bytes
-            if os.preadv(self._fd, [buf[pos : pos + size]], start * self._row_bytes) != size:
-                raise CorruptIndex(f"{TOKENS_NAME} ended before row {start + count}")
-            pos += size
+            end, offset = pos + count * self._row_bytes, start * self._row_bytes
+            while pos < end:  # preadv may return less than asked for very large reads
+                got = os.preadv(self._fd, [buf[pos:end]], offset)
+                if got <= 0:
+                    raise CorruptIndex(f"{TOKENS_NAME} ended before row {start + count}")
+                pos, offset = pos + got, offset + got
+        return out
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Float16 rows ``start .. stop-1``, read (not mapped), so a full pass over the
+        store leaves no mapped pages behind in the reader's memory."""
+        return self.read_spans(np.array([start]), np.array([stop - start]))
+
+    def sample_rows(self, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
+        """Float32 vectors of the sorted ``rows``, read chunk by chunk."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        for start, stop in self.chunks(chunk_rows):
+            lo, hi = np.searchsorted(rows, [start, stop])
+            if hi > lo:
+                out[lo:hi] = self.read_rows(start, stop)[rows[lo:hi] - start]
         return out
 
     def spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
