@@ -13,8 +13,9 @@ For each query (a ``Q`` matrix of query-token vectors):
    over their stored vectors, in one vectorized pass (segment max);
 5. the top ``k`` by exact score are returned, ties broken by internal id.
 
-A selective filter (few allowed documents) skips the ANN and scores every
-allowed document exactly, so a filter never silently empties a result list.
+When few documents are allowed (a selective filter, or a small index: at most
+``EXACT_FILTER_FACTOR * max(n_rerank, k)``), the ANN is skipped and every
+allowed document is scored exactly, so a filter never silently empties a list.
 """
 
 from __future__ import annotations
