@@ -124,7 +124,9 @@ def test_precomputed_from_npy_folder_and_npz(tmp_path: Path) -> None:
         assert got[1].shape == (2, 6)
         with pytest.raises(InvalidInput, match="'missing'"):
             enc.encode_documents(["missing"])
-    np.save(folder / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with open(folder / "obj.npy", "wb") as fh:  # an object array's header, no pickle payload
+        header = {"descr": "|O", "fortran_order": False, "shape": (1,)}
+        np.lib.format.write_array_header_1_0(fh, header)
     with pytest.raises(InvalidInput, match="without pickle"):
         PrecomputedEncoder(folder).encode_documents(["obj"])
 
