@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.errors import CorruptIndex, DimensionMismatch, InvalidInput
+from sie_index.scoring import token_blocks
 from storage.vectors import TokenReader
 
 __all__ = ["ResidentScan", "exhaustive_scores", "exhaustive_search"]
@@ -325,18 +326,14 @@ class ResidentScan:
             (int(ends[-1]) if len(ends) else 0, reader.dim), dtype=getattr(torch, dtype)
         )
         for start, stop in reader.chunks(block_tokens):
-            chunk = torch.from_numpy(np.array(reader.vectors[start:stop]))
+            chunk = torch.from_numpy(reader.read_rows(start, stop))
             self.vectors[start:stop] = chunk.to(self.vectors.dtype)
         # blocks of whole documents, about block_tokens rows each
         self.blocks: list[tuple[int, int, int, int, np.ndarray]] = []
-        doc = 0
-        while doc < self.n_docs:
-            row0 = int(ends[doc - 1]) if doc else 0
-            stop = max(doc + 1, int(np.searchsorted(ends, row0 + block_tokens, side="right")))
-            row1 = int(ends[stop - 1])
+        for doc, stop in token_blocks(counts, block_tokens):
+            row0, row1 = int(ends[doc] - counts[doc]), int(ends[stop - 1])
             offsets = np.concatenate([[0], ends[doc : stop - 1] - row0]).astype(np.int64)
             self.blocks.append((doc, stop, row0, row1, offsets))
-            doc = stop
 
     def scores(self, Q: np.ndarray) -> np.ndarray:
         """Exact MaxSim of ``Q [nq, dim]`` against every document: float32 ``[n_docs]``."""

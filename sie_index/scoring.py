@@ -92,19 +92,24 @@ def _check_documents(documents: Iterable[Any], query_dims: Sequence[int]) -> lis
     return checked
 
 
-def _groups(counts: np.ndarray, rows: int, dim: int) -> list[tuple[int, int]]:
-    """Consecutive document ranges whose blocks (``rows x tokens`` similarities and
-    ``tokens x dim`` float32 vectors) stay near the budget; a longer document goes alone."""
-    budget = max(1, _BLOCK_ELEMS // max(rows, dim, 1))
+def token_blocks(counts: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive document ranges ``(start, stop)`` of about ``budget`` tokens each
+    (``counts`` are the documents' token counts); a longer document goes alone."""
     ends = np.cumsum(counts)
-    groups = []
+    blocks = []
     start = 0
     while start < len(counts):
         before = int(ends[start - 1]) if start else 0
         stop = max(start + 1, int(np.searchsorted(ends, before + budget, side="right")))
-        groups.append((start, stop))
+        blocks.append((start, stop))
         start = stop
-    return groups
+    return blocks
+
+
+def _groups(counts: np.ndarray, rows: int, dim: int) -> list[tuple[int, int]]:
+    """Document ranges whose blocks (``rows x tokens`` similarities and ``tokens x dim``
+    float32 vectors) stay near the budget."""
+    return token_blocks(counts, max(1, _BLOCK_ELEMS // max(rows, dim, 1)))
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.params import Hit, MatchedToken, SearchParams
-from sie_index.scoring import segment_maxsim, segment_maxsim_explain
+from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks
 from storage.store import StoreSnapshot
 
 __all__ = ["Ranked", "Searcher"]
@@ -186,17 +186,11 @@ class Searcher:
         """Exact MaxSim of ``cand`` documents, top ``k``."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         scores = np.empty(len(cand), np.float32)
-        start = 0
-        # bounded memory: score candidates in groups of about EXACT_CHUNK_TOKENS tokens
         counts = self.token_count[cand]
-        ends = np.cumsum(counts)
-        while start < len(cand):
-            base = ends[start - 1] if start else 0
-            stop = max(start + 1, int(np.searchsorted(ends, base + EXACT_CHUNK_TOKENS, "right")))
-            group = cand[start:stop]
-            D = self._vectors(self.token_start[group], counts[start:stop])
+        # bounded memory: score candidates in groups of about EXACT_CHUNK_TOKENS tokens
+        for start, stop in token_blocks(counts, EXACT_CHUNK_TOKENS):
+            D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
             scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
-            start = stop
         doc_ids, top_scores = _top(cand.astype(np.int64), scores, k)
         matched = None
         if explain:

@@ -24,21 +24,12 @@ __all__ = [
     "TOKEN_DOC_NAME",
     "TokenReader",
     "TokenWriter",
-    "span_rows",
 ]
 
 TOKENS_NAME = "tokens.f16"
 TOKEN_DOC_NAME = "token_doc.i32"  # noqa: S105 (a file name)
 VECTOR_DTYPE = np.dtype("<f2")
 DOC_DTYPE = np.dtype("<i4")
-
-
-def span_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Row numbers of the concatenated spans ``[start, start + count)``, vectorized."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    offsets = np.cumsum(counts) - counts
-    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, counts) + np.arange(total)
 
 
 class TokenWriter:
@@ -96,10 +87,6 @@ class TokenReader:
         else:
             self.vectors = np.memmap(vec_path, VECTOR_DTYPE, "r", shape=(n_tokens, dim))
             self.token_doc = np.memmap(doc_path, DOC_DTYPE, "r", shape=(n_tokens,))
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of the given rows as float32 ``[len(rows), dim]``."""
-        return np.asarray(self.vectors[rows], dtype=np.float32)
 
     def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Float16 vectors of the concatenated spans ``[start, start + count)``."""

@@ -30,7 +30,7 @@ from storage.token_index import (
     plan_token_index,
     training_rows,
 )
-from storage.vectors import TOKENS_NAME, span_rows
+from storage.vectors import TOKENS_NAME, TokenReader, TokenWriter
 
 SPEC = {"kind": "precomputed", "model": "test", "dim": 8, "options": {}}
 
@@ -98,9 +98,12 @@ def test_round_trip_of_documents_and_vectors(tmp_path: Path, docs: list, batch: 
         snap.close()
 
 
-def test_span_rows_concatenates_ranges() -> None:
-    rows = span_rows(np.array([5, 0, 10]), np.array([2, 3, 1]))
-    assert rows.tolist() == [5, 6, 0, 1, 2, 10]
+def test_read_spans_concatenates_ranges(tmp_path: Path) -> None:
+    writer = TokenWriter(tmp_path, 2)
+    writer.append(np.arange(24, dtype=np.float32).reshape(12, 2), np.zeros(12))
+    writer.close()
+    got = TokenReader(tmp_path, 2, 12).read_spans(np.array([5, 0, 10]), np.array([2, 3, 1]))
+    assert got[:, 0].tolist() == [2 * r for r in [5, 6, 0, 1, 2, 10]]
 
 
 @pytest.mark.parametrize(
