@@ -236,13 +236,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"token index {index.info()['token_index']['kind']}"
         + (f"; {len(r.bad_lines)} corpus lines skipped (repeated ids)" if r.bad_lines else "")
     )
+    present = index.snapshot.docs.lookup(sorted({d for rel in dataset.qrels.values() for d in rel}))
     picked = [
         (qid, text, next(iter(dataset.qrels[qid])))
         for qid, text in dataset.queries.items()
-        if any(
-            index.snapshot.docs.doc_ids_where("external_id = ?", [d]).size
-            for d in dataset.qrels[qid]
-        )
+        if any(d in present for d in dataset.qrels[qid])
     ][:DEMO_QUERIES]
     results = index.search_batch([text for _, text, _ in picked], k=3, text=True)
     for (_, text, answer), hits in zip(picked, results, strict=True):

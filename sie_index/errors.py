@@ -15,11 +15,23 @@ The tree::
     └── InvalidInput (ValueError)    bad user input: corpus lines, ids, texts, vectors
 
 Lower libraries' errors (FAISS, SQLite, json, torch) are mapped to these at the
-boundary where they happen, with ``raise ... from``. This module imports nothing
-from the rest of the project, so ``storage`` can use it without pulling in models.
+boundary where they happen, with ``raise ... from``. The storage errors, the root
+class and ``InvalidInput`` are defined in :mod:`storage.errors` (the lower layer
+never imports this one) and re-exported here.
 """
 
 from __future__ import annotations
+
+from storage.errors import (
+    CorruptIndex,
+    DimensionMismatch,
+    FormatVersionMismatch,
+    IndexLocked,
+    InvalidInput,
+    NotAnIndex,
+    SieIndexError,
+    StorageError,
+)
 
 __all__ = [
     "CorruptIndex",
@@ -36,10 +48,6 @@ __all__ = [
 ]
 
 
-class SieIndexError(Exception):
-    """Base class of every error raised by sie-index."""
-
-
 class EncoderError(SieIndexError):
     """An encoder could not turn texts into valid multivectors."""
 
@@ -50,58 +58,3 @@ class EncoderUnavailable(EncoderError):
 
 class EncoderProtocolError(EncoderError):
     """The encoder answered, but its answer breaks the contract (count, dims, values)."""
-
-
-class StorageError(SieIndexError):
-    """The on-disk index cannot be used as asked."""
-
-
-class NotAnIndex(StorageError):
-    """The folder does not hold a sie-index index (no manifest)."""
-
-
-class FormatVersionMismatch(StorageError):
-    """The index was written with a format version this release cannot read."""
-
-
-class CorruptIndex(StorageError):
-    """A data file is damaged, truncated, or disagrees with the manifest."""
-
-
-class IndexLocked(StorageError):
-    """Another writer already holds the index's write lock."""
-
-
-class DimensionMismatch(StorageError):
-    """Vectors, or a query encoder, do not have the index's dimension."""
-
-
-class InvalidInput(SieIndexError, ValueError):
-    """Bad input from the user, with where it was found.
-
-    ``source`` is the file (or another name for where the input came from),
-    ``line`` the 1-based line number and ``doc_id`` the document's external id,
-    each when known. The message names all that are known.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        doc_id: str | None = None,
-    ) -> None:
-        self.reason = message
-        self.source = source
-        self.line = line
-        self.doc_id = doc_id
-        where = []
-        if source is not None:
-            where.append(f"{source}" + (f":{line}" if line is not None else ""))
-        elif line is not None:
-            where.append(f"line {line}")
-        if doc_id is not None:
-            where.append(f"document {doc_id!r}")
-        prefix = ", ".join(where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)

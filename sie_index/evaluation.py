@@ -163,9 +163,7 @@ def evaluate(
 
 def _external_ids(index: Index) -> list[str]:
     """Internal id -> external id, read once (evaluation maps every result)."""
-    docs = index.snapshot.docs
-    rows = docs.db.execute("SELECT doc_id, external_id FROM documents ORDER BY doc_id").fetchall()
-    return [ext for _, ext in rows]
+    return index.snapshot.docs.external_ids()
 
 
 def _exhaustive(

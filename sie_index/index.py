@@ -20,7 +20,7 @@ from sie_index.errors import DimensionMismatch, InvalidInput
 from sie_index.params import Hit, SearchParams
 from sie_index.search import Ranked, Searcher
 from sie_index.writer import BuildReport, build_index
-from storage.store import StoreSnapshot
+from storage.snapshot import StoreSnapshot
 
 __all__ = ["Index", "Query"]
 
@@ -260,7 +260,7 @@ class Index:
     def info(self) -> dict[str, Any]:
         """What the index holds and how big it is on disk."""
         m = self._snapshot.manifest
-        files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+        files = self._snapshot.file_sizes
         total = sum(files.values())
         return {
             "path": str(self.path),

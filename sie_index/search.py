@@ -30,7 +30,7 @@ import numpy as np
 
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks
-from storage.store import StoreSnapshot
+from storage.snapshot import StoreSnapshot
 
 __all__ = ["Ranked", "Searcher"]
 
@@ -64,7 +64,8 @@ class Searcher:
 
     def __init__(self, snapshot: StoreSnapshot) -> None:
         self.snapshot = snapshot
-        self.token_doc = np.asarray(snapshot.tokens.token_doc, dtype=np.int64)
+        # mapped int32, never copied: 4 bytes a token stay in the page cache, not the heap
+        self.token_doc = snapshot.tokens.token_doc
         spans = snapshot.spans
         self.token_start = spans.token_start
         self.token_count = spans.token_count

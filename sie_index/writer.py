@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
-from storage.store import PendingDoc, StoreBuilder
+from storage.builder import PendingDoc, StoreBuilder
 
 __all__ = ["BuildReport", "build_index"]
 

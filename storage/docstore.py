@@ -1,17 +1,27 @@
-"""``docs.sqlite``: the document maps, through sqlite-utils.
+"""``docs.sqlite``: the document maps, written by :class:`DocWriter`, read by :class:`DocReader`.
 
 One row per document: the dense internal ``doc_id`` (also the row's position in
 the span arrays), the user's ``external_id``, text, metadata (JSON), and the
 document's token span ``[token_start, token_start + token_count)`` in the
 token-vector store. SQLite is the source of truth: a document exists when its
-row is committed. Each batch is one transaction (:meth:`DocStore.insert_batch`).
+row is committed, and each batch is one transaction.
+
+Every row carries two checksums, because SQLite checks its page structure but
+not the values in it (``PRAGMA integrity_check`` passes when a stored id or a
+flag has changed): ``span_sum`` covers the id, external id, span, deleted flag
+and generation, and every row's is verified when a reader opens the database;
+``doc_sum`` covers text and metadata, verified whenever they are read. A
+mismatch, a damaged page, or a schema other than ours is :class:`CorruptIndex`
+naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,25 +30,54 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from sie_index.errors import CorruptIndex, InvalidInput
+from storage.errors import CorruptIndex, InvalidInput
 
-__all__ = ["DOCS_NAME", "DocRow", "DocSpans", "DocStore", "StoredDoc"]
+__all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc"]
 
 DOCS_NAME = "docs.sqlite"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
+_DOCUMENTS = """CREATE TABLE documents (
     doc_id INTEGER PRIMARY KEY,
-    external_id TEXT NOT NULL UNIQUE,
+    external_id TEXT NOT NULL,
     text TEXT,
     metadata TEXT,
     token_start INTEGER NOT NULL,
     token_count INTEGER NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
-    generation INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
+    generation INTEGER NOT NULL,
+    span_sum INTEGER NOT NULL,
+    doc_sum INTEGER NOT NULL
+)"""
+_LIVE_IDS = "CREATE UNIQUE INDEX live_external_id ON documents (external_id) WHERE deleted = 0"
+_META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"
+_SCHEMA = {
+    ("table", "documents", _DOCUMENTS),
+    ("index", "live_external_id", _LIVE_IDS),
+    ("table", "meta", _META),
+    ("index", "sqlite_autoindex_meta_1", None),
+}
+# SQLite's primary result codes that mean the file itself is bad, not the query.
+_DAMAGE_CODES = {10, 11, 26}  # SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB
+_SPAN_COLS = "doc_id, external_id, token_start, token_count, deleted, generation, span_sum"
+_CHUNK = 900  # ids per IN (...) list, under SQLite's default variable limit
+
+
+def _digest(data: str) -> int:
+    raw = hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def span_digest(
+    doc_id: int, external_id: str, start: int, count: int, deleted: int, generation: int
+) -> int:
+    """The checksum of a row's identity and span (the external id last, so it is unambiguous)."""
+    return _digest(f"{doc_id}:{start}:{count}:{deleted}:{generation}:{external_id}")
+
+
+def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int:
+    """The checksum of a row's text and metadata JSON (None and empty kept apart)."""
+    head = f"{doc_id}:{-1 if text is None else len(text)}:{text or ''}"
+    return _digest(head + ("N" if metadata is None else "M" + metadata))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,68 +111,44 @@ class DocSpans:
     deleted: np.ndarray  # bool [n_docs]
 
 
-class DocStore:
-    """The SQLite document maps of one index folder."""
+class DocWriter:
+    """The document maps of a generation being built (one writer, one connection)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._local = threading.local()
+        conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
 
     @classmethod
-    def create(cls, path: Path) -> DocStore:
-        """Create an empty store at ``path`` (WAL mode)."""
+    def create(cls, path: Path) -> DocWriter:
+        """Create an empty store at ``path``."""
         store = cls(path)
-        db = store.db
-        db.conn.execute("PRAGMA journal_mode=WAL")
-        db.conn.executescript(_SCHEMA)
+        with store.db.atomic():
+            for statement in (_DOCUMENTS, _LIVE_IDS, _META):
+                store.db.execute(statement)
         return store
-
-    @classmethod
-    def open(cls, path: Path) -> DocStore:
-        """Open an existing store, checking that it is a document store."""
-        if not Path(path).is_file():
-            raise CorruptIndex(f"{path} is missing from the index folder")
-        store = cls(path)
-        try:
-            tables = set(store.db.table_names())
-        except sqlite3.DatabaseError as exc:
-            raise CorruptIndex(f"{path} is not a readable SQLite database: {exc}") from exc
-        if not {"documents", "meta"} <= tables:
-            raise CorruptIndex(f"{path} has no documents table")
-        return store
-
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """This thread's connection (sqlite3 connections stay in their thread)."""
-        db = getattr(self._local, "db", None)
-        if db is None:
-            conn = sqlite3.connect(str(self.path), timeout=30.0)
-            conn.execute("PRAGMA busy_timeout=30000")
-            db = sqlite_utils.Database(conn)
-            self._local.db = db
-        return db
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
 
     def insert_batch(self, rows: Sequence[DocRow], generation: int) -> None:
         """Commit ``rows`` in one transaction; a duplicate external id commits nothing."""
-        records = [
-            {
-                "doc_id": r.doc_id,
-                "external_id": r.external_id,
-                "text": r.text,
-                "metadata": None if r.metadata is None else json.dumps(r.metadata),
-                "token_start": r.token_start,
-                "token_count": r.token_count,
-                "deleted": 0,
-                "generation": generation,
-            }
-            for r in rows
-        ]
+        records = []
+        for r in rows:
+            meta = None if r.metadata is None else json.dumps(r.metadata)
+            records.append(
+                {
+                    "doc_id": r.doc_id,
+                    "external_id": r.external_id,
+                    "text": r.text,
+                    "metadata": meta,
+                    "token_start": r.token_start,
+                    "token_count": r.token_count,
+                    "deleted": 0,
+                    "generation": generation,
+                    "span_sum": span_digest(
+                        r.doc_id, r.external_id, r.token_start, r.token_count, 0, generation
+                    ),
+                    "doc_sum": doc_digest(r.doc_id, r.text, meta),
+                }
+            )
         db = self.db
         try:
             with db.atomic():
@@ -145,13 +160,16 @@ class DocStore:
             ) from exc
 
     def first_existing(self, external_ids: Sequence[str]) -> str | None:
+        """The first of ``external_ids`` that repeats or is already a live document."""
         seen: set[str] = set()
         for ext in external_ids:
             if ext in seen:
                 return ext
             seen.add(ext)
         for ext in external_ids:
-            row = self.db.execute("SELECT 1 FROM documents WHERE external_id = ?", [ext]).fetchone()
+            row = self.db.execute(
+                "SELECT 1 FROM documents WHERE external_id = ? AND deleted = 0", [ext]
+            ).fetchone()
             if row is not None:
                 return ext
         return None
@@ -159,62 +177,152 @@ class DocStore:
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
-    def set_meta(self, values: Mapping[str, str]) -> None:
-        db = self.db
-        with db.atomic():
-            db.table("meta").upsert_all(
-                [{"key": k, "value": v} for k, v in values.items()], pk="key"
+    def finish(self, meta: Mapping[str, str]) -> None:
+        """Record ``meta`` and close: the file is complete (rollback journal, no WAL)."""
+        with self.db.atomic():
+            self.db.table("meta").upsert_all(
+                [{"key": k, "value": v} for k, v in meta.items()], pk="key"
             )
+        self.close()
 
-    def spans(self, limit_doc_id: int | None = None) -> DocSpans:
-        """Spans of documents ``0 .. limit_doc_id-1`` (all when None), checked to be dense."""
-        sql = "SELECT doc_id, token_start, token_count, deleted FROM documents"
-        params: list[int] = []
-        if limit_doc_id is not None:
-            sql += " WHERE doc_id < ?"
-            params.append(limit_doc_id)
-        rows = np.array(self.db.execute(sql + " ORDER BY doc_id", params).fetchall(), np.int64)
-        rows = rows.reshape(-1, 4)
-        if len(rows) and not np.array_equal(rows[:, 0], np.arange(len(rows))):
+    def close(self) -> None:
+        self.db.close()
+
+
+class DocReader:
+    """Read-only access to the document maps of one committed generation.
+
+    One connection, opened once and shared by every thread (under a lock), so an
+    open index keeps reading the file it opened whatever happens on disk. The
+    generation is never written again (``immutable``: no locks, no journal).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro&immutable=1"
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._conn.execute("PRAGMA query_only=1")
+            schema = set(self._query("SELECT type, name, sql FROM sqlite_master"))
+        except sqlite3.Error as exc:
+            raise CorruptIndex(f"{self.path} is not a readable SQLite database: {exc}") from exc
+        if schema != _SCHEMA:
+            raise CorruptIndex(f"{self.path} does not hold the documents schema of sie-index")
+        page_size, pages = (self._query(f"PRAGMA {p}")[0][0] for p in ("page_size", "page_count"))
+        self.size = int(page_size) * int(pages)
+        """Bytes of the database file."""
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a read; any SQLite error here means the file is damaged."""
+        try:
+            with self._lock:
+                return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
+
+    def _damaged(self, what: str) -> CorruptIndex:
+        return CorruptIndex(f"{self.path}: {what} does not match its row checksum")
+
+    def _check_span_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        for doc_id, ext, start, count, deleted, gen, total in rows:
+            if not isinstance(ext, str) or span_digest(doc_id, ext, start, count, deleted, gen) != (
+                total
+            ):
+                raise self._damaged(f"document row {doc_id}")
+
+    def spans(self, n_docs: int) -> DocSpans:
+        """Spans of documents ``0 .. n_docs-1``, every row's checksum verified."""
+        rows = self._query(f"SELECT {_SPAN_COLS} FROM documents ORDER BY doc_id")  # noqa: S608
+        if len(rows) != n_docs:
+            raise CorruptIndex(
+                f"{self.path} holds {len(rows)} documents, the manifest says {n_docs}"
+            )
+        self._check_span_rows(rows)
+        arr = np.array([(r[0], r[2], r[3], r[4]) for r in rows], np.int64).reshape(-1, 4)
+        if (
+            not np.array_equal(arr[:, 0], np.arange(len(arr)))
+            or not np.isin(arr[:, 3], (0, 1)).all()
+        ):
             raise CorruptIndex(f"{self.path}: document ids are not dense")
         return DocSpans(
-            token_start=np.ascontiguousarray(rows[:, 1]),
-            token_count=np.ascontiguousarray(rows[:, 2]),
-            deleted=rows[:, 3].astype(bool),
+            token_start=np.ascontiguousarray(arr[:, 1]),
+            token_count=np.ascontiguousarray(arr[:, 2]),
+            deleted=arr[:, 3].astype(bool),
         )
 
     def fetch(
         self, doc_ids: Iterable[int], *, text: bool = False, metadata: bool = False
     ) -> dict[int, StoredDoc]:
-        """Read documents by internal id; absent ids are left out."""
+        """Read documents by internal id, checksums verified; absent ids are left out."""
         ids = [int(i) for i in doc_ids]
-        if not ids:
-            return {}
-        cols = "doc_id, external_id, " + ("text" if text else "NULL")
-        cols += ", " + ("metadata" if metadata else "NULL")
+        body = text or metadata
+        cols = _SPAN_COLS + (", text, metadata, doc_sum" if body else "")
         out: dict[int, StoredDoc] = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT {cols} FROM documents WHERE doc_id IN ({marks})"  # noqa: S608
-            for doc_id, ext, txt, meta in self.db.execute(sql, chunk).fetchall():
-                out[int(doc_id)] = StoredDoc(
-                    doc_id=int(doc_id),
+            rows = self._query(sql, chunk)
+            self._check_span_rows(r[:7] for r in rows)
+            for row in rows:
+                doc_id, ext = int(row[0]), row[1]
+                txt = meta = None
+                if body:
+                    txt, meta, total = row[7:]
+                    if doc_digest(doc_id, txt, meta) != total:
+                        raise self._damaged(f"the text or metadata of document row {doc_id}")
+                try:
+                    meta_obj = json.loads(meta) if metadata and meta is not None else None
+                except ValueError as exc:  # pragma: no cover - the checksum caught damage
+                    raise self._damaged(f"the metadata of document row {doc_id}") from exc
+                out[doc_id] = StoredDoc(
+                    doc_id=doc_id,
                     external_id=ext,
-                    text=txt,
-                    metadata=None if meta is None else json.loads(meta),
+                    text=txt if text else None,
+                    metadata=meta_obj,
                 )
         return out
+
+    def lookup(self, external_ids: Sequence[str]) -> dict[str, int]:
+        """Internal ids of the live documents among ``external_ids``."""
+        out: dict[str, int] = {}
+        for start in range(0, len(external_ids), _CHUNK):
+            chunk = list(external_ids[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                f"SELECT {_SPAN_COLS} FROM documents "  # noqa: S608
+                f"WHERE external_id IN ({marks}) AND deleted = 0"
+            )
+            rows = self._query(sql, chunk)
+            self._check_span_rows(rows)
+            out.update({row[1]: int(row[0]) for row in rows})
+        return out
+
+    def external_ids(self) -> list[str]:
+        """Every document's external id, in internal-id order, checksums verified."""
+        rows = self._query(f"SELECT {_SPAN_COLS} FROM documents ORDER BY doc_id")  # noqa: S608
+        self._check_span_rows(rows)
+        return [row[1] for row in rows]
 
     def doc_ids_where(self, where: str, params: Sequence[Any] = ()) -> np.ndarray:
         """Internal ids of documents matching an SQL predicate over the documents table.
 
         ``metadata`` is JSON text, so ``json_extract(metadata, '$.lang') = ?`` works.
-        A predicate SQLite cannot run raises :class:`InvalidInput`.
+        A predicate SQLite cannot run raises :class:`InvalidInput`; a damaged
+        database raises :class:`CorruptIndex`, whatever the predicate.
         """
         sql = f"SELECT doc_id FROM documents WHERE ({where})"  # noqa: S608
         try:
-            rows = self.db.execute(sql, params).fetchall()
+            with self._lock:
+                rows = self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in _DAMAGE_CODES:
+                raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
             raise InvalidInput(f"filter {where!r} cannot be evaluated: {exc}") from exc
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

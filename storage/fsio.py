@@ -1,40 +1,54 @@
-"""Durable file operations: atomic replace, directory fsync, block checksums.
+"""Durable file operations: atomic replace, directory fsync, block checksums,
+and reads relative to a directory descriptor.
 
 Every file the index replaces goes through :func:`atomic_write_bytes` or
 :func:`atomic_replace` (write a temporary file, fsync it, rename it over the
 target, fsync the directory), so a crash leaves either the old or the new file,
-never a torn one. Checksums are SHA-256 over fixed-size blocks, so an
-append-only file only re-hashes its last block when it grows, and verification
-runs the blocks in parallel threads (hashlib releases the GIL).
+never a torn one. Checksums are SHA-256 over fixed-size blocks, so a reader can
+verify a large file block by block, the first time it reads each block, and
+hashing runs the blocks in parallel threads (hashlib releases the GIL).
+
+Readers open the files of one generation through the generation folder's
+descriptor (:func:`open_at`, :func:`read_at`), each file once, so what they read
+is what they verified, whatever is renamed on disk afterwards.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sie_index.errors import CorruptIndex
+from storage.errors import CorruptIndex
 
 __all__ = [
     "BLOCK_SIZE",
     "atomic_replace",
     "atomic_write_bytes",
     "block_checksums",
+    "block_lengths",
     "fsync_dir",
     "fsync_file",
-    "verify_checksums",
+    "open_at",
+    "read_at",
+    "sha256_hex",
+    "verify_block",
+    "verify_bytes",
 ]
 
-BLOCK_SIZE = 64 * 1024 * 1024
+BLOCK_SIZE = 16 * 1024 * 1024
 TMP_SUFFIX = ".tmp"
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (creations, renames) durable."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -43,8 +57,11 @@ def fsync_dir(path: Path) -> None:
 
 def fsync_file(path: Path) -> None:
     """Flush a file's data to stable storage."""
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_replace(target: Path, write: Callable[[Path], None]) -> None:
@@ -70,37 +87,75 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
     atomic_replace(target, write)
 
 
+def block_lengths(size: int) -> list[int]:
+    """Lengths of the ``BLOCK_SIZE`` blocks of a ``size``-byte file (one empty block if 0)."""
+    full, rest = divmod(size, BLOCK_SIZE)
+    return [BLOCK_SIZE] * full + ([rest] if rest or size == 0 else [])
+
+
 def _hash_block(path: Path, index: int, length: int) -> str:
     with open(path, "rb") as fh:
         fh.seek(index * BLOCK_SIZE)
         data = fh.read(length)
     if len(data) != length:
         raise CorruptIndex(f"{path.name} is shorter than the manifest says")
-    return hashlib.sha256(data).hexdigest()
-
-
-def _block_lengths(size: int) -> list[int]:
-    full, rest = divmod(size, BLOCK_SIZE)
-    return [BLOCK_SIZE] * full + ([rest] if rest or size == 0 else [])
+    return sha256_hex(data)
 
 
 def block_checksums(path: Path, size: int | None = None) -> list[str]:
     """SHA-256 of each ``BLOCK_SIZE`` block of the first ``size`` bytes of ``path``."""
     if size is None:
         size = path.stat().st_size
-    lengths = _block_lengths(size)
+    lengths = block_lengths(size)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         return list(pool.map(lambda a: _hash_block(path, *a), enumerate(lengths)))
 
 
-def verify_checksums(path: Path, size: int, expected: list[str]) -> None:
-    """Raise :class:`CorruptIndex` unless ``path`` holds ``size`` bytes hashing to ``expected``."""
-    if not path.exists():
-        raise CorruptIndex(f"{path.name} is missing from the index folder {path.parent}")
-    actual_size = path.stat().st_size
-    if actual_size < size:
-        raise CorruptIndex(
-            f"{path.name} holds {actual_size} bytes, the manifest says {size}: it was truncated"
-        )
-    if block_checksums(path, size) != expected:
-        raise CorruptIndex(f"{path.name} does not match its checksum in the manifest")
+def verify_bytes(data: bytes | memoryview, expected: Sequence[str], name: str) -> None:
+    """Raise :class:`CorruptIndex` naming ``name`` unless ``data`` hashes to ``expected``."""
+    view = memoryview(data)
+    lengths = block_lengths(len(view))
+    if len(lengths) != len(expected):
+        raise CorruptIndex(f"{name} has {len(view)} bytes, which its checksums do not cover")
+    for i, length in enumerate(lengths):
+        if sha256_hex(view[i * BLOCK_SIZE : i * BLOCK_SIZE + length]) != expected[i]:
+            raise CorruptIndex(f"{name} does not match its checksum (block {i})")
+
+
+def verify_block(fd: int, index: int, length: int, expected: str, name: str) -> None:
+    """Read block ``index`` of the open file ``fd`` and check it against ``expected``."""
+    data = os.pread(fd, length, index * BLOCK_SIZE)
+    if len(data) != length:
+        raise CorruptIndex(f"{name} ends inside block {index}: it was truncated")
+    if sha256_hex(data) != expected:
+        raise CorruptIndex(f"{name} does not match its checksum (block {index})")
+
+
+def open_at(dir_fd: int, name: str, where: str) -> int:
+    """Open ``name`` read-only in the folder ``dir_fd``; a missing file is :class:`CorruptIndex`."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError as exc:
+        raise CorruptIndex(f"{name} is missing from the index folder {where}") from exc
+    except OSError as exc:
+        raise CorruptIndex(f"{name} in {where} cannot be opened: {exc}") from exc
+
+
+def read_at(dir_fd: int, name: str, where: str, *, max_bytes: int | None = None) -> bytes:
+    """The whole of ``name`` in the folder ``dir_fd``, read once."""
+    fd = open_at(dir_fd, name, where)
+    try:
+        size = os.fstat(fd).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise CorruptIndex(f"{name} in {where} holds {size} bytes, more than it can")
+        chunks = []
+        while True:
+            chunk = os.read(fd, max(size, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise CorruptIndex(f"{name} in {where} cannot be read: {exc}") from exc
+    finally:
+        os.close(fd)

@@ -1,28 +1,52 @@
-"""``manifest.json``: what an index folder holds, and the checksums that prove it.
+"""``manifest.json``: what one generation of an index holds, and the checksums that prove it.
 
-The manifest is the last file a build writes: a folder without one is not an
-index. It records the format version, the encoder spec the vectors came from,
-the dimension, the token-index kind and parameters, the vector codec, the
-document and token counts of the committed state, the generation, and a
-block checksum of every data file except the SQLite database (SQLite guards
-its own pages and is the source of truth for documents).
+The manifest is the last file a build writes into a generation folder. It
+records the format version, the encoder spec the vectors came from, the
+dimension, the token-index kind and parameters, the vector codec, the document
+and token counts, the generation, and block checksums of the vector file, the
+token map and the FAISS file (the document database checks itself row by row,
+see :mod:`storage.docstore`). The manifest's own SHA-256 is in ``CURRENT``
+(:mod:`storage.generations`), so it is verified before it is parsed.
+
+Parsing is strict: every field must be present with its JSON type (``1.0`` or
+``true`` is not an integer), no unknown field is accepted, and counts and sizes
+must agree with each other. Anything else is :class:`CorruptIndex` naming the
+field.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sie_index.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex
-from storage.fsio import atomic_write_bytes
+from storage.errors import CorruptIndex, FormatVersionMismatch
+from storage.fsio import block_lengths
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "FileRecord", "Manifest"]
+__all__ = ["CODEC", "FORMAT_VERSION", "MANIFEST_NAME", "FileRecord", "Manifest"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+CODEC = "f16"
+MAX_DIM = 65_536
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_FIELDS = {
+    "format_version",
+    "generation",
+    "encoder",
+    "dim",
+    "token_index",
+    "codec",
+    "documents",
+    "tokens",
+    "files",
+    "created_at",
+    "sie_index_version",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +59,7 @@ class FileRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """The committed description of an index folder."""
+    """The committed description of one generation of an index."""
 
     format_version: int = FORMAT_VERSION
     generation: int
@@ -49,58 +73,126 @@ class Manifest:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     sie_index_version: str = "0.1.0"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+    def check_size(self, name: str, size: int, where: str) -> None:
+        """Raise :class:`CorruptIndex` unless file ``name`` is recorded with ``size`` bytes."""
+        if self.files[name].bytes != size:
+            raise CorruptIndex(
+                f"{where}: files.{name}.bytes is {self.files[name].bytes}, and "
+                f"{self.tokens} tokens of dimension {self.dim} take {size}"
+            )
 
-    def write(self, folder: Path) -> None:
-        """Atomically write this manifest into ``folder`` (the commit point)."""
-        atomic_write_bytes(folder / MANIFEST_NAME, self.to_json().encode("utf-8"))
+    def to_bytes(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Read and check the manifest of ``folder``.
+    def from_bytes(cls, data: bytes, where: str, *, file_names: Collection[str]) -> Manifest:
+        """Parse and check a manifest whose checksum the caller has verified.
 
-        Raises :class:`NotAnIndex` when there is none, :class:`FormatVersionMismatch`
-        for another format version, :class:`CorruptIndex` when it cannot be parsed.
+        ``file_names`` are the data files it must describe, no more, no fewer.
+        Raises :class:`FormatVersionMismatch` or :class:`CorruptIndex` naming ``where``.
         """
-        folder = Path(folder)
-        path = folder / MANIFEST_NAME
-        if not folder.is_dir():
-            raise NotAnIndex(f"{folder} is not a folder, so it is not a sie-index index")
-        if not path.is_file():
-            raise NotAnIndex(f"{folder} is not a sie-index index: it has no {MANIFEST_NAME}")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptIndex(f"{path} is not valid JSON: {exc}") from exc
+            raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptIndex(f"{where} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
-            raise CorruptIndex(f"{path} does not hold a JSON object")
+            raise CorruptIndex(f"{where} does not hold a JSON object")
         version = raw.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:
             raise FormatVersionMismatch(
-                f"{folder} was written with index format version {version!r}; this release of "
-                f"sie-index reads format version {FORMAT_VERSION}. Rebuild the index."
+                f"{where} has index format version {version!r}; this release of sie-index "
+                f"reads format version {FORMAT_VERSION}. Rebuild the index."
             )
-        try:
-            files = {
-                name: FileRecord(bytes=int(rec["bytes"]), sha256_blocks=list(rec["sha256_blocks"]))
-                for name, rec in raw["files"].items()
-            }
-            manifest = cls(
-                format_version=int(raw["format_version"]),
-                generation=int(raw["generation"]),
-                encoder=dict(raw["encoder"]),
-                dim=int(raw["dim"]),
-                token_index=dict(raw["token_index"]),
-                codec=str(raw["codec"]),
-                documents=int(raw["documents"]),
-                tokens=int(raw["tokens"]),
-                files=files,
-                created_at=str(raw["created_at"]),
-                sie_index_version=str(raw.get("sie_index_version", "")),
+        unknown, missing = set(raw) - _FIELDS, _FIELDS - set(raw)
+        if unknown or missing:
+            raise CorruptIndex(
+                f"{where}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}"
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptIndex(f"{path} is missing or has a malformed field: {exc!r}") from exc
-        if manifest.dim <= 0 or manifest.documents < 0 or manifest.tokens < 0:
-            raise CorruptIndex(f"{path} holds impossible counts or dimension")
-        return manifest
+        check = _Checker(where)
+        dim = check.integer(raw, "dim", 1, MAX_DIM)
+        tokens = check.integer(raw, "tokens", 0)
+        encoder = check.obj(raw, "encoder")
+        for key in ("kind", "model"):
+            check.string(encoder, key, "encoder.")
+        check.obj(encoder, "options", "encoder.")
+        if check.integer(encoder, "dim", 1, MAX_DIM, "encoder.") != dim:
+            raise CorruptIndex(f"{where}: encoder.dim disagrees with dim {dim}")
+        codec = check.string(raw, "codec")
+        if codec != CODEC:
+            raise CorruptIndex(f"{where}: unknown vector codec {codec!r}")
+        files_raw = check.obj(raw, "files")
+        if set(files_raw) != set(file_names):
+            raise CorruptIndex(
+                f"{where}: describes files {sorted(files_raw)}, expected {sorted(file_names)}"
+            )
+        files = {}
+        for name in sorted(file_names):
+            rec = check.obj(files_raw, name, "files.")
+            if set(rec) != {"bytes", "sha256_blocks"}:
+                raise CorruptIndex(f"{where}: files.{name} has fields {sorted(rec)}")
+            size = check.integer(rec, "bytes", 0, None, f"files.{name}.")
+            blocks = rec["sha256_blocks"]
+            if (
+                not isinstance(blocks, list)
+                or len(blocks) != len(block_lengths(size))
+                or not all(isinstance(b, str) and _HEX64.match(b) for b in blocks)
+            ):
+                raise CorruptIndex(f"{where}: files.{name}.sha256_blocks is malformed")
+            files[name] = FileRecord(bytes=size, sha256_blocks=list(blocks))
+        return cls(
+            format_version=version,
+            generation=check.integer(raw, "generation", 1),
+            encoder=encoder,
+            dim=dim,
+            token_index=check.obj(raw, "token_index"),
+            codec=codec,
+            documents=check.integer(raw, "documents", 0),
+            tokens=tokens,
+            files=files,
+            created_at=check.string(raw, "created_at"),
+            sie_index_version=check.string(raw, "sie_index_version"),
+        )
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _Checker:
+    """Typed field access that names the file and field in every error."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def _get(self, raw: dict[str, Any], key: str, prefix: str) -> Any:
+        if key not in raw:
+            raise CorruptIndex(f"{self.where}: field {prefix}{key} is missing")
+        return raw[key]
+
+    def integer(
+        self,
+        raw: dict[str, Any],
+        key: str,
+        low: int,
+        high: int | None = None,
+        prefix: str = "",
+    ) -> int:
+        value = self._get(raw, key, prefix)
+        if type(value) is not int or value < low or (high is not None and value > high):
+            bounds = f"{low}..{high if high is not None else math.inf}"
+            raise CorruptIndex(
+                f"{self.where}: field {prefix}{key} is {value!r}, not an integer in {bounds}"
+            )
+        return value
+
+    def string(self, raw: dict[str, Any], key: str, prefix: str = "") -> str:
+        value = self._get(raw, key, prefix)
+        if not isinstance(value, str):
+            raise CorruptIndex(f"{self.where}: field {prefix}{key} is {value!r}, not a string")
+        return value
+
+    def obj(self, raw: dict[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
+        value = self._get(raw, key, prefix)
+        if not isinstance(value, dict):
+            raise CorruptIndex(f"{self.where}: field {prefix}{key} is not an object")
+        return value

@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from sie_index.errors import CorruptIndex, InvalidInput
+from storage.errors import CorruptIndex, InvalidInput
 from storage.fsio import atomic_replace
 from storage.vectors import TokenReader
 
@@ -81,15 +81,29 @@ class TokenIndexPlan:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TokenIndexPlan:
-        return cls(
-            kind=str(raw["kind"]),
-            nlist=int(raw.get("nlist", 0)),
-            pq_m=int(raw.get("pq_m", 0)),
-            hnsw_m=int(raw.get("hnsw_m", 0)),
-            train_sample=int(raw.get("train_sample", 0)),
-            seed=int(raw.get("seed", 0)),
+    def from_dict(cls, raw: dict[str, Any], where: str) -> TokenIndexPlan:
+        """The plan a manifest records, checked field by field (:class:`CorruptIndex`)."""
+        fields = {"kind", "nlist", "pq_m", "hnsw_m", "train_sample", "seed", "factory"}
+        if set(raw) != fields:
+            raise CorruptIndex(f"{where}: token_index has fields {sorted(raw)}")
+        kind = raw["kind"]
+        if kind not in INDEX_KINDS or kind == "auto":
+            raise CorruptIndex(f"{where}: unknown token index kind {kind!r}")
+        for name in fields - {"kind", "factory"}:
+            value = raw[name]
+            if type(value) is not int or value < 0:
+                raise CorruptIndex(f"{where}: token_index.{name} is {value!r}")
+        plan = cls(
+            kind=kind,
+            nlist=raw["nlist"],
+            pq_m=raw["pq_m"],
+            hnsw_m=raw["hnsw_m"],
+            train_sample=raw["train_sample"],
+            seed=raw["seed"],
         )
+        if raw["factory"] != plan.factory_string() or plan.to_dict() != raw:
+            raise CorruptIndex(f"{where}: token_index parameters do not fit together")
+        return plan
 
 
 def _pq_subquantizers(dim: int) -> int:
@@ -124,7 +138,7 @@ def plan_token_index(
         raise InvalidInput(
             f"index kind {kind!r} with nlist={nlist} needs at least "
             f"{MIN_POINTS_PER_LIST * max(nlist, 1)} tokens to train, and the corpus has "
-            f"{n_tokens}; use --index-kind flat for a corpus this small"
+            f"{n_tokens}; use index kind 'flat' for a corpus this small"
         )
     m = 0
     if kind == "ivf-pq":
@@ -134,7 +148,7 @@ def plan_token_index(
         if n_tokens < 256 * MIN_POINTS_PER_LIST:
             raise InvalidInput(
                 f"ivf-pq needs at least {256 * MIN_POINTS_PER_LIST} tokens to train its codebooks "
-                f"and the corpus has {n_tokens}; use --index-kind flat or ivf-flat"
+                f"and the corpus has {n_tokens}; use index kind 'flat' or 'ivf-flat'"
             )
     sample = min(n_tokens, max(64 * nlist, 256 * 64 if m else 0), TRAIN_SAMPLE_MAX)
     return TokenIndexPlan(kind=kind, nlist=nlist, pq_m=m, train_sample=sample, seed=seed)
@@ -189,16 +203,38 @@ class TokenIndex:
         atomic_replace(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
 
     @classmethod
-    def load(cls, path: Path, plan: TokenIndexPlan, expected_ntotal: int) -> TokenIndex:
-        """Load a FAISS file whose checksum the caller has already verified."""
+    def from_bytes(
+        cls, data: bytes, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str
+    ) -> TokenIndex:
+        """Load a FAISS file from bytes the caller has verified against their checksums,
+        and check that it is the index the plan describes."""
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
-            raise CorruptIndex(f"{path.name} cannot be read by FAISS: {exc}") from exc
-        if index.ntotal < expected_ntotal:
-            raise CorruptIndex(
-                f"{path.name} holds {index.ntotal} tokens, the manifest says {expected_ntotal}"
-            )
+            raise CorruptIndex(f"{where} cannot be read by FAISS: {exc}") from exc
+        typed = faiss.downcast_index(index)  # a view: ``index`` still owns the C++ object
+        expected = {
+            "flat": faiss.IndexFlatIP,
+            "hnsw": faiss.IndexHNSWFlat,
+            "ivf-flat": faiss.IndexIVFFlat,
+            "ivf-sq8": faiss.IndexIVFScalarQuantizer,
+            "ivf-pq": faiss.IndexIVFPQ,
+        }[plan.kind]
+        problems = []
+        if not isinstance(typed, expected):
+            problems.append(f"is a {type(typed).__name__}, the manifest says {plan.kind}")
+        elif typed.metric_type != faiss.METRIC_INNER_PRODUCT:
+            problems.append("does not use inner product")
+        elif plan.kind.startswith("ivf") and typed.nlist != plan.nlist:  # type: ignore[attr-defined]
+            problems.append(f"has {typed.nlist} lists, the manifest says {plan.nlist}")  # type: ignore[attr-defined]
+        elif plan.kind == "ivf-pq" and plan.pq_m != typed.pq.M:  # type: ignore[attr-defined]
+            problems.append(f"has {typed.pq.M} sub-quantizers, the manifest says {plan.pq_m}")  # type: ignore[attr-defined]
+        if typed.d != dim:
+            problems.append(f"has dimension {typed.d}, the manifest says {dim}")
+        if typed.ntotal != ntotal:
+            problems.append(f"holds {typed.ntotal} tokens, the manifest says {ntotal}")
+        if problems:
+            raise CorruptIndex(f"{where} " + "; ".join(problems))
         return cls(index, plan)
 
     def search(

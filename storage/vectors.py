@@ -3,21 +3,30 @@
 ``tokens.f16`` holds every document token vector as little-endian float16 rows
 ``[n_tokens, dim]``, append-only, no header. ``token_doc.i32`` holds, for each
 row, the internal id of the document it belongs to (the map used after the
-token ANN). Both are written by appending and fsyncing, and read through
-read-only memory maps of the committed prefix only, so bytes past the last
-commit are never seen by a reader and a mapped region is never rewritten.
-Scattered reads of a few documents (the rerank) use ``preadv`` into one
-buffer instead of the map: one system call a document, no page-table work.
+token ANN). Both are written by appending and fsyncing.
+
+A reader opens each file once and keeps it open, so it reads the bytes it was
+opened on whatever is renamed or removed on disk later. The token map is
+verified against its block checksums at open and then read through a read-only
+memory map (4 bytes a token, never copied). The vector file is verified block
+by block the first time a read touches a block, or all at once when asked
+(``verify=True``): skipping verification at open only defers it. Scattered reads
+of a few documents (the rerank) use ``preadv`` into one buffer instead of the
+map: one system call a document, no page-table work.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sie_index.errors import CorruptIndex
+from storage.errors import CorruptIndex
+from storage.fsio import BLOCK_SIZE, block_lengths, verify_block, verify_bytes
 
 __all__ = [
     "TOKENS_NAME",
@@ -58,48 +67,134 @@ class TokenWriter:
             os.fsync(fh.fileno())
 
     def close(self) -> None:
+        if self._vec.closed:
+            return
         self.sync()
         self._vec.close()
         self._doc.close()
 
 
-class TokenReader:
-    """Read-only maps of the committed token rows."""
+def _open(folder: Path, name: str, dir_fd: int | None) -> int:
+    try:
+        return os.open(name if dir_fd is not None else folder / name, os.O_RDONLY, dir_fd=dir_fd)
+    except OSError as exc:
+        raise CorruptIndex(f"{name} in {folder} cannot be opened: {exc}") from exc
 
-    def __init__(self, folder: Path, dim: int, n_tokens: int) -> None:
+
+def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if length == 0:
+        return np.zeros(shape, dtype)
+    region = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+    return np.frombuffer(region, dtype=dtype).reshape(shape)
+
+
+class TokenReader:
+    """Read-only access to the committed token rows of one folder.
+
+    ``dir_fd`` opens the files relative to a folder descriptor (``folder`` then
+    only names it in errors). ``vector_blocks`` and ``doc_blocks`` are the
+    manifest's block checksums of the two files: the token map is verified at
+    once, the vectors lazily, or at once with ``verify``. Without checksums
+    (a build reading back its own files) nothing is verified.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        dim: int,
+        n_tokens: int,
+        *,
+        dir_fd: int | None = None,
+        vector_blocks: Sequence[str] | None = None,
+        doc_blocks: Sequence[str] | None = None,
+        verify: bool = False,
+    ) -> None:
         self.folder = Path(folder)
         self.dim = dim
         self.n_tokens = n_tokens
-        vec_path = self.folder / TOKENS_NAME
-        doc_path = self.folder / TOKEN_DOC_NAME
-        for path, row_bytes in ((vec_path, dim * VECTOR_DTYPE.itemsize), (doc_path, 4)):
-            size = path.stat().st_size if path.exists() else -1
-            if size < n_tokens * row_bytes:
-                raise CorruptIndex(
-                    f"{path.name} holds {max(size, 0)} bytes, fewer than the "
-                    f"{n_tokens} committed rows need"
-                )
         self._row_bytes = dim * VECTOR_DTYPE.itemsize
-        self._fd = os.open(vec_path, os.O_RDONLY)
-        if n_tokens == 0:
-            self.vectors = np.zeros((0, dim), VECTOR_DTYPE)
-            self.token_doc = np.zeros(0, DOC_DTYPE)
-        else:
-            self.vectors = np.memmap(vec_path, VECTOR_DTYPE, "r", shape=(n_tokens, dim))
-            self.token_doc = np.memmap(doc_path, DOC_DTYPE, "r", shape=(n_tokens,))
+        self._fd = _open(self.folder, TOKENS_NAME, dir_fd)
+        doc_fd = -1
+        try:
+            doc_fd = _open(self.folder, TOKEN_DOC_NAME, dir_fd)
+            for fd, name, need in (
+                (self._fd, TOKENS_NAME, n_tokens * self._row_bytes),
+                (doc_fd, TOKEN_DOC_NAME, n_tokens * DOC_DTYPE.itemsize),
+            ):
+                size = os.fstat(fd).st_size
+                if size < need:
+                    raise CorruptIndex(
+                        f"{name} holds {size} bytes, fewer than the {n_tokens} committed "
+                        f"rows need ({need}): it was truncated"
+                    )
+            self.token_doc = _map(doc_fd, n_tokens * DOC_DTYPE.itemsize, DOC_DTYPE, (n_tokens,))
+            if doc_blocks is not None:
+                verify_bytes(self.token_doc.view(np.uint8).data, doc_blocks, TOKEN_DOC_NAME)
+            self._map = _map(self._fd, n_tokens * self._row_bytes, VECTOR_DTYPE, (n_tokens, dim))
+        except BaseException:
+            os.close(self._fd)
+            raise
+        finally:
+            if doc_fd >= 0:
+                os.close(doc_fd)  # the map keeps what it needs
+        size = n_tokens * self._row_bytes
+        self._blocks = list(vector_blocks) if vector_blocks is not None else None
+        self._lengths = block_lengths(size)
+        if self._blocks is not None and len(self._blocks) != len(self._lengths):
+            raise CorruptIndex(f"{TOKENS_NAME}: the manifest's checksums do not cover it")
+        self._verified = np.full(len(self._lengths), self._blocks is None)
+        self._verify_lock = threading.Lock()
+        if verify:
+            self.verify_all()
+
+    # -- verification --------------------------------------------------------------
+
+    def _verify_blocks(self, blocks: np.ndarray) -> None:
+        todo = blocks[~self._verified[blocks]]
+        if not todo.size:
+            return
+        assert self._blocks is not None  # everything is verified when there are none
+        with self._verify_lock:
+            for b in todo.tolist():
+                if not self._verified[b]:
+                    verify_block(self._fd, b, self._lengths[b], self._blocks[b], TOKENS_NAME)
+                    self._verified[b] = True
+
+    def verify_all(self) -> None:
+        """Verify every block of the vector file not verified yet."""
+        self._verify_blocks(np.arange(len(self._lengths)))
+
+    def _verify_spans(self, starts: np.ndarray, counts: np.ndarray) -> None:
+        if self._verified.all():
+            return
+        keep = counts > 0
+        first = starts[keep] * self._row_bytes // BLOCK_SIZE
+        last = ((starts[keep] + counts[keep]) * self._row_bytes - 1) // BLOCK_SIZE
+        blocks = [np.unique(np.concatenate([first, last]))]
+        blocks += [np.arange(f + 1, g) for f, g in zip(first, last, strict=True) if g - f > 1]
+        self._verify_blocks(np.unique(np.concatenate(blocks)).astype(np.int64))
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All committed rows as a read-only float16 map ``[n_tokens, dim]`` (verified)."""
+        self.verify_all()
+        return self._map
+
+    # -- reads ---------------------------------------------------------------------
 
     def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Float16 vectors of the concatenated spans ``[start, start + count)``."""
+        starts = np.asarray(starts, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        if len(starts) and (
+            (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
+        ):
+            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
+        self._verify_spans(starts, counts)
         out = np.empty((int(np.sum(counts)), self.dim), VECTOR_DTYPE)
         buf = memoryview(out.data).cast("B")
         pos = 0
-        for start, count in zip(
-            np.asarray(starts).tolist(), np.asarray(counts).tolist(), strict=True
-        ):
-            if start < 0 or count < 0 or start + count > self.n_tokens:
-                raise CorruptIndex(
-                    f"token span {start}+{count} is outside the {self.n_tokens} rows"
-                )
+        for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
             end, offset = pos + count * self._row_bytes, start * self._row_bytes
             while pos < end:  # preadv may return less than asked for very large reads
                 got = os.preadv(self._fd, [buf[pos:end]], offset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -202,8 +203,8 @@ def test_readers_of_other_kinds(tmp_path: Path) -> None:
     frozen = np.array(reader.vectors)
     frozen.flags.writeable = False
     for vectors in (frozen, np.array(reader.vectors, dtype=np.float32)):
-        reader.vectors = vectors
-        result = exhaustive_search(queries, reader, starts, counts, 5, chunk_tokens=6)
+        with patch.object(TokenReader, "vectors", vectors):
+            result = exhaustive_search(queries, reader, starts, counts, 5, chunk_tokens=6)
         np.testing.assert_array_equal(result[0], expected[0])
         np.testing.assert_array_equal(result[1], expected[1])
 

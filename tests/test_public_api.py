@@ -27,7 +27,11 @@ def test_errors_form_one_tree() -> None:
 
 
 def test_importing_the_package_or_storage_first_is_cheap_and_acyclic() -> None:
-    for stmt in ("import storage.store", "import sie_index; sie_index.Index", "import sie_index"):
+    for stmt in (
+        "import storage.snapshot",
+        "import sie_index; sie_index.Index",
+        "import sie_index",
+    ):
         code = f"{stmt}; import sys; print('torch' in sys.modules)"
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
@@ -41,3 +45,21 @@ def test_no_pickle_in_the_code() -> None:
     for folder in ("sie_index", "storage", "scripts"):
         for path in (ROOT / folder).rglob("*.py"):
             assert not pattern.search(path.read_text()), path
+
+
+def test_storage_stands_alone() -> None:
+    """The on-disk layer imports nothing of sie_index and changes no process state."""
+    upward = re.compile(r"^\s*(from|import)\s+sie_index", re.MULTILINE)
+    for path in (ROOT / "storage").rglob("*.py"):
+        assert not upward.search(path.read_text()), path
+    code = (
+        "import os, sys; before = dict(os.environ); "
+        "import storage.builder, storage.snapshot, storage.errors; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sie_index'), "
+        "dict(os.environ) == before)"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    ).stdout.strip()
+    assert out == "[] True"

@@ -47,7 +47,7 @@ def test_python_example_runs(
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4  # three hits, then the batch's ids
-    assert (tmp_path / "pkgs-index" / "manifest.json").is_file()
+    assert (tmp_path / "pkgs-index" / "CURRENT").is_file()
 
 
 def test_demo_main_job_on_a_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

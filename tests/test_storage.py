@@ -20,10 +20,12 @@ from sie_index.errors import (
     NotAnIndex,
     StorageError,
 )
+from storage.builder import PendingDoc, StoreBuilder, check_vectors
 from storage.docstore import DOCS_NAME
+from storage.generations import CURRENT_NAME
 from storage.lock import WriteLock
 from storage.manifest import MANIFEST_NAME
-from storage.store import PendingDoc, StoreBuilder, StoreSnapshot, check_vectors
+from storage.snapshot import StoreSnapshot
 from storage.token_index import (
     TOKEN_INDEX_NAME,
     TRAIN_SAMPLE_MAX,
@@ -31,6 +33,7 @@ from storage.token_index import (
     training_rows,
 )
 from storage.vectors import TOKENS_NAME, TokenReader, TokenWriter
+from tests.storage_helpers import gen_dir, resign, rewrite_manifest
 
 SPEC = {"kind": "precomputed", "model": "test", "dim": 8, "options": {}}
 
@@ -155,14 +158,26 @@ def test_a_bad_batch_commits_nothing_and_keeps_earlier_batches(tmp_path: Path) -
 def test_failed_build_leaves_no_trace_and_keeps_the_old_index(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     _build(path, [[_doc("a", 3)]])
-    before = (path / MANIFEST_NAME).read_bytes()
+    before = sorted(p.name for p in path.iterdir())
+    current = (path / CURRENT_NAME).read_bytes()
     with pytest.raises(RuntimeError), StoreBuilder(path, 8, overwrite=True) as b:
         b.add([_doc("z", 2)])
         raise RuntimeError("killed mid-build")
-    assert (path / MANIFEST_NAME).read_bytes() == before
+    assert (path / CURRENT_NAME).read_bytes() == current
+    assert sorted(p.name for p in path.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
     with pytest.raises(StorageError, match="already holds an index"):
         StoreBuilder(path, 8)
+    snap = StoreSnapshot.open(path)
+    assert [d.external_id for d in snap.docs.fetch([0]).values()] == ["a"]
+    snap.close()
+
+
+def test_a_failed_first_build_leaves_no_folder(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), StoreBuilder(tmp_path / "new", 8) as b:
+        b.add([_doc("z", 2)])
+        raise RuntimeError("failed")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path: Path) -> None:
@@ -170,31 +185,47 @@ def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path: Path) -> Non
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(StorageError, match="not a sie-index index"):
         StoreBuilder(tmp_path / "mine", 8, overwrite=True)
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
 
 
 def test_open_errors_say_what_is_wrong(tmp_path: Path) -> None:
-    with pytest.raises(NotAnIndex, match=r"no manifest\.json"):
+    with pytest.raises(NotAnIndex, match=r"no committed generation \(CURRENT\)"):
         StoreSnapshot.open(tmp_path)
     with pytest.raises(NotAnIndex, match="not a folder"):
         StoreSnapshot.open(tmp_path / "absent")
     path = tmp_path / "idx"
     _build(path, [[_doc("a", 3)]])
-    raw = json.loads((path / MANIFEST_NAME).read_text())
-    raw["format_version"] = 99
-    (path / MANIFEST_NAME).write_text(json.dumps(raw))
+    rewrite_manifest(path, lambda raw: raw.update(format_version=99))
     with pytest.raises(FormatVersionMismatch, match="format version 99"):
         StoreSnapshot.open(path)
-    (path / MANIFEST_NAME).write_text("{not json")
+    resign(path, b"{not json")
     with pytest.raises(CorruptIndex, match="not valid JSON"):
         StoreSnapshot.open(path)
+
+
+def test_a_format_1_index_asks_for_a_rebuild_and_overwrite_replaces_it(tmp_path: Path) -> None:
+    path = tmp_path / "old"
+    path.mkdir()
+    (path / MANIFEST_NAME).write_text(json.dumps({"format_version": 1}))
+    (path / "tokens.f16").write_bytes(b"\0" * 16)
+    (tmp_path / ".old.build-999999999-0123abcd").mkdir()  # a killed format-1 build
+    with pytest.raises(FormatVersionMismatch, match="format version 1"):
+        StoreSnapshot.open(path)
+    with pytest.raises(StorageError, match="already holds an index"):
+        StoreBuilder(path, 8)
+    with StoreBuilder(path, 8, overwrite=True) as b:
+        b.add([_doc("a", 3)])
+        b.finish(encoder_spec=SPEC, index_kind="flat")
+    assert sorted(p.name for p in path.iterdir()) == [CURRENT_NAME, "gen-000001", "write.lock"]
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+    StoreSnapshot.open(path).close()
 
 
 @pytest.mark.parametrize("name", [TOKEN_INDEX_NAME, TOKENS_NAME, "token_doc.i32"])
 def test_damaged_files_give_corrupt_index(tmp_path: Path, name: str) -> None:
     path = tmp_path / "idx"
     _build(path, [[_doc("a", 30), _doc("b", 20)]])
-    target = path / name
+    target = gen_dir(path) / name
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x40
     target.write_bytes(bytes(data))
@@ -208,7 +239,7 @@ def test_damaged_files_give_corrupt_index(tmp_path: Path, name: str) -> None:
 def test_missing_sqlite_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     _build(path, [[_doc("a", 3)]])
-    (path / DOCS_NAME).unlink()
+    (gen_dir(path) / DOCS_NAME).unlink()
     with pytest.raises(CorruptIndex, match=DOCS_NAME):
         StoreSnapshot.open(path)
 
@@ -240,7 +271,7 @@ def test_nlist_follows_token_count_and_training_is_bounded() -> None:
 
 
 def test_too_small_for_ivf_says_so() -> None:
-    with pytest.raises(InvalidInput, match="use --index-kind flat"):
+    with pytest.raises(InvalidInput, match="use index kind 'flat'"):
         plan_token_index("ivf-pq", 500, 32)
     with pytest.raises(InvalidInput, match="unknown index kind"):
         plan_token_index("annoy", 500, 32)

@@ -1,0 +1,35 @@
+"""Test helpers that look inside an index folder the way only a test should."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from storage.generations import CURRENT_NAME, Pointer
+from storage.manifest import MANIFEST_NAME
+
+
+def gen_dir(path: Path) -> Path:
+    """The folder of the generation ``CURRENT`` names."""
+    generation = json.loads((path / CURRENT_NAME).read_text())["generation"]
+    return path / f"gen-{generation:06d}"
+
+
+def resign(path: Path, manifest_bytes: bytes) -> None:
+    """Write a manifest and a matching ``CURRENT``, as a writer with a bug would."""
+    (gen_dir(path) / MANIFEST_NAME).write_bytes(manifest_bytes)
+    generation = json.loads((path / CURRENT_NAME).read_text())["generation"]
+    sha = hashlib.sha256(manifest_bytes).hexdigest()
+    (path / CURRENT_NAME).write_bytes(
+        Pointer(generation=generation, manifest_sha256=sha).to_bytes()
+    )
+
+
+def rewrite_manifest(path: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    """Apply ``change`` to the parsed manifest and re-sign it (bypassing its checksum)."""
+    raw = json.loads((gen_dir(path) / MANIFEST_NAME).read_text())
+    change(raw)
+    resign(path, json.dumps(raw).encode())
