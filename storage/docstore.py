@@ -74,10 +74,20 @@ def span_digest(
     return _digest(f"{doc_id}:{start}:{count}:{deleted}:{generation}:{external_id}")
 
 
-def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int:
+def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int | None:
     """The checksum of a row's text and metadata JSON (None and empty kept apart)."""
+    if not isinstance(text, str | None) or not isinstance(metadata, str | None):
+        return None  # a value SQLite gives back as another type is damage: never matches
     head = f"{doc_id}:{-1 if text is None else len(text)}:{text or ''}"
     return _digest(head + ("N" if metadata is None else "M" + metadata))
+
+
+def _metadata_json(metadata: Mapping[str, Any], doc_id: str) -> str:
+    """Metadata as JSON that SQLite can read back: JSON types and finite numbers only."""
+    try:
+        return json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata cannot be stored as JSON: {exc}", doc_id=doc_id) from exc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +142,7 @@ class DocWriter:
         """Commit ``rows`` in one transaction; a duplicate external id commits nothing."""
         records = []
         for r in rows:
-            meta = None if r.metadata is None else json.dumps(r.metadata)
+            meta = None if r.metadata is None else _metadata_json(r.metadata, r.external_id)
             records.append(
                 {
                     "doc_id": r.doc_id,
@@ -201,6 +211,8 @@ class DocReader:
         self.path = Path(path)
         uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro&immutable=1"
         self._lock = threading.Lock()
+        self._count = 0
+        self._content_verified = False
         try:
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only=1")
@@ -234,6 +246,7 @@ class DocReader:
     def spans(self, n_docs: int) -> DocSpans:
         """Spans of documents ``0 .. n_docs-1``, every row's checksum verified."""
         rows = self._query(f"SELECT {_SPAN_COLS} FROM documents ORDER BY doc_id")  # noqa: S608
+        self._count = len(rows)
         if len(rows) != n_docs:
             raise CorruptIndex(
                 f"{self.path} holds {len(rows)} documents, the manifest says {n_docs}"
@@ -305,6 +318,27 @@ class DocReader:
         self._check_span_rows(rows)
         return [row[1] for row in rows]
 
+    def verify_content(self) -> None:
+        """Check every row's text and metadata against its checksum (once per reader).
+
+        Filters read every row's metadata inside SQLite, where a damaged value
+        would silently change which documents match; so the first filter checks
+        them all, and the file, opened immutable, cannot change afterwards.
+        """
+        if self._content_verified:
+            return
+        step = _CHUNK * 10
+        for start in range(0, self._count, step):
+            rows = self._query(
+                "SELECT doc_id, text, metadata, doc_sum FROM documents "
+                "WHERE doc_id >= ? AND doc_id < ?",
+                [start, start + step],
+            )
+            for doc_id, text, meta, total in rows:
+                if doc_digest(doc_id, text, meta) != total:
+                    raise self._damaged(f"the text or metadata of document row {doc_id}")
+        self._content_verified = True
+
     def doc_ids_where(self, where: str, params: Sequence[Any] = ()) -> np.ndarray:
         """Internal ids of documents matching an SQL predicate over the documents table.
 
@@ -312,6 +346,7 @@ class DocReader:
         A predicate SQLite cannot run raises :class:`InvalidInput`; a damaged
         database raises :class:`CorruptIndex`, whatever the predicate.
         """
+        self.verify_content()
         sql = f"SELECT doc_id FROM documents WHERE ({where})"  # noqa: S608
         try:
             with self._lock:

@@ -184,6 +184,12 @@ class StoreSnapshot:
         if not np.array_equal(tokens.token_doc, expected):
             raise CorruptIndex(f"{where}: {TOKEN_DOC_NAME} disagrees with the document spans")
 
+    def __enter__(self) -> StoreSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.docs.close()

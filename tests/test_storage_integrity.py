@@ -1,0 +1,265 @@
+"""Every byte checked: damage to any file of an index is an error naming it, never a
+silently different result, a signal or a raw exception from SQLite or FAISS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+
+from sie_index import Index
+from sie_index.errors import CorruptIndex, FormatVersionMismatch, SieIndexError
+from storage.docstore import DOCS_NAME
+from storage.generations import CURRENT_NAME
+from storage.manifest import MANIFEST_NAME
+from storage.token_index import TOKEN_INDEX_NAME, TokenIndex
+from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME
+from tests.conftest import synthetic_corpus, synthetic_queries
+from tests.storage_helpers import gen_dir, rewrite_manifest
+
+N_DOCS = 1000  # above the exact-path threshold (8 x 64), so search runs the ANN
+FILES = (CURRENT_NAME, MANIFEST_NAME, DOCS_NAME, TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME)
+
+Outcome = tuple[tuple[tuple[str, float, str | None, Any], ...], ...]
+
+
+def _build(path: Path, kind: str = "ivf-flat") -> tuple[list[str], list[np.ndarray]]:
+    ids, vectors = synthetic_corpus(N_DOCS, 32, seed=11)
+    meta = [{"topic": i % 7, "name": f"n{i}"} for i in range(N_DOCS)]
+    texts = [f"text of {ext} " * (1 + i % 5) for i, ext in enumerate(ids)]
+    Index.from_vectors(path, ids, vectors, texts=texts, metadata=meta, index_kind=kind).close()
+    return ids, vectors
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    path = tmp_path_factory.mktemp("pristine") / "idx"
+    _, vectors = _build(path)
+    return path, synthetic_queries(vectors, 4, seed=3)
+
+
+def _outcome(path: Path, queries: list[np.ndarray], *, verify: bool) -> Outcome:
+    """Search the way users do: ANN path, text and metadata, with and without a filter."""
+    with Index.open(path, verify=verify) as index:
+        calls = []
+        real = TokenIndex.search
+
+        def spy(self: TokenIndex, *args: Any, **kw: Any) -> Any:
+            calls.append(1)
+            return real(self, *args, **kw)
+
+        with patch.object(TokenIndex, "search", spy):
+            plain = index.search_batch(queries, k=5, text=True, metadata=True)
+            filtered = index.search_batch(queries, k=5, filter={"topic": 3})
+        assert calls, "the ANN path did not run"
+    return tuple(
+        tuple((h.external_id, round(h.score, 5), h.text, h.metadata) for h in hits)
+        for hits in [*plain, *filtered]
+    )
+
+
+def _damaged_copy(src: Path, dst: Path, name: str, damage: Callable[[bytearray], bytes]) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    target = dst / name if name == CURRENT_NAME else gen_dir(dst) / name
+    target.write_bytes(damage(bytearray(target.read_bytes())))
+
+
+def _flip(offset: int, bit: int) -> Callable[[bytearray], bytes]:
+    def damage(data: bytearray) -> bytes:
+        data[offset % len(data)] ^= 1 << bit
+        return bytes(data)
+
+    return damage
+
+
+def _cut(length: int) -> Callable[[bytearray], bytes]:
+    return lambda data: bytes(data[: min(length, len(data) - 1)])
+
+
+def _damage_loop(
+    pristine: tuple[Path, list[np.ndarray]], tmp_path: Path, name: str, flips: int, cuts: int
+) -> dict[str, int]:
+    src, queries = pristine
+    expected = _outcome(src, queries, verify=True)
+    size = (src / name if name == CURRENT_NAME else gen_dir(src) / name).stat().st_size
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    damages = [_flip(int(rng.integers(size)), int(rng.integers(8))) for _ in range(flips)]
+    damages += [_cut(n) for n in range(min(cuts, size))]
+    counts = {"corrupt": 0, "identical": 0}
+    for i, damage in enumerate(damages):
+        dst = tmp_path / "damaged"
+        _damaged_copy(src, dst, name, damage)
+        try:
+            got = _outcome(dst, queries, verify=bool(i % 2))
+        except CorruptIndex as exc:
+            assert name in str(exc), (name, str(exc))
+            counts["corrupt"] += 1
+            continue
+        # SieIndexError other than CorruptIndex, or any other exception, fails here
+        assert got == expected, f"damage {i} to {name} changed results silently"
+        counts["identical"] += 1
+    assert counts["corrupt"] + counts["identical"] == len(damages)
+    return counts
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_damage_to_any_file_is_caught_or_harmless(
+    pristine: tuple[Path, list[np.ndarray]], tmp_path: Path, name: str
+) -> None:
+    counts = _damage_loop(pristine, tmp_path, name, flips=12, cuts=4)
+    assert counts["corrupt"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FILES)
+def test_hundreds_of_flips_and_every_short_truncation(
+    pristine: tuple[Path, list[np.ndarray]], tmp_path: Path, name: str
+) -> None:
+    counts = _damage_loop(pristine, tmp_path, name, flips=300, cuts=64)
+    print(f"{name}: {counts}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["flat", "ivf-pq", "hnsw"])
+def test_flips_in_indexes_of_every_kind(tmp_path: Path, kind: str) -> None:
+    src = tmp_path / "src"
+    _, vectors = _build(src, kind)
+    pristine = (src, synthetic_queries(vectors, 4, seed=3))
+    for name in FILES:
+        _damage_loop(pristine, tmp_path, name, flips=40, cuts=8)
+
+
+# -- the failures of the first index, one by one --------------------------------------
+
+
+def test_a_changed_external_id_is_caught(tmp_path: Path) -> None:
+    """One flipped character in a stored id used to turn the top hit d107 into d106."""
+    path = tmp_path / "idx"
+    _build(path)
+    with sqlite3.connect(gen_dir(path) / DOCS_NAME) as db:
+        db.execute("UPDATE documents SET external_id = 'doc-00106x' WHERE doc_id = 107")
+    with pytest.raises(CorruptIndex, match=r"docs\.sqlite.*row 107"):
+        Index.open(path)
+
+
+def test_a_set_deleted_flag_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    _build(path)
+    with sqlite3.connect(gen_dir(path) / DOCS_NAME) as db:
+        db.execute("UPDATE documents SET deleted = 1 WHERE doc_id = 5")
+    with pytest.raises(CorruptIndex, match=r"docs\.sqlite"):
+        Index.open(path)
+
+
+def test_changed_text_is_caught_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    _, vectors = _build(path)
+    with sqlite3.connect(gen_dir(path) / DOCS_NAME) as db:
+        db.execute("UPDATE documents SET text = 'forged' WHERE doc_id = 3")
+    with Index.open(path) as index:
+        index.search(vectors[3], k=1)  # ids and scores do not depend on the text
+        with pytest.raises(CorruptIndex, match="text or metadata of document row 3"):
+            index.search(vectors[3], k=1, text=True)
+
+
+def test_a_manifest_edited_without_its_checksum_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    _build(path)
+    manifest = gen_dir(path) / MANIFEST_NAME
+    raw = json.loads(manifest.read_text())
+    raw["token_index"]["nlist"] = 1
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(CorruptIndex, match=r"manifest\.json does not match its checksum"):
+        Index.open(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "needle"),
+    [
+        (lambda raw: raw["token_index"].update(nlist=1), CorruptIndex, "do not fit together"),
+        (
+            lambda raw: raw["token_index"].update(nlist=1, factory="IVF1,Flat"),
+            CorruptIndex,
+            "lists",
+        ),
+        (lambda raw: raw.update(format_version=1.0), FormatVersionMismatch, "1.0"),
+        (lambda raw: raw.update(format_version=True), FormatVersionMismatch, "True"),
+        (lambda raw: raw["encoder"].pop("model"), CorruptIndex, "encoder.model"),
+        (lambda raw: raw.update(extra=1), CorruptIndex, "unknown fields"),
+        (lambda raw: raw.update(documents=-1), CorruptIndex, "documents"),
+        (lambda raw: raw.update(documents=N_DOCS + 1), CorruptIndex, "holds 1000 documents"),
+        (lambda raw: raw.update(tokens=raw["tokens"] - 1), CorruptIndex, "tokens"),
+        (lambda raw: raw.update(dim=16), CorruptIndex, "dim"),
+        (lambda raw: raw.update(dim="32"), CorruptIndex, "dim"),
+        (lambda raw: raw["files"].pop(TOKENS_NAME), CorruptIndex, "files"),
+        (lambda raw: raw.update(codec="pq"), CorruptIndex, "codec"),
+        (lambda raw: raw["token_index"].update(kind="annoy"), CorruptIndex, "annoy"),
+        (lambda raw: raw["token_index"].update(kind="flat"), CorruptIndex, "token_index"),
+        (lambda raw: raw.update(generation=9), CorruptIndex, "another generation"),
+    ],
+)
+def test_the_manifest_is_validated_field_by_field(
+    tmp_path: Path, change: Callable[[dict[str, Any]], Any], error: type, needle: str
+) -> None:
+    """Even a manifest whose checksum was forged to match is checked in full."""
+    path = tmp_path / "idx"
+    _build(path)
+    rewrite_manifest(path, change)
+    with pytest.raises(error, match=needle.replace(".", r"\.")):
+        Index.open(path)
+
+
+def test_the_commit_pointer_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    _build(path)
+    raw = json.loads((path / CURRENT_NAME).read_text())
+    raw["generation"] = 2
+    (path / CURRENT_NAME).write_text(json.dumps(raw))
+    with pytest.raises(CorruptIndex, match="CURRENT does not match its own checksum"):
+        Index.open(path)
+
+
+def test_no_verify_defers_the_vector_check_to_the_first_read(tmp_path: Path) -> None:
+    """verify=False used to skip every check of tokens.f16 (a top score became 14,297)."""
+    path = tmp_path / "idx"
+    _, vectors = _build(path)
+    target = gen_dir(path) / TOKENS_NAME
+    data = bytearray(target.read_bytes())
+    data[1000] ^= 0x7C
+    target.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndex, match=r"tokens\.f16"):
+        Index.open(path)  # verify=True checks it now
+    index = Index.open(path, verify=False)  # opens fast ...
+    with pytest.raises(CorruptIndex, match=r"tokens\.f16 does not match its checksum"):
+        index.search(vectors[0], k=3)  # ... and the first read checks it
+    index.close()
+
+
+def test_the_searcher_keeps_the_token_map_mapped(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    _build(path)
+    with Index.open(path) as index:
+        token_doc = index._searcher.token_doc
+        assert token_doc.dtype == np.int32
+        assert not token_doc.flags.owndata and not token_doc.flags.writeable
+
+
+def test_damage_never_escapes_as_a_raw_error(tmp_path: Path) -> None:
+    """A database with a torn page, and a FAISS file of garbage, are CorruptIndex."""
+    path = tmp_path / "idx"
+    _build(path)
+    db = gen_dir(path) / DOCS_NAME
+    data = bytearray(db.read_bytes())
+    data[4096 : 4096 + 64] = b"\xff" * 64  # the second page, a b-tree page
+    db.write_bytes(bytes(data))
+    with pytest.raises(SieIndexError) as info:
+        Index.open(path)
+    assert isinstance(info.value, CorruptIndex) and DOCS_NAME in str(info.value)
