@@ -158,6 +158,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from storage.verify import verify_index
+
+    report = verify_index(Path(args.index), repair=args.repair)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    elif report.ok:
+        print(
+            f"ok: {report.path} generation {report.generation}, {report.documents} documents, "
+            f"{report.tokens} tokens; every checksum and invariant verified"
+        )
+        for name in report.removed:
+            print(f"removed {name}")
+        for name in report.debris:
+            print(f"left over: {name}" + (" (held by a reader)" if args.repair else ""))
+    else:
+        print(f"DAMAGED: {report.problem}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import evaluate
@@ -279,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="hits per query")
     p.add_argument("--filter", help="SQL predicate over documents, or a JSON object of metadata")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--no-verify", action="store_true", help="skip hashing the vector file on open")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="check the vector file block by block as searches read it, not all at open",
+    )
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -288,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-verify", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "verify", help="check every checksum and invariant; exit 1 if the index is damaged"
+    )
+    p.add_argument("index")
+    p.add_argument("--repair", action="store_true", help="remove what killed writers left behind")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("evaluate", help="evaluate on a BEIR folder: nDCG, MRR, recall, latency")
     p.add_argument("dataset", help="BEIR folder (corpus, queries, qrels/), or 'debian-pkgs'")

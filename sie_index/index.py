@@ -48,8 +48,10 @@ class Index:
         """Open the index at ``path``.
 
         ``encoder`` encodes text queries; by default the index's own encoder is
-        made on first use, when sie-index can make it. ``verify=False`` skips
-        hashing the token-vector file (the FAISS file is always verified).
+        made on first use, when sie-index can make it. Every file is verified
+        against its checksums before it is used; ``verify=False`` defers the
+        (large) token-vector file's check to the first read of each block, so
+        opening is fast and nothing is ever read unchecked.
         """
         return cls(StoreSnapshot.open(Path(path), verify_vectors=verify), encoder)
 

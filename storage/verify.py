@@ -1,0 +1,79 @@
+"""Checking a whole index, and sweeping what dead writers left (``sie-index verify``).
+
+:func:`verify_index` opens the committed generation with every check made at
+once (the vector file in full, every row's text and metadata, not only what a
+search would touch) and lists the debris beside it: generation folders that are
+not current, a stale temporary pointer, files of the format-1 layout. With
+``repair`` it takes the write lock (so never while a writer works) and removes
+that debris, leaving any generation a reader still holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.errors import StorageError
+from storage.fsio import TMP_SUFFIX
+from storage.generations import (
+    CURRENT_NAME,
+    LEGACY_FILES,
+    gen_dirname,
+    generation_numbers,
+    remove_debris,
+)
+from storage.lock import WriteLock
+from storage.snapshot import StoreSnapshot
+
+__all__ = ["VerifyReport", "verify_index"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyReport:
+    """What :func:`verify_index` found; ``ok`` is False when the index is damaged."""
+
+    path: str
+    ok: bool
+    generation: int | None = None
+    documents: int | None = None
+    tokens: int | None = None
+    problem: str | None = None
+    debris: list[str] = field(default_factory=list)
+    """Leftovers still in the folder (after ``repair``: those a reader holds)."""
+    removed: list[str] = field(default_factory=list)
+
+
+def _debris(folder: Path, current: int | None) -> list[str]:
+    names = [gen_dirname(n) for n in generation_numbers(folder) if n != current]
+    extra = (*LEGACY_FILES, CURRENT_NAME + TMP_SUFFIX) if current is not None else ()
+    return names + [name for name in extra if (folder / name).exists()]
+
+
+def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
+    """Verify every checksum and invariant of the index at ``path``; optionally sweep debris.
+
+    A damaged index gives a report with ``ok`` False and the problem (never an
+    exception); a folder that is not an index raises :class:`NotAnIndex`.
+    """
+    folder = Path(path)
+    try:
+        with StoreSnapshot.open(folder, verify_vectors=True) as snap:
+            snap.docs.verify_content()
+            m = snap.manifest
+    except StorageError as exc:
+        if not folder.is_dir() or not (folder / CURRENT_NAME).exists():
+            raise
+        return VerifyReport(path=str(folder), ok=False, problem=f"{type(exc).__name__}: {exc}")
+    removed: list[str] = []
+    if repair:
+        with WriteLock(folder):
+            removed = remove_debris(folder, m.generation, committed=True)
+    return VerifyReport(
+        path=str(folder),
+        ok=True,
+        generation=m.generation,
+        documents=m.documents,
+        tokens=m.tokens,
+        debris=_debris(folder, m.generation),  # what is left (a generation a reader holds)
+        removed=removed,
+    )
