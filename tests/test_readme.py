@@ -56,3 +56,31 @@ def test_demo_main_job_on_a_small_slice(tmp_path: Path, capsys: pytest.CaptureFi
     assert "300 documents" in out
     assert out.count("query:") == 6
     assert "* " in out  # a judged answer is in a top 3
+
+
+def test_every_file_and_flag_the_readme_names_exists() -> None:
+    for name in set(re.findall(r"[\w./-]+\.(?:py|sh|md|toml)\b", README)):
+        if "/" in name and not name.startswith("runs/"):  # runs/ is what a run writes
+            assert (ROOT / name).exists(), name
+    options: set[str] = set()
+    parser = build_parser()
+    for action in parser._actions:
+        for sub in getattr(action, "choices", None) or {}:
+            options.update(opt for a in action.choices[sub]._actions for opt in a.option_strings)
+    options.update(opt for a in parser._actions for opt in a.option_strings)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README))
+    assert named - options <= {"--no-deps"}, named - options  # --no-deps is pip's
+
+
+def test_the_slow_tier_selects_tests() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "slow", "--collect-only", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"(\d+)/\d+ tests collected", out) and "test_kill_9" in out
