@@ -1,12 +1,12 @@
 """Durable file operations: atomic replace, directory fsync, block checksums,
 and reads relative to a directory descriptor.
 
-Every file the index replaces goes through :func:`atomic_write_bytes` or
-:func:`atomic_replace` (write a temporary file, fsync it, rename it over the
-target, fsync the directory), so a crash leaves either the old or the new file,
-never a torn one. Checksums are SHA-256 over fixed-size blocks, so a reader can
-verify a large file block by block, the first time it reads each block, and
-hashing runs the blocks in parallel threads (hashlib releases the GIL).
+A file that replaces another goes through :func:`atomic_replace` (write a
+temporary file, fsync it, rename it over the target, fsync the directory), so a
+crash leaves either the old or the new file, never a torn one. Checksums are
+SHA-256 over fixed-size blocks, so a reader can verify a large file block by
+block, the first time it reads each block, and hashing runs the blocks in
+parallel threads (hashlib releases the GIL).
 
 Readers open the files of one generation through the generation folder's
 descriptor (:func:`open_at`, :func:`read_at`), each file once, so what they read
@@ -26,7 +26,6 @@ from storage.errors import CorruptIndex
 __all__ = [
     "BLOCK_SIZE",
     "atomic_replace",
-    "atomic_write_bytes",
     "block_checksums",
     "block_lengths",
     "fsync_dir",
@@ -76,15 +75,6 @@ def atomic_replace(target: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Atomically replace ``target`` with ``data``."""
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
-    atomic_replace(target, write)
 
 
 def block_lengths(size: int) -> list[int]:

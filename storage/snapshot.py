@@ -92,10 +92,6 @@ class StoreSnapshot:
         self.spans = spans
         self._lease = lease
 
-    @property
-    def generation_folder(self) -> Path:
-        return self.folder / f"gen-{self.manifest.generation:06d}"
-
     @classmethod
     def open(cls, folder: Path, *, verify_vectors: bool = True) -> StoreSnapshot:
         """Open the committed generation of ``folder``.

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.errors import CorruptIndex
-from storage.fsio import BLOCK_SIZE, block_lengths, verify_block, verify_bytes
+from storage.fsio import BLOCK_SIZE, block_lengths, open_at, verify_block, verify_bytes
 
 __all__ = [
     "TOKENS_NAME",
@@ -75,8 +75,10 @@ class TokenWriter:
 
 
 def _open(folder: Path, name: str, dir_fd: int | None) -> int:
+    if dir_fd is not None:
+        return open_at(dir_fd, name, str(folder))
     try:
-        return os.open(name if dir_fd is not None else folder / name, os.O_RDONLY, dir_fd=dir_fd)
+        return os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise CorruptIndex(f"{name} in {folder} cannot be opened: {exc}") from exc
 
