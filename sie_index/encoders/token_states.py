@@ -24,7 +24,13 @@ import numpy as np
 from sie_index.encoders.base import EncoderSpec, check_encoder_output
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
-__all__ = ["DEFAULT_MODEL", "TokenStatesEncoder", "default_model_dir", "safetensors_weights"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "TokenStatesEncoder",
+    "default_model_dir",
+    "safetensors_weights",
+    "weights_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def safetensors_weights(folder: Path) -> Path:
     )
 
 
-def _weights_fingerprint(folder: Path) -> str:
+def weights_fingerprint(folder: Path) -> str:
     """First 16 hex digits of the SHA-256 of the weights file, so specs name exact weights."""
     digest = hashlib.sha256()
     with open(safetensors_weights(folder), "rb") as fh:
@@ -109,7 +115,7 @@ class TokenStatesEncoder:
         folder = Path(model_dir) if model_dir is not None else default_model_dir()
         if not (folder / "config.json").is_file():
             raise EncoderUnavailable(f"{folder} is not a model folder (no config.json)")
-        fingerprint = _weights_fingerprint(folder)  # also refuses pickled weights, before loading
+        fingerprint = weights_fingerprint(folder)  # also refuses pickled weights, before loading
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModel.from_pretrained(
