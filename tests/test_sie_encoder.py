@@ -369,3 +369,53 @@ def test_a_bad_batch_during_a_build_stores_nothing(server: LoopbackSie, tmp_path
             progress=False,
         )
     assert not (tmp_path / "idx").exists()
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_cli_build_search_and_evaluate_through_sie(
+    server: LoopbackSie,
+    local: TokenStatesEncoder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sie_index.cli import main
+
+    out = tmp_path / "idx"
+    sie_args = ["--encoder", "sie", "--sie-url", server.url, "--model", MODEL]
+    build = ["-q", "build", "debian-pkgs", str(out), "--limit", "60", "--skip-bad-lines"]
+    assert main([*build, *sie_args]) == 0
+    assert "60 documents" in capsys.readouterr().out
+    with LoopbackSie(local, model=MODEL) as other:  # the URL in the manifest is only a default
+        query = ["search", str(out), "ASCII art", "-k", "2", "--json", "--sie-url", other.url]
+        assert main([*query, "--sie-format", "json"]) == 0
+        hits = json.loads(capsys.readouterr().out)[0]["hits"]
+        assert len(hits) == 2 and other.stats.requests == 1
+        assert other.stats.seen[0].content_type == "application/json"
+        report = tmp_path / "eval"
+        args = ["evaluate", "debian-pkgs", "--index", str(out), "--out", str(report)]
+        assert main([*args, "--sie-url", other.url]) == 0
+        assert json.loads((report / "report.json").read_text())["queries"] > 0
+    before = server.stats.requests
+    assert main(["search", str(out), "ASCII art", "--encoder", "sie"]) == 0  # the manifest's URL
+    assert server.stats.requests == before + 1
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "search",
+                str(out),
+                "x",
+                "--encoder",
+                "sie",
+                "--model",
+                "other/model",
+                "--sie-url",
+                server.url,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "404 MODEL_NOT_FOUND" in err and "model_not_found" in err  # the server's own words

@@ -42,7 +42,7 @@ from sie_index.encoders.sie_wire import (
     MSGPACK,
     decode_body,
     encode_body,
-    error_code,
+    error_detail,
     parse_results,
 )
 from sie_index.errors import EncoderProtocolError, EncoderUnavailable, InvalidInput
@@ -324,7 +324,9 @@ class SieEncoder:
                     return self._results(response, items, where)
                 if status == 413:
                     raise _TooLarge
-                code = error_code(response.content, response.headers.get("content-type", ""))
+                code, message = error_detail(
+                    response.content, response.headers.get("content-type", "")
+                )
                 reason = f"HTTP {status}" + (f" {code}" if code else "")
                 retry: float | None = None
                 if status == 503 and code == "RESOURCE_EXHAUSTED":
@@ -337,7 +339,7 @@ class SieEncoder:
                 elif status == 504:
                     retry = self._backoff(attempt)
                 if retry is None:
-                    raise self._terminal(status, reason, response, where)
+                    raise self._terminal(status, f"{reason} ({message})", where)
                 delay = retry
             attempt += 1
             remaining = deadline_at - time.monotonic()
@@ -374,11 +376,8 @@ class SieEncoder:
     def _backoff(attempt: int) -> float:
         return min(5.0, 0.1 * 2.0**attempt)
 
-    def _terminal(
-        self, status: int, reason: str, response: httpx.Response, where: str
-    ) -> Exception:
-        detail = response.text[:200] if response.content else ""
-        message = f"{where}: {reason} from {self.url} (not retried): {detail}"
+    def _terminal(self, status: int, reason: str, where: str) -> Exception:
+        message = f"{where}: {reason} from {self.url} (not retried)"
         if status == 400:
             return EncoderProtocolError(message)
         return EncoderUnavailable(message)

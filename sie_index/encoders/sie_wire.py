@@ -34,7 +34,7 @@ __all__ = [
     "decode_ndarray",
     "encode_body",
     "encode_ndarray",
-    "error_code",
+    "error_detail",
     "parse_results",
 ]
 
@@ -129,15 +129,16 @@ def decode_body(body: bytes, content_type: str, *, where: str) -> Any:
         raise EncoderProtocolError(f"{where}: the body cannot be parsed: {exc}") from exc
 
 
-def error_code(body: bytes, content_type: str) -> str | None:
-    """The SIE error code of an error response (``detail.code``), if there is one."""
+def error_detail(body: bytes, content_type: str) -> tuple[str | None, str]:
+    """The SIE error code (``detail.code``) and a readable message of an error response."""
     try:
         parsed = decode_body(body, content_type or JSON, where="error")
     except EncoderProtocolError:
-        return None
-    detail = parsed.get("detail") if isinstance(parsed, Mapping) else None
+        return None, body[:200].decode("utf-8", "replace")
+    detail = parsed.get("detail") if isinstance(parsed, Mapping) else parsed
     code = detail.get("code") if isinstance(detail, Mapping) else None
-    return code if isinstance(code, str) else None
+    message = detail.get("message", detail) if isinstance(detail, Mapping) else detail
+    return (code if isinstance(code, str) else None), str(message)[:200]
 
 
 def _values(raw: Any, dtype_name: str, *, where: str) -> np.ndarray:
