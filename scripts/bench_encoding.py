@@ -133,7 +133,7 @@ def _sie(texts: list[str], local_bf16: float, in_flight: int) -> dict[str, Any]:
     return out
 
 
-def run(n_docs: int = 2000, colbert_docs: int = 200, in_flight: int = 2) -> dict[str, Any]:
+def run(n_docs: int = 2000, colbert_docs: int = 200, in_flight: int = 4) -> dict[str, Any]:
     from sie_index import ColbertEncoder, TokenStatesEncoder
 
     texts = _texts(n_docs)
@@ -189,7 +189,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--colbert-docs", type=int, default=200)
-    parser.add_argument("--in-flight", type=int, default=2)
+    parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args()
     result = run(args.docs, args.colbert_docs, args.in_flight)
