@@ -419,3 +419,37 @@ def test_cli_build_search_and_evaluate_through_sie(
     )
     err = capsys.readouterr().err
     assert "404 MODEL_NOT_FOUND" in err and "model_not_found" in err  # the server's own words
+
+
+# -- the build pipeline and imports ---------------------------------------------------------------
+
+
+def test_encode_ahead_keeps_order_and_raises_in_the_consumer() -> None:
+    from sie_index.writer import EncodeAhead
+
+    def encode(batch: list[Document]) -> list[np.ndarray]:
+        if batch[0].id == "bad":
+            raise EncoderProtocolError("batch 3 is short")
+        return [np.ones((1, 2), np.float32)] * len(batch)
+
+    batches = [[Document(id=f"{i}", text="t")] for i in range(3)] + [[Document(id="bad", text="t")]]
+    with EncodeAhead(iter(batches), encode) as ahead:
+        seen = []
+        with pytest.raises(EncoderProtocolError, match="batch 3"):
+            for docs, vectors, seconds in ahead:
+                seen.append(docs[0].id)
+                assert len(vectors) == 1 and seconds >= 0
+    assert seen == ["0", "1", "2"]
+    endless = ([Document(id="x", text="t")] for _ in iter(int, 1))
+    with EncodeAhead(endless, encode) as ahead:  # leaving early stops the thread
+        next(iter(ahead))
+    assert not ahead._thread.is_alive()
+
+
+def test_importing_the_encoders_package_loads_neither_torch_nor_httpx() -> None:
+    import subprocess
+    import sys
+
+    code = "import sie_index.encoders, sys; print('torch' in sys.modules, 'httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

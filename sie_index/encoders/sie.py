@@ -36,7 +36,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from sie_index.encoders.base import EncoderSpec, l2_normalize
+from sie_index.encoders.base import EncoderSpec
 from sie_index.encoders.sie_wire import (
     ACCEPTED_OUTPUT_DTYPES,
     JSON,
@@ -120,7 +120,8 @@ class SieEncoder:
     bytes of text; ``max_in_flight`` run at once. ``deadline`` bounds each
     request, retries included, in seconds. ``client`` injects an
     :class:`httpx.Client` (then :meth:`close` leaves it open); ``sleep`` is
-    the function that waits between retries.
+    the function that waits between retries. Returned arrays may be read-only
+    views of the response (no copy); ``np.array(v)`` makes a writable one.
     """
 
     def __init__(
@@ -396,5 +397,4 @@ class SieEncoder:
         content_type = response.headers.get("content-type", self._headers["Accept"])
         parsed = decode_body(response.content, content_type, where=where)
         vectors = parse_results(parsed, [i for i, _ in items], self._dim, where=where)
-        # float16 rows are only nearly unit length; the index wants them exact.
-        return [l2_normalize(v) for v in vectors]
+        return vectors

@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from sie_index.encoders.base import l2_normalize
 from sie_index.errors import EncoderProtocolError
 
 __all__ = [
@@ -166,7 +167,8 @@ def parse_results(
     Checks, before anything is returned: one result per item sent, each with the
     id sent in that position, a ``multivector`` of an accepted dtype whose
     ``num_tokens`` x ``token_dims`` matches its values, ``dim`` columns (when
-    known), at least one row, finite values. ``where`` names the batch in errors.
+    known), at least one row, finite values; rows are returned L2-normalized.
+    ``where`` names the batch in errors.
     """
     items = parsed.get("items") if isinstance(parsed, Mapping) else None
     if not isinstance(items, list):
@@ -201,8 +203,18 @@ def parse_results(
             raise EncoderProtocolError(f"{at}: {values.shape[1]}-dim vectors, expected {dim}")
         if values.shape[0] == 0:
             raise EncoderProtocolError(f"{at}: no token vectors")
-        vecs = values.astype(np.float32)
+        vecs = values.astype(np.float32, copy=False)  # float32 off the wire: no copy
         if not np.isfinite(vecs).all():
             raise EncoderProtocolError(f"{at}: NaN or Inf in the vectors")
-        out.append(vecs)
+        out.append(_unit_rows(vecs))
     return out
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    """Rows of unit length. SIE's ColBERT models normalize already, so most answers
+    pass as they are (no copy); float16 rows, or a model that does not normalize,
+    are normalized here."""
+    sq = np.einsum("ij,ij->i", v, v)
+    if np.abs(sq - 1.0).max() <= 1e-5:
+        return v
+    return l2_normalize(v)
