@@ -9,7 +9,13 @@ from typing import Any
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
-__all__ = ["ENCODER_NAMES", "encoder_for_index", "encoder_from_spec", "load_encoder"]
+__all__ = [
+    "ENCODER_NAMES",
+    "encoder_for_index",
+    "encoder_from_spec",
+    "load_encoder",
+    "recorded_spec",
+]
 
 ENCODER_NAMES = ("minilm", "colbert:PATH", "sie", "token-states:PATH", "precomputed:PATH")
 
