@@ -3,6 +3,7 @@
     python scripts/bench.py                      # full debian-pkgs, default encoder
     python scripts/bench.py --limit 5000         # a quick look
     python scripts/bench.py --reuse              # keep an index built by an earlier run
+    python scripts/bench.py --encoding           # encoding speed only (scripts/bench_encoding.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -202,6 +203,10 @@ def main() -> int:
     parser.add_argument("--exhaustive-latency-queries", type=int, default=50)
     parser.add_argument("--reuse", action="store_true", help="reuse an existing index")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument(
+        "--encoding", action="store_true", help="measure encoding speed only (bench_encoding.py)"
+    )
+    parser.add_argument("--encoding-docs", type=int, default=2000, help="documents (--encoding)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,6 +216,14 @@ def main() -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.encoding:
+        import bench_encoding
+
+        result = bench_encoding.run(args.encoding_docs)
+        result["command"] = "python " + " ".join(sys.argv)
+        (out / "encoding.json").write_text(json.dumps(result, indent=2))
+        print(bench_encoding.table(result))
+        return 0
     argv = [
         "--index",
         args.index,
@@ -223,11 +236,7 @@ def main() -> int:
     ]
     if args.queries:
         argv += ["--queries", str(args.queries)]
-    if (
-        args.reuse
-        and (Path(args.index) / "manifest.json").is_file()
-        and (out / "build.json").is_file()
-    ):
+    if args.reuse and (Path(args.index) / "CURRENT").is_file() and (out / "build.json").is_file():
         build = json.loads((out / "build.json").read_text())
     else:
         build = _run_worker("build", argv, out)

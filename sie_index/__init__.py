@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "ColbertEncoder",
     "CorruptIndex",
     "DimensionMismatch",
     "Document",
     "Encoder",
     "EncoderError",
+    "EncoderMismatch",
     "EncoderProtocolError",
     "EncoderSpec",
     "EncoderUnavailable",
@@ -43,6 +45,7 @@ __all__ = [
     "NotAnIndex",
     "PrecomputedEncoder",
     "SearchParams",
+    "SieEncoder",
     "SieIndexError",
     "StorageError",
     "TokenStatesEncoder",
@@ -54,6 +57,7 @@ _WHERE = {
     "CorruptIndex": "sie_index.errors",
     "DimensionMismatch": "sie_index.errors",
     "EncoderError": "sie_index.errors",
+    "EncoderMismatch": "sie_index.errors",
     "EncoderProtocolError": "sie_index.errors",
     "EncoderUnavailable": "sie_index.errors",
     "FormatVersionMismatch": "sie_index.errors",
@@ -65,7 +69,9 @@ _WHERE = {
     "Document": "sie_index.corpus",
     "Encoder": "sie_index.encoders.base",
     "EncoderSpec": "sie_index.encoders.base",
+    "ColbertEncoder": "sie_index.encoders.colbert",
     "PrecomputedEncoder": "sie_index.encoders.precomputed",
+    "SieEncoder": "sie_index.encoders.sie",
     "TokenStatesEncoder": "sie_index.encoders.token_states",
     "Hit": "sie_index.params",
     "SearchParams": "sie_index.params",
@@ -77,12 +83,15 @@ _WHERE = {
 if TYPE_CHECKING:
     from sie_index.corpus import Document
     from sie_index.encoders.base import Encoder, EncoderSpec
+    from sie_index.encoders.colbert import ColbertEncoder
     from sie_index.encoders.precomputed import PrecomputedEncoder
+    from sie_index.encoders.sie import SieEncoder
     from sie_index.encoders.token_states import TokenStatesEncoder
     from sie_index.errors import (
         CorruptIndex,
         DimensionMismatch,
         EncoderError,
+        EncoderMismatch,
         EncoderProtocolError,
         EncoderUnavailable,
         FormatVersionMismatch,

@@ -51,10 +51,30 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ef-search", type=int, help="HNSW search breadth")
 
 
-def _add_build_options(p: argparse.ArgumentParser) -> None:
+def _add_encoder_options(p: argparse.ArgumentParser, *, building: bool) -> None:
     p.add_argument(
-        "--encoder", default="minilm", help="minilm (default), token-states:PATH, precomputed:PATH"
+        "--encoder",
+        default=None,
+        help="minilm, colbert:PATH, sie, token-states:PATH, precomputed:PATH "
+        + ("(default: minilm)" if building else "(default: the index's own)"),
     )
+    p.add_argument("--sie-url", help="SIE server, e.g. http://host:8080 (with --encoder sie)")
+    p.add_argument("--model", help="model id on the SIE server, e.g. jinaai/jina-colbert-v2")
+    p.add_argument(
+        "--sie-format", default="msgpack", choices=("msgpack", "json"), help="SIE wire format"
+    )
+
+
+def _query_encoder(args: argparse.Namespace, index_path: Path) -> Any:
+    from sie_index.encoders.registry import encoder_for_index
+
+    return encoder_for_index(
+        index_path, args.encoder, sie_url=args.sie_url, model=args.model, sie_format=args.sie_format
+    )
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    _add_encoder_options(p, building=True)
     p.add_argument(
         "--index-kind", default="auto", help="auto, flat, ivf-flat, ivf-sq8, ivf-pq, hnsw"
     )
@@ -71,7 +91,12 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
     return Index.build(
         out,
         corpus,
-        encoder=load_encoder(args.encoder),
+        encoder=load_encoder(
+            args.encoder or "minilm",
+            sie_url=args.sie_url,
+            model=args.model,
+            sie_format=args.sie_format,
+        ),
         index_kind=args.index_kind,
         limit=args.limit or None,
         batch_size=args.batch_size,
@@ -113,7 +138,8 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from sie_index.index import Index
 
-    index = Index.open(args.index, verify=not args.no_verify)
+    encoder = _query_encoder(args, Path(args.index))
+    index = Index.open(args.index, encoder=encoder, verify=not args.no_verify)
     results = index.search_batch(args.queries, params=_params(args), text=True, metadata=True)
     if args.json:
         out = [
@@ -189,8 +215,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = BeirDataset.load(folder, split=args.split)
     index_path = Path(args.index)
     if args.build or not index_path.exists():
-        _build(args, dataset.corpus_path, index_path)
-    index = Index.open(index_path, verify=not args.no_verify)
+        index = _build(args, dataset.corpus_path, index_path)  # keeps its encoder for queries
+    else:
+        encoder = _query_encoder(args, index_path)
+        index = Index.open(index_path, encoder=encoder, verify=not args.no_verify)
     out = Path(args.out)
     report = evaluate(
         index,
@@ -307,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the vector file block by block as searches read it, not all at open",
     )
     _add_search_options(p)
+    _add_encoder_options(p, building=False)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")

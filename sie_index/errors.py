@@ -5,7 +5,8 @@ The tree::
     SieIndexError
     ├── EncoderError                 an encoder could not produce valid vectors
     │   ├── EncoderUnavailable       the model or server cannot be reached or loaded
-    │   └── EncoderProtocolError     the encoder answered, but the answer is not valid
+    │   ├── EncoderProtocolError     the encoder answered, but the answer is not valid
+    │   └── EncoderMismatch          a query encoder is not the model the index was built with
     ├── StorageError                 the on-disk index cannot be used as asked
     │   ├── NotAnIndex               the folder holds no sie-index index
     │   ├── FormatVersionMismatch    the index was written by another format version
@@ -37,6 +38,7 @@ __all__ = [
     "CorruptIndex",
     "DimensionMismatch",
     "EncoderError",
+    "EncoderMismatch",
     "EncoderProtocolError",
     "EncoderUnavailable",
     "FormatVersionMismatch",
@@ -58,3 +60,10 @@ class EncoderUnavailable(EncoderError):
 
 class EncoderProtocolError(EncoderError):
     """The encoder answered, but its answer breaks the contract (count, dims, values)."""
+
+
+class EncoderMismatch(EncoderError):
+    """A query encoder is not the encoder (kind, model, settings) an index was built with.
+
+    A query encoder of the wrong dimension raises :class:`DimensionMismatch` instead.
+    """

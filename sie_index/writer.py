@@ -3,19 +3,25 @@
 A corpus file is checked in full before anything is encoded (a bad line fails
 the build in seconds, not after an hour of encoding); then documents stream
 through the encoder in batches, and each batch is committed to the store as a
-whole. The token index is trained and filled from the stored vectors at the
-end, and the finished folder replaces the target in one rename.
+whole. Encoding runs one batch ahead on a background thread
+(:class:`EncodeAhead`), so the encoder (a local model, or a remote server) is
+working on the next batch while the last one is stored. The token index is
+trained and filled from the stored vectors at the end, and the finished folder
+replaces the target in one rename.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from tqdm import tqdm
 
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
@@ -23,7 +29,7 @@ from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
 from storage.builder import PendingDoc, StoreBuilder
 
-__all__ = ["BuildReport", "build_index"]
+__all__ = ["BuildReport", "EncodeAhead", "build_index"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,81 @@ def _check_document(doc: Any) -> Document:
     if not isinstance(doc.text, str) or not doc.text.strip():
         raise InvalidInput("document text is empty", doc_id=doc.id)
     return doc
+
+
+EncodedBatch = tuple[list[Document], list[np.ndarray], float]
+
+
+class EncodeAhead:
+    """Encode batches on one background thread, at most ``depth`` batches ahead.
+
+    Iterating yields ``(documents, vectors, encode_seconds)`` in corpus order; an
+    error raised while reading or encoding is raised here, in the consumer's
+    thread. :meth:`close` (also on leaving a ``with`` block) stops the thread
+    after the batch it is encoding.
+    """
+
+    _DONE = object()
+
+    def __init__(
+        self,
+        batches: Iterable[list[Document]],
+        encode: Callable[[list[Document]], list[np.ndarray]],
+        *,
+        depth: int = 2,
+    ) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(batches, encode), name="sie-index-encode", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(
+        self,
+        batches: Iterable[list[Document]],
+        encode: Callable[[list[Document]], list[np.ndarray]],
+    ) -> None:
+        try:
+            for batch in batches:
+                if self._stop.is_set():
+                    return
+                t = time.perf_counter()
+                vectors = encode(batch)
+                if not self._put((batch, vectors, time.perf_counter() - t)):
+                    return
+        except Exception as exc:  # handed to the consumer, raised in its thread
+            self._put(exc)
+            return
+        self._put(self._DONE)
+
+    def __iter__(self) -> Iterator[EncodedBatch]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> EncodeAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def build_index(
@@ -89,20 +170,22 @@ def build_index(
     spec = encoder.spec
     encode_s = store_s = 0.0
     disable = None if progress is None else not progress
-    with StoreBuilder(Path(path), spec.dim, overwrite=overwrite) as builder:
+
+    def encode(batch: list[Document]) -> list[np.ndarray]:
+        batch[:] = [_check_document(d) for d in batch]
+        vectors = encoder.encode_documents([d.id if key == "id" else d.text for d in batch])
+        if key == "id":  # the user's own vectors: the store checks them, naming each id
+            if len(vectors) != len(batch):
+                raise InvalidInput(f"{len(vectors)} vector arrays for {len(batch)} documents")
+            return vectors
+        return check_encoder_output(vectors, len(batch), spec.dim, who=f"{spec.kind} encoder")
+
+    with (
+        StoreBuilder(Path(path), spec.dim, overwrite=overwrite) as builder,
+        EncodeAhead(batched(docs, batch_size), encode) as encoded,
+    ):
         bar = tqdm(total=total, desc="encoding", unit="doc", disable=disable)
-        for batch in batched(docs, batch_size):
-            batch = [_check_document(d) for d in batch]
-            t = time.perf_counter()
-            inputs = [d.id if key == "id" else d.text for d in batch]
-            vectors = encoder.encode_documents(inputs)
-            if key == "id":  # the user's own vectors: the store checks them, naming each id
-                if len(vectors) != len(batch):
-                    raise InvalidInput(f"{len(vectors)} vector arrays for {len(batch)} documents")
-            else:
-                vectors = check_encoder_output(
-                    vectors, len(batch), spec.dim, who=f"{spec.kind} encoder"
-                )
+        for batch, vectors, seconds in encoded:
             t2 = time.perf_counter()
             builder.add(
                 [
@@ -115,7 +198,7 @@ def build_index(
                     for d, v in zip(batch, vectors, strict=True)
                 ]
             )
-            encode_s += t2 - t
+            encode_s += seconds
             store_s += time.perf_counter() - t2
             bar.update(len(batch))
         bar.close()

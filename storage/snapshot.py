@@ -35,7 +35,7 @@ from storage.manifest import MANIFEST_NAME, Manifest
 from storage.token_index import TOKEN_INDEX_NAME, TokenIndex, TokenIndexPlan
 from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, TokenReader
 
-__all__ = ["StoreSnapshot"]
+__all__ = ["StoreSnapshot", "read_manifest"]
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _OPEN_ATTEMPTS = 100
@@ -66,6 +66,39 @@ def _hold_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
         previous = pointer
         time.sleep(min(0.001 * attempt, 0.05))
     raise CorruptIndex(f"{where}: CURRENT kept changing while the index was being opened")
+
+
+def _open_folder(folder: Path) -> int:
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise NotAnIndex(f"{folder} is not a folder, so it is not a sie-index index") from exc
+
+
+def _read_manifest(folder: Path, pointer: Pointer, lease: Lease) -> Manifest:
+    where = str(folder / pointer.dirname)
+    data = read_at(lease.fd, MANIFEST_NAME, where, max_bytes=MAX_MANIFEST_BYTES)
+    if sha256_hex(data) != pointer.manifest_sha256:
+        raise CorruptIndex(f"{where}/{MANIFEST_NAME} does not match its checksum in CURRENT")
+    manifest = Manifest.from_bytes(data, f"{where}/{MANIFEST_NAME}", file_names=DATA_FILES)
+    if manifest.generation != pointer.generation:
+        raise CorruptIndex(f"{where}/{MANIFEST_NAME} belongs to another generation")
+    return manifest
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The verified manifest of the committed generation of ``folder``, without opening
+    its data files (to learn, say, which encoder to make before opening the index)."""
+    folder = Path(folder)
+    folder_fd = _open_folder(folder)
+    try:
+        pointer, lease = _hold_current(folder, folder_fd)
+    finally:
+        os.close(folder_fd)
+    try:
+        return _read_manifest(folder, pointer, lease)
+    finally:
+        lease.release()
 
 
 class StoreSnapshot:
@@ -100,10 +133,7 @@ class StoreSnapshot:
         ``verify_vectors``, else each block the first time a read needs it.
         """
         folder = Path(folder)
-        try:
-            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise NotAnIndex(f"{folder} is not a folder, so it is not a sie-index index") from exc
+        folder_fd = _open_folder(folder)
         try:
             pointer, lease = _hold_current(folder, folder_fd)
         finally:
@@ -119,12 +149,7 @@ class StoreSnapshot:
         cls, folder: Path, pointer: Pointer, lease: Lease, verify_vectors: bool
     ) -> StoreSnapshot:
         where = str(folder / pointer.dirname)
-        data = read_at(lease.fd, MANIFEST_NAME, where, max_bytes=MAX_MANIFEST_BYTES)
-        if sha256_hex(data) != pointer.manifest_sha256:
-            raise CorruptIndex(f"{where}/{MANIFEST_NAME} does not match its checksum in CURRENT")
-        manifest = Manifest.from_bytes(data, f"{where}/{MANIFEST_NAME}", file_names=DATA_FILES)
-        if manifest.generation != pointer.generation:
-            raise CorruptIndex(f"{where}/{MANIFEST_NAME} belongs to another generation")
+        manifest = _read_manifest(folder, pointer, lease)
         manifest.check_size(TOKENS_NAME, manifest.tokens * manifest.dim * 2, where)
         manifest.check_size(TOKEN_DOC_NAME, manifest.tokens * 4, where)
         plan = TokenIndexPlan.from_dict(manifest.token_index, f"{where}/{MANIFEST_NAME}")
@@ -159,7 +184,7 @@ class StoreSnapshot:
                 docs.close()
             raise
         sizes = {name: record.bytes for name, record in manifest.files.items()}
-        sizes[MANIFEST_NAME] = len(data)
+        sizes[MANIFEST_NAME] = len(manifest.to_bytes())
         sizes[DOCS_NAME] = docs.size
         return cls(
             folder, manifest, docs, tokens, token_index, spans, lease, dict(sorted(sizes.items()))

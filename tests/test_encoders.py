@@ -12,6 +12,7 @@ from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.encoders.registry import encoder_from_spec, load_encoder
 from sie_index.errors import (
     DimensionMismatch,
+    EncoderMismatch,
     EncoderProtocolError,
     EncoderUnavailable,
     InvalidInput,
@@ -68,7 +69,9 @@ def test_spec_names_the_weights_and_round_trips(minilm: TokenStatesEncoder) -> N
     spec = minilm.spec
     assert len(spec.options["weights_sha256"]) == 16
     assert EncoderSpec.from_dict(spec.to_dict()) == spec
+    assert spec.runtime["bf16"] == minilm.bf16  # the manifest says how vectors were computed
     again = encoder_from_spec(spec)
+    assert again.spec == spec
     spec.check_query_encoder(again.spec)
 
 
@@ -88,10 +91,27 @@ def test_query_encoder_must_match_the_index_spec() -> None:
     built = EncoderSpec(kind="token-states", model="m", dim=4, options={"query_maxlen": 32})
     with pytest.raises(DimensionMismatch, match="gives 8-dim"):
         built.check_query_encoder(EncoderSpec(kind="token-states", model="m", dim=8))
-    with pytest.raises(DimensionMismatch, match="not the encoder"):
+    with pytest.raises(EncoderMismatch, match="not the encoder") as info:
         built.check_query_encoder(EncoderSpec(kind="token-states", model="other", dim=4))
+    assert not isinstance(info.value, DimensionMismatch)
     pre = EncoderSpec(kind="precomputed", model="mine", dim=4)
     pre.check_query_encoder(EncoderSpec(kind="sie", model="any", dim=4))
+    # the runtime (server URL, bf16) is how vectors were made, not what they are
+    sie = EncoderSpec(kind="sie", model="m", dim=4, runtime={"url": "http://a:8080"})
+    sie.check_query_encoder(EncoderSpec(kind="sie", model="m", dim=4, runtime={"url": "http://b"}))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path: Path) -> None:
+    import shutil
+
+    from sie_index.encoders.token_states import default_model_dir
+
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04garbage that is no pickle")
+    with pytest.raises(EncoderUnavailable, match="safetensors weights only") as info:
+        TokenStatesEncoder(folder)
+    assert "pytorch_model.bin" in str(info.value)
 
 
 @pytest.mark.parametrize(

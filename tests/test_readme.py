@@ -68,6 +68,8 @@ def test_every_file_and_flag_the_readme_names_exists() -> None:
         for sub in getattr(action, "choices", None) or {}:
             options.update(opt for a in action.choices[sub]._actions for opt in a.option_strings)
     options.update(opt for a in parser._actions for opt in a.option_strings)
+    for script in (ROOT / "scripts").glob("*.py"):  # the benchmark scripts' own flags
+        options.update(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README))
     assert named - options <= {"--no-deps"}, named - options  # --no-deps is pip's
 

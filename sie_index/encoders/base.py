@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sie_index.errors import DimensionMismatch, EncoderProtocolError
+from sie_index.errors import DimensionMismatch, EncoderMismatch, EncoderProtocolError
 
 __all__ = ["Encoder", "EncoderSpec", "check_encoder_output", "l2_normalize"]
 
@@ -25,15 +25,20 @@ __all__ = ["Encoder", "EncoderSpec", "check_encoder_output", "l2_normalize"]
 class EncoderSpec:
     """What produced a set of vectors.
 
-    ``kind`` is the implementation (``token-states``, ``precomputed``, ...),
-    ``model`` the model's name, ``dim`` the vector dimension, ``options`` the
-    settings that change the vectors (lengths, markers, weights fingerprint).
+    ``kind`` is the implementation (``token-states``, ``colbert``, ``sie``,
+    ``precomputed``), ``model`` the model's name, ``dim`` the vector dimension,
+    ``options`` the settings that change what the vectors mean (lengths, markers,
+    weights fingerprint): a query encoder must agree on all of these.
+    ``runtime`` records how the vectors were computed without changing what they
+    mean (bf16 autocast, the SIE server's URL, the wire dtype, a checkpoint's
+    path), so a build can be reproduced from its manifest; it is never compared.
     """
 
     kind: str
     model: str
     dim: int
     options: Mapping[str, Any] = field(default_factory=dict)
+    runtime: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +46,7 @@ class EncoderSpec:
             "model": self.model,
             "dim": self.dim,
             "options": dict(self.options),
+            "runtime": dict(self.runtime),
         }
 
     @classmethod
@@ -50,13 +56,16 @@ class EncoderSpec:
             model=str(raw["model"]),
             dim=int(raw["dim"]),
             options=dict(raw.get("options", {})),
+            runtime=dict(raw.get("runtime", {})),
         )
 
     def check_query_encoder(self, other: EncoderSpec) -> None:
-        """Raise :class:`DimensionMismatch` unless ``other`` can encode queries for this index.
+        """Raise unless ``other`` can encode queries for an index built with this spec.
 
-        An index of precomputed vectors takes any query encoder of its dimension;
-        otherwise kind, model, dimension and options must all agree.
+        A different dimension raises :class:`DimensionMismatch`. An index of
+        precomputed vectors takes any query encoder of its dimension; otherwise
+        kind, model and options must agree too, or :class:`EncoderMismatch` is
+        raised. ``runtime`` (server URL, bf16, paths) is never compared.
         """
         if other.dim != self.dim:
             raise DimensionMismatch(
@@ -70,9 +79,10 @@ class EncoderSpec:
             self.model,
             dict(self.options),
         ):
-            raise DimensionMismatch(
-                f"the query encoder {other.to_dict()} is not the encoder the index was built "
-                f"with {self.to_dict()}; open the index with a matching encoder"
+            raise EncoderMismatch(
+                f"the query encoder ({other.kind} {other.model!r}, options {dict(other.options)}) "
+                f"is not the encoder the index was built with ({self.kind} {self.model!r}, "
+                f"options {dict(self.options)}); open the index with a matching encoder"
             )
 
 

@@ -3,45 +3,143 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
-__all__ = ["ENCODER_NAMES", "encoder_from_spec", "load_encoder"]
+__all__ = [
+    "ENCODER_NAMES",
+    "encoder_for_index",
+    "encoder_from_spec",
+    "load_encoder",
+    "recorded_spec",
+]
 
-ENCODER_NAMES = ("minilm", "token-states:PATH", "precomputed:PATH")
+ENCODER_NAMES = ("minilm", "colbert:PATH", "sie", "token-states:PATH", "precomputed:PATH")
 
 
-def load_encoder(name: str) -> Encoder:
+def load_encoder(
+    name: str,
+    *,
+    sie_url: str | None = None,
+    model: str | None = None,
+    sie_format: str = "msgpack",
+    **options: Any,
+) -> Encoder:
     """Make an encoder from a CLI name.
 
     ``minilm`` (or ``default``): the embedded all-MiniLM-L6-v2 token-state encoder;
+    ``colbert:PATH``: a local ColBERT checkpoint (Stanford or PyLate layout);
+    ``sie``: ``model`` served by the SIE server at ``sie_url``;
     ``token-states:PATH``: the token states of a local model folder;
     ``precomputed:PATH``: vectors from a folder of ``<id>.npy`` files or an ``.npz``.
+    ``options`` go to the encoder's constructor.
     """
-    from sie_index.encoders.precomputed import PrecomputedEncoder
-    from sie_index.encoders.token_states import TokenStatesEncoder
-
     kind, _, arg = name.partition(":")
     if kind in ("minilm", "default") and not arg:
-        return TokenStatesEncoder()
+        from sie_index.encoders.token_states import TokenStatesEncoder
+
+        return TokenStatesEncoder(**options)
     if kind == "token-states" and arg:
-        return TokenStatesEncoder(Path(arg))
+        from sie_index.encoders.token_states import TokenStatesEncoder
+
+        return TokenStatesEncoder(Path(arg), **options)
+    if kind == "colbert" and arg:
+        from sie_index.encoders.colbert import ColbertEncoder
+
+        return ColbertEncoder(Path(arg), **options)
+    if kind == "sie" and not arg:
+        if not sie_url or not model:
+            raise InvalidInput(
+                "the sie encoder needs a server URL and a model id (--sie-url, --model)"
+            )
+        from sie_index.encoders.sie import SieEncoder
+
+        return SieEncoder(sie_url, model, wire_format=sie_format, **options)
     if kind == "precomputed" and arg:
-        return PrecomputedEncoder(Path(arg))
+        from sie_index.encoders.precomputed import PrecomputedEncoder
+
+        return PrecomputedEncoder(Path(arg), **options)
     raise InvalidInput(f"unknown encoder {name!r}; choose one of {', '.join(ENCODER_NAMES)}")
 
 
-def encoder_from_spec(spec: EncoderSpec) -> Encoder:
-    """The query encoder for an index built with ``spec``, when it can be made unaided."""
-    from sie_index.encoders.token_states import DEFAULT_MODEL, TokenStatesEncoder
+def encoder_from_spec(
+    spec: EncoderSpec, *, sie_url: str | None = None, sie_format: str = "msgpack"
+) -> Encoder:
+    """The query encoder for an index built with ``spec``, when it can be made unaided.
 
-    if spec.kind == "token-states" and spec.model == DEFAULT_MODEL:
-        return TokenStatesEncoder(
-            query_maxlen=int(spec.options.get("query_maxlen", 64)),
-            doc_maxlen=int(spec.options.get("doc_maxlen", 256)),
+    The default token-states model, a ColBERT checkpoint still at the path the
+    spec records, or the spec's SIE model at ``sie_url`` (by default the URL the
+    index was built through). bf16 autocast is used as it was at build time.
+    """
+    runtime = spec.runtime
+    if spec.kind == "token-states":
+        from sie_index.encoders.token_states import DEFAULT_MODEL, TokenStatesEncoder
+
+        if spec.model == DEFAULT_MODEL:
+            return TokenStatesEncoder(
+                query_maxlen=int(spec.options.get("query_maxlen", 64)),
+                doc_maxlen=int(spec.options.get("doc_maxlen", 256)),
+                bf16=runtime.get("bf16"),
+            )
+    if spec.kind == "colbert" and runtime.get("path") and Path(runtime["path"]).is_dir():
+        from sie_index.encoders.colbert import ColbertEncoder
+
+        return ColbertEncoder(Path(runtime["path"]), bf16=bool(runtime.get("bf16", False)))
+    if spec.kind == "sie":
+        url = sie_url or runtime.get("url")
+        if not url:
+            raise EncoderUnavailable(f"no SIE server URL for {spec.model!r}: pass sie_url")
+        from sie_index.encoders.sie import SieEncoder
+
+        return SieEncoder(
+            url,
+            spec.model,
+            dim=spec.dim,
+            wire_format=sie_format,
+            output_dtype=runtime.get("output_dtype", "float32"),
+            instruction=spec.options.get("instruction"),
         )
     raise EncoderUnavailable(
         f"the index was built with {spec.kind} encoder {spec.model!r}, which sie-index cannot "
         "load by itself: open the index with encoder=..., or search with query vectors"
     )
+
+
+def recorded_spec(path: str | Path) -> EncoderSpec:
+    """The encoder spec the index at ``path`` records in its (verified) manifest."""
+    from storage.snapshot import read_manifest
+
+    return EncoderSpec.from_dict(read_manifest(Path(path)).encoder)
+
+
+def encoder_for_index(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    sie_url: str | None = None,
+    model: str | None = None,
+    sie_format: str = "msgpack",
+) -> Encoder | None:
+    """The query encoder a user asked for to search the index at ``path``, or None.
+
+    ``name`` picks one as :func:`load_encoder` does (for ``sie``, ``model``
+    defaults to the index's own); with only ``sie_url``, the index's own model
+    is asked of that server. Neither: None (the index makes its own).
+    """
+    if name is None and sie_url is None:
+        return None
+    if name is None or name == "sie":
+        spec = recorded_spec(path)
+        if spec.kind != "sie" and name is None:
+            raise InvalidInput(
+                f"the index was built with the {spec.kind} encoder, not through SIE: "
+                "--sie-url needs --encoder sie --model MODEL"
+            )
+        if model is None and spec.kind == "sie":
+            return encoder_from_spec(spec, sie_url=sie_url, sie_format=sie_format)
+        return load_encoder(
+            "sie", sie_url=sie_url or spec.runtime.get("url"), model=model, sie_format=sie_format
+        )
+    return load_encoder(name, sie_url=sie_url, model=model, sie_format=sie_format)

@@ -24,7 +24,13 @@ import numpy as np
 from sie_index.encoders.base import EncoderSpec, check_encoder_output
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
-__all__ = ["DEFAULT_MODEL", "TokenStatesEncoder", "default_model_dir"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "TokenStatesEncoder",
+    "default_model_dir",
+    "safetensors_weights",
+    "weights_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +52,32 @@ def default_model_dir() -> Path:
     return folder
 
 
-def _weights_fingerprint(folder: Path) -> str:
+def safetensors_weights(folder: Path) -> Path:
+    """The safetensors weights file of a model folder (one file, or a sharded index).
+
+    sie-index never unpickles a checkpoint: a folder with only ``pytorch_model.bin``
+    (or other pickle-based weights) raises :class:`EncoderUnavailable`.
+    """
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if (folder / name).is_file():
+            return folder / name
+    others = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+        p.name for p in folder.glob("*.pt")
+    )
+    found = f" (it has {', '.join(others)})" if others else ""
+    raise EncoderUnavailable(
+        f"{folder} holds no model.safetensors{found}: sie-index loads safetensors weights only, "
+        "never pickled checkpoints; convert the weights to safetensors first"
+    )
+
+
+def weights_fingerprint(folder: Path) -> str:
     """First 16 hex digits of the SHA-256 of the weights file, so specs name exact weights."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = folder / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-            return digest.hexdigest()[:16]
-    raise EncoderUnavailable(f"{folder} holds no model.safetensors")
+    digest = hashlib.sha256()
+    with open(safetensors_weights(folder), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _bf16_supported() -> bool:
@@ -94,9 +115,12 @@ class TokenStatesEncoder:
         folder = Path(model_dir) if model_dir is not None else default_model_dir()
         if not (folder / "config.json").is_file():
             raise EncoderUnavailable(f"{folder} is not a model folder (no config.json)")
+        fingerprint = weights_fingerprint(folder)  # also refuses pickled weights, before loading
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True
+            )
         except (OSError, ValueError) as exc:
             raise EncoderUnavailable(f"cannot load the model in {folder}: {exc}") from exc
         self.model.eval().to(device)
@@ -115,10 +139,11 @@ class TokenStatesEncoder:
             options={
                 "query_maxlen": query_maxlen,
                 "doc_maxlen": doc_maxlen,
-                "weights_sha256": _weights_fingerprint(folder),
+                "weights_sha256": fingerprint,
                 "normalize": True,
                 "special_tokens": "dropped",
             },
+            runtime={"bf16": self.bf16, "device": device},
         )
 
     @property
