@@ -41,8 +41,19 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _OPEN_ATTEMPTS = 100
 
 
-def _hold_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
+def _hold_current(folder: Path) -> tuple[Pointer, Lease]:
     """Read ``CURRENT`` and lease the generation it names, following concurrent commits."""
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise NotAnIndex(f"{folder} is not a folder, so it is not a sie-index index") from exc
+    try:
+        return _lease_current(folder, folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def _lease_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
     where = str(folder)
     previous: Pointer | None = None
     for attempt in range(_OPEN_ATTEMPTS):
@@ -68,13 +79,6 @@ def _hold_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
     raise CorruptIndex(f"{where}: CURRENT kept changing while the index was being opened")
 
 
-def _open_folder(folder: Path) -> int:
-    try:
-        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise NotAnIndex(f"{folder} is not a folder, so it is not a sie-index index") from exc
-
-
 def _read_manifest(folder: Path, pointer: Pointer, lease: Lease) -> Manifest:
     where = str(folder / pointer.dirname)
     data = read_at(lease.fd, MANIFEST_NAME, where, max_bytes=MAX_MANIFEST_BYTES)
@@ -90,11 +94,7 @@ def read_manifest(folder: Path) -> Manifest:
     """The verified manifest of the committed generation of ``folder``, without opening
     its data files (to learn, say, which encoder to make before opening the index)."""
     folder = Path(folder)
-    folder_fd = _open_folder(folder)
-    try:
-        pointer, lease = _hold_current(folder, folder_fd)
-    finally:
-        os.close(folder_fd)
+    pointer, lease = _hold_current(folder)
     try:
         return _read_manifest(folder, pointer, lease)
     finally:
@@ -133,11 +133,7 @@ class StoreSnapshot:
         ``verify_vectors``, else each block the first time a read needs it.
         """
         folder = Path(folder)
-        folder_fd = _open_folder(folder)
-        try:
-            pointer, lease = _hold_current(folder, folder_fd)
-        finally:
-            os.close(folder_fd)
+        pointer, lease = _hold_current(folder)
         try:
             return cls._open_generation(folder, pointer, lease, verify_vectors)
         except BaseException:

@@ -23,7 +23,7 @@ from storage.generations import (
     remove_debris,
 )
 from storage.lock import WriteLock
-from storage.snapshot import StoreSnapshot
+from storage.snapshot import StoreSnapshot, read_manifest
 
 __all__ = ["VerifyReport", "verify_index"]
 
@@ -67,7 +67,9 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
     removed: list[str] = []
     if repair:
         with WriteLock(folder):
-            removed = remove_debris(folder, m.generation, committed=True)
+            # under the lock, what is current now (a writer may have committed since)
+            keep = read_manifest(folder).generation
+            removed = remove_debris(folder, keep, committed=True)
     return VerifyReport(
         path=str(folder),
         ok=True,
