@@ -21,6 +21,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ _SCHEMA = {
 _DAMAGE_CODES = {10, 11, 26}  # SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB
 _SPAN_COLS = "doc_id, external_id, token_start, token_count, deleted, generation, span_sum"
 _CHUNK = 900  # ids per IN (...) list, under SQLite's default variable limit
+FILTER_BUDGET_S = 10.0
+"""How long a filter may run before it is interrupted."""
 
 
 def _digest(data: str) -> int:
@@ -339,22 +342,38 @@ class DocReader:
                     raise self._damaged(f"the text or metadata of document row {doc_id}")
         self._content_verified = True
 
-    def doc_ids_where(self, where: str, params: Sequence[Any] = ()) -> np.ndarray:
+    def doc_ids_where(
+        self, where: str, params: Sequence[Any] = (), *, budget_s: float = FILTER_BUDGET_S
+    ) -> np.ndarray:
         """Internal ids of documents matching an SQL predicate over the documents table.
 
         ``metadata`` is JSON text, so ``json_extract(metadata, '$.lang') = ?`` works.
-        A predicate SQLite cannot run raises :class:`InvalidInput`; a damaged
-        database raises :class:`CorruptIndex`, whatever the predicate.
+        A predicate SQLite cannot run, or one still running after ``budget_s``
+        seconds, raises :class:`InvalidInput`; a damaged database raises
+        :class:`CorruptIndex`, whatever the predicate.
         """
         self.verify_content()
         sql = f"SELECT doc_id FROM documents WHERE ({where})"  # noqa: S608
+        deadline = time.monotonic() + budget_s
+
+        def over_budget() -> int:  # SQLite interrupts the statement when this is non-zero
+            return int(time.monotonic() > deadline)
+
         try:
             with self._lock:
-                rows = self._conn.execute(sql, params).fetchall()
+                self._conn.set_progress_handler(over_budget, 10_000)
+                try:
+                    rows = self._conn.execute(sql, params).fetchall()
+                finally:
+                    self._conn.set_progress_handler(None, 0)
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if code in _DAMAGE_CODES:
                 raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise InvalidInput(
+                    f"filter {where!r} ran past its time budget of {budget_s:g} s"
+                ) from exc
             raise InvalidInput(f"filter {where!r} cannot be evaluated: {exc}") from exc
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 

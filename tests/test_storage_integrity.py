@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sie_index import Index
-from sie_index.errors import CorruptIndex, FormatVersionMismatch, SieIndexError
+from sie_index.errors import CorruptIndex, FormatVersionMismatch, InvalidInput, SieIndexError
 from storage.docstore import DOCS_NAME
 from storage.generations import CURRENT_NAME
 from storage.manifest import MANIFEST_NAME
@@ -263,3 +263,25 @@ def test_damage_never_escapes_as_a_raw_error(tmp_path: Path) -> None:
     with pytest.raises(SieIndexError) as info:
         Index.open(path)
     assert isinstance(info.value, CorruptIndex) and DOCS_NAME in str(info.value)
+
+
+def test_the_search_connection_cannot_write_and_a_runaway_filter_is_stopped(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "idx"
+    _build(path)
+    with Index.open(path) as index:
+        docs = index.snapshot.docs
+        for hostile in ("1); DELETE FROM documents; --", "(SELECT load_extension('x'))"):
+            with pytest.raises(InvalidInput):
+                docs.doc_ids_where(hostile)
+        runaway = (
+            "doc_id IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+            "SELECT x FROM c WHERE x < 0)"
+        )
+        with pytest.raises(InvalidInput, match="time budget"):
+            docs.doc_ids_where(runaway, budget_s=0.2)
+        assert len(docs.doc_ids_where("1")) == N_DOCS  # nothing was deleted
+    assert sorted(p.name for p in gen_dir(path).iterdir()) == sorted(
+        ["lease", MANIFEST_NAME, DOCS_NAME, TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME]
+    )  # no -wal / -shm / -journal left by the reader
