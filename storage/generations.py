@@ -41,6 +41,8 @@ __all__ = [
     "LEGACY_FILES",
     "Lease",
     "Pointer",
+    "create_lease_file",
+    "find_debris",
     "generation_numbers",
     "read_pointer",
     "remove_debris",
@@ -230,31 +232,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_debris(folder: Path, keep: int | None, *, committed: bool) -> list[str]:
-    """Remove what no reader or writer can need any more; return the names removed.
-
-    Only a writer holding the folder's write lock calls this, so no build is in
-    progress here: generation folders other than ``keep`` are old generations or
-    killed builds, and go unless a reader holds them. When ``committed`` (a sound
-    pointer names ``keep``), the files of the format-1 layout and a stale
-    temporary pointer go too,
-    and so do the hidden build folders that format-1 builders left beside the
-    folder when they were killed (when their process is gone).
+def find_debris(folder: Path, keep: int | None, *, committed: bool) -> list[Path]:
+    """What no committed index needs: generation folders other than ``keep`` (old
+    generations, killed builds); when ``committed`` (a sound pointer names ``keep``),
+    the files of the format-1 layout and a stale temporary pointer; and the hidden
+    build folders that killed format-1 builders left beside the folder (when their
+    process is gone). A generation a reader holds is listed too: only
+    :func:`remove_debris` can tell, by trying its lease.
     """
-    removed = []
-    for number in generation_numbers(folder):
-        if number != keep and _remove_unleased(folder / gen_dirname(number)):
-            removed.append(gen_dirname(number))
+    found = [folder / gen_dirname(n) for n in generation_numbers(folder) if n != keep]
     if committed:
         for name in (*LEGACY_FILES, CURRENT_NAME + TMP_SUFFIX):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
-                removed.append(name)
-    for sibling in folder.parent.iterdir():
+            if (folder / name).exists():
+                found.append(folder / name)
+    for sibling in sorted(folder.parent.iterdir()):
         match = _LEGACY_BUILD.match(sibling.name)
         if match and match.group("name") == folder.name and sibling.is_dir():
             pid = match.group("pid")
             if pid is None or not _pid_alive(int(pid)):
-                shutil.rmtree(sibling, ignore_errors=True)
-                removed.append(sibling.name)
+                found.append(sibling)
+    return found
+
+
+def remove_debris(folder: Path, keep: int | None, *, committed: bool) -> list[str]:
+    """Remove :func:`find_debris`'s finds, except generations a reader holds; return
+    the names removed. Only a writer holding the folder's write lock calls this, so
+    no build is in progress and every generation folder but ``keep`` is debris."""
+    removed = []
+    for path in find_debris(folder, keep, committed=committed):
+        if path.parent == folder and _GEN_DIR.match(path.name):
+            if not _remove_unleased(path):
+                continue
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path.name)
     return removed

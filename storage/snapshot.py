@@ -79,7 +79,8 @@ def _lease_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
     raise CorruptIndex(f"{where}: CURRENT kept changing while the index was being opened")
 
 
-def _read_manifest(folder: Path, pointer: Pointer, lease: Lease) -> Manifest:
+def _read_manifest(folder: Path, pointer: Pointer, lease: Lease) -> tuple[Manifest, int]:
+    """The verified manifest of the leased generation, and its size in bytes."""
     where = str(folder / pointer.dirname)
     data = read_at(lease.fd, MANIFEST_NAME, where, max_bytes=MAX_MANIFEST_BYTES)
     if sha256_hex(data) != pointer.manifest_sha256:
@@ -87,7 +88,7 @@ def _read_manifest(folder: Path, pointer: Pointer, lease: Lease) -> Manifest:
     manifest = Manifest.from_bytes(data, f"{where}/{MANIFEST_NAME}", file_names=DATA_FILES)
     if manifest.generation != pointer.generation:
         raise CorruptIndex(f"{where}/{MANIFEST_NAME} belongs to another generation")
-    return manifest
+    return manifest, len(data)
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -96,7 +97,7 @@ def read_manifest(folder: Path) -> Manifest:
     folder = Path(folder)
     pointer, lease = _hold_current(folder)
     try:
-        return _read_manifest(folder, pointer, lease)
+        return _read_manifest(folder, pointer, lease)[0]
     finally:
         lease.release()
 
@@ -145,7 +146,7 @@ class StoreSnapshot:
         cls, folder: Path, pointer: Pointer, lease: Lease, verify_vectors: bool
     ) -> StoreSnapshot:
         where = str(folder / pointer.dirname)
-        manifest = _read_manifest(folder, pointer, lease)
+        manifest, manifest_bytes = _read_manifest(folder, pointer, lease)
         manifest.check_size(TOKENS_NAME, manifest.tokens * manifest.dim * 2, where)
         manifest.check_size(TOKEN_DOC_NAME, manifest.tokens * 4, where)
         plan = TokenIndexPlan.from_dict(manifest.token_index, f"{where}/{MANIFEST_NAME}")
@@ -180,7 +181,7 @@ class StoreSnapshot:
                 docs.close()
             raise
         sizes = {name: record.bytes for name, record in manifest.files.items()}
-        sizes[MANIFEST_NAME] = len(manifest.to_bytes())
+        sizes[MANIFEST_NAME] = manifest_bytes
         sizes[DOCS_NAME] = docs.size
         return cls(
             folder, manifest, docs, tokens, token_index, spans, lease, dict(sorted(sizes.items()))

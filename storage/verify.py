@@ -14,14 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.errors import StorageError
-from storage.fsio import TMP_SUFFIX
-from storage.generations import (
-    CURRENT_NAME,
-    LEGACY_FILES,
-    gen_dirname,
-    generation_numbers,
-    remove_debris,
-)
+from storage.generations import CURRENT_NAME, find_debris, remove_debris
 from storage.lock import WriteLock
 from storage.snapshot import StoreSnapshot, read_manifest
 
@@ -41,12 +34,6 @@ class VerifyReport:
     debris: list[str] = field(default_factory=list)
     """Leftovers still in the folder (after ``repair``: those a reader holds)."""
     removed: list[str] = field(default_factory=list)
-
-
-def _debris(folder: Path, current: int | None) -> list[str]:
-    names = [gen_dirname(n) for n in generation_numbers(folder) if n != current]
-    extra = (*LEGACY_FILES, CURRENT_NAME + TMP_SUFFIX) if current is not None else ()
-    return names + [name for name in extra if (folder / name).exists()]
 
 
 def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
@@ -76,6 +63,7 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
         generation=m.generation,
         documents=m.documents,
         tokens=m.tokens,
-        debris=_debris(folder, m.generation),  # what is left (a generation a reader holds)
+        # what is left (after repair, a generation a reader holds)
+        debris=[p.name for p in find_debris(folder, m.generation, committed=True)],
         removed=removed,
     )
