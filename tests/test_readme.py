@@ -60,8 +60,12 @@ def test_demo_main_job_on_a_small_slice(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_every_file_and_flag_the_readme_names_exists() -> None:
     for name in set(re.findall(r"[\w./-]+\.(?:py|sh|md|toml)\b", README)):
-        if "/" in name and not name.startswith("runs/"):  # runs/ is what a run writes
+        if name.startswith("runs/"):  # what a run writes
+            continue
+        if "/" in name:
             assert (ROOT / name).exists(), name
+        else:  # a bare name: some file of the project has it
+            assert next(ROOT.glob(f"[!.]*/**/{name}"), None) or (ROOT / name).exists(), name
     options: set[str] = set()
     parser = build_parser()
     for action in parser._actions:
