@@ -28,6 +28,7 @@ import numpy as np
 
 from sie_index.errors import CorruptIndex, DimensionMismatch, InvalidInput
 from sie_index.scoring import token_blocks
+from storage.segmented import SegmentedTokens
 from storage.vectors import TokenReader
 
 __all__ = ["ResidentScan", "exhaustive_scores", "exhaustive_search"]
@@ -35,7 +36,7 @@ __all__ = ["ResidentScan", "exhaustive_scores", "exhaustive_search"]
 
 def exhaustive_search(
     queries: Sequence[np.ndarray],
-    reader: TokenReader,
+    reader: TokenReader | SegmentedTokens,
     token_start: np.ndarray,
     token_count: np.ndarray,
     k: int,
@@ -90,7 +91,7 @@ def exhaustive_search(
 
 def exhaustive_scores(
     Q: np.ndarray,
-    reader: TokenReader,
+    reader: TokenReader | SegmentedTokens,
     token_start: np.ndarray,
     token_count: np.ndarray,
     *,
@@ -170,7 +171,7 @@ def _top_k(scores: np.ndarray, doc_ids: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def _scan(
     Qs: list[np.ndarray],
-    reader: TokenReader,
+    reader: TokenReader | SegmentedTokens,
     starts: np.ndarray,
     counts: np.ndarray,
     chunk_tokens: int,
@@ -304,7 +305,7 @@ class ResidentScan:
 
     def __init__(
         self,
-        reader: TokenReader,
+        reader: TokenReader | SegmentedTokens,
         token_start: np.ndarray,
         token_count: np.ndarray,
         *,

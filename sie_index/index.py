@@ -7,9 +7,10 @@ encoder.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -19,12 +20,14 @@ from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import DimensionMismatch, InvalidInput
 from sie_index.params import Hit, SearchParams
 from sie_index.search import Ranked, Searcher
+from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
 from sie_index.writer import BuildReport, build_index
 from storage.snapshot import StoreSnapshot
 
 __all__ = ["Index", "Query"]
 
 Query = str | np.ndarray
+_T = TypeVar("_T")
 
 
 class Index:
@@ -33,6 +36,7 @@ class Index:
     def __init__(self, snapshot: StoreSnapshot, encoder: Encoder | None = None) -> None:
         self._snapshot = snapshot
         self._searcher = Searcher(snapshot)
+        self._retired: list[weakref.finalize[Any, Any]] = []
         self.spec = EncoderSpec.from_dict(snapshot.manifest.encoder)
         self._encoder = encoder
         if encoder is not None:
@@ -209,7 +213,8 @@ class Index:
         threads: int | None = None,
     ) -> list[Ranked]:
         """Internal ids and scores, without reading documents (for evaluation loops)."""
-        return self._searcher.rank(
+        searcher = self._searcher
+        return searcher.rank(
             self._query_matrices(queries),
             params or SearchParams(),
             explain=explain,
@@ -256,8 +261,73 @@ class Index:
         if isinstance(queries, str | np.ndarray):
             raise InvalidInput("search_batch takes a sequence of queries; use search for one")
         params = (params or SearchParams()).with_(k=k, **overrides)
-        ranked = self.rank(queries, params, explain=explain, threads=threads)
-        return [self._searcher.hits(r, text=text, metadata=metadata) for r in ranked]
+        searcher = self._searcher  # one snapshot for the whole call, whatever refresh does
+        ranked = searcher.rank(
+            self._query_matrices(queries), params, explain=explain, threads=threads
+        )
+        return [searcher.hits(r, text=text, metadata=metadata) for r in ranked]
+
+    # -- changing it -------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Move to the index's latest committed generation; True if it changed.
+
+        Until then the index answers from the snapshot it opened, whatever is
+        committed meanwhile. A search running in another thread finishes on the
+        snapshot it started with, which is closed when no search holds it.
+        """
+        fresh = StoreSnapshot.open(self.path, verify_vectors=False)
+        if fresh.manifest.generation == self._snapshot.manifest.generation:
+            fresh.close()
+            return False
+        old = self._searcher
+        # the old snapshot closes when the last search using its searcher lets go
+        self._retired.append(weakref.finalize(old, old.snapshot.close))
+        self._snapshot = fresh
+        self._searcher = Searcher(fresh)
+        del old
+        self._retired = [f for f in self._retired if f.alive]
+        return True
+
+    def writer(self) -> IndexWriter:
+        """An :class:`IndexWriter` on this index's folder, with this index's encoder
+        (holds the write lock until closed)."""
+        return IndexWriter(self.path, encoder=self._encoder)
+
+    def _change(self, fn: Callable[[IndexWriter], _T]) -> _T:
+        with self.writer() as w:
+            out = fn(w)
+        self.refresh()
+        return out
+
+    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+        """Encode and add new documents in one commit, then :meth:`refresh`
+        (options as :meth:`IndexWriter.add`)."""
+        return self._change(lambda w: w.add(corpus, **options))
+
+    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+        """Add documents, replacing those whose ids are in the index, in one commit."""
+        return self._change(lambda w: w.upsert(corpus, **options))
+
+    def add_vectors(
+        self, ids: Sequence[str], vectors: Sequence[Any], **options: Any
+    ) -> ChangeReport:
+        """Add (``replace=True``: upsert) documents from multivectors, in one commit."""
+        return self._change(lambda w: w.add_vectors(ids, vectors, **options))
+
+    def delete(self, ids: Iterable[str]) -> ChangeReport:
+        """Delete documents by id in one commit (unknown ids are ignored), then refresh."""
+        return self._change(lambda w: w.delete(ids))
+
+    def delete_where(self, flt: str | Mapping[str, Any]) -> ChangeReport:
+        """Delete the documents matching a filter in one commit, then refresh."""
+        return self._change(lambda w: w.delete_where(flt))
+
+    def compact(self, *, retrain: bool = False) -> ChangeReport:
+        """Purge deleted documents (one new segment), then refresh."""
+        return self._change(lambda w: w.compact(retrain=retrain))
+
+    # -- describing it -------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """What the index holds and how big it is on disk."""
@@ -268,8 +338,9 @@ class Index:
             "path": str(self.path),
             "format_version": m.format_version,
             "generation": m.generation,
-            "documents": m.documents,
-            "live_documents": len(self),
+            "documents": m.live_documents,
+            "deleted_documents": m.deleted_count,
+            "segments": len(m.segments),
             "tokens": m.tokens,
             "dim": m.dim,
             "encoder": m.encoder,
@@ -287,6 +358,9 @@ class Index:
         return self._snapshot
 
     def close(self) -> None:
+        for finalizer in self._retired:
+            finalizer()
+        self._retired = []
         self._snapshot.close()
 
     def __enter__(self) -> Index:
@@ -297,4 +371,7 @@ class Index:
 
     def __repr__(self) -> str:
         m = self._snapshot.manifest
-        return f"Index({str(self.path)!r}, documents={m.documents}, tokens={m.tokens}, dim={m.dim})"
+        return (
+            f"Index({str(self.path)!r}, documents={m.live_documents}, tokens={m.tokens}, "
+            f"dim={m.dim})"
+        )

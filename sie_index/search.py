@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from sie_index.filters import compile_filter
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks
 from storage.snapshot import StoreSnapshot
@@ -78,14 +79,8 @@ class Searcher:
         """Boolean mask over documents: live, and matching the filter if any."""
         if flt is None:
             return self.live
-        if isinstance(flt, Mapping):
-            where = " AND ".join("json_extract(metadata, ?) IS ?" for _ in flt) or "1"
-            params: list[Any] = []
-            for key, value in flt.items():
-                params += [f'$."{key}"', value]
-            ids = self.snapshot.docs.doc_ids_where(where, params)
-        else:
-            ids = self.snapshot.docs.doc_ids_where(flt)
+        where, params = compile_filter(flt)
+        ids = self.snapshot.docs.doc_ids_where(where, params)
         mask = np.zeros(self.n_docs, dtype=bool)
         mask[ids[ids < self.n_docs]] = True
         return mask & self.live

@@ -29,7 +29,16 @@ from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
 from storage.builder import PendingDoc, StoreBuilder
 
-__all__ = ["BuildReport", "EncodeAhead", "build_index"]
+__all__ = [
+    "BuildReport",
+    "CorpusFeed",
+    "EncodeAhead",
+    "Timing",
+    "build_index",
+    "encoder_for",
+    "open_corpus",
+    "pending_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +141,83 @@ class EncodeAhead:
         self.close()
 
 
+@dataclass
+class CorpusFeed:
+    """Documents of a corpus, checked, on their way to the encoder."""
+
+    documents: Iterable[Document]
+    total: int | None
+    bad_lines: list[BadLine]
+
+
+def open_corpus(
+    corpus: str | Path | Iterable[Document],
+    *,
+    on_error: Literal["raise", "skip"] = "raise",
+    limit: int | None = None,
+) -> CorpusFeed:
+    """A corpus file (checked in full first, naming a bad line's file and line) or
+    Documents, as a stream of documents."""
+    if isinstance(corpus, str | Path):
+        stats = validate_corpus(corpus, on_error=on_error, limit=limit)
+        docs = read_documents(
+            corpus, on_error="skip" if on_error == "skip" else "raise", limit=limit, bad_lines=[]
+        )
+        return CorpusFeed(documents=docs, total=stats.documents, bad_lines=stats.bad_lines)
+    docs_iter = corpus if limit is None else (d for i, d in enumerate(corpus) if i < limit)
+    return CorpusFeed(documents=docs_iter, total=None, bad_lines=[])
+
+
+@dataclass
+class Timing:
+    encode_seconds: float = 0.0
+    store_seconds: float = 0.0
+
+
+def pending_batches(
+    feed: CorpusFeed,
+    encoder: Encoder,
+    encoded: EncodeAhead,
+    *,
+    store_text: bool,
+    timing: Timing,
+    bar: Any,
+) -> Iterator[list[PendingDoc]]:
+    """Batches ready for the store from an :class:`EncodeAhead` over ``feed``; the
+    time the store takes between two batches counts as store time."""
+    for batch, vectors, seconds in encoded:
+        timing.encode_seconds += seconds
+        t = time.perf_counter()
+        yield [
+            PendingDoc(
+                external_id=d.id,
+                text=d.text if store_text else None,
+                metadata=d.metadata,
+                vectors=v,
+            )
+            for d, v in zip(batch, vectors, strict=True)
+        ]
+        timing.store_seconds += time.perf_counter() - t
+        bar.update(len(batch))
+
+
+def encoder_for(encoder: Encoder) -> Callable[[list[Document]], list[np.ndarray]]:
+    """The batch encoding function: checked documents in, checked vectors out."""
+    key = getattr(encoder, "document_key", "text")
+    spec = encoder.spec
+
+    def encode(batch: list[Document]) -> list[np.ndarray]:
+        batch[:] = [_check_document(d) for d in batch]
+        vectors = encoder.encode_documents([d.id if key == "id" else d.text for d in batch])
+        if key == "id":  # the user's own vectors: the store checks them, naming each id
+            if len(vectors) != len(batch):
+                raise InvalidInput(f"{len(vectors)} vector arrays for {len(batch)} documents")
+            return vectors
+        return check_encoder_output(vectors, len(batch), spec.dim, who=f"{spec.kind} encoder")
+
+    return encode
+
+
 def build_index(
     path: str | Path,
     corpus: str | Path | Iterable[Document],
@@ -154,53 +240,19 @@ def build_index(
     ``progress`` None shows bars only on a terminal.
     """
     t0 = time.perf_counter()
-    bad_lines: list[BadLine] = []
-    total: int | None = None
-    docs: Iterable[Document]
-    if isinstance(corpus, str | Path):
-        stats = validate_corpus(corpus, on_error=on_error, limit=limit)
-        bad_lines = stats.bad_lines
-        total = stats.documents
-        docs = read_documents(
-            corpus, on_error="skip" if on_error == "skip" else "raise", limit=limit, bad_lines=[]
-        )
-    else:
-        docs = corpus if limit is None else (d for i, d in enumerate(corpus) if i < limit)
-    key = getattr(encoder, "document_key", "text")
+    feed = open_corpus(corpus, on_error=on_error, limit=limit)
     spec = encoder.spec
-    encode_s = store_s = 0.0
+    timing = Timing()
     disable = None if progress is None else not progress
-
-    def encode(batch: list[Document]) -> list[np.ndarray]:
-        batch[:] = [_check_document(d) for d in batch]
-        vectors = encoder.encode_documents([d.id if key == "id" else d.text for d in batch])
-        if key == "id":  # the user's own vectors: the store checks them, naming each id
-            if len(vectors) != len(batch):
-                raise InvalidInput(f"{len(vectors)} vector arrays for {len(batch)} documents")
-            return vectors
-        return check_encoder_output(vectors, len(batch), spec.dim, who=f"{spec.kind} encoder")
-
     with (
         StoreBuilder(Path(path), spec.dim, overwrite=overwrite) as builder,
-        EncodeAhead(batched(docs, batch_size), encode) as encoded,
+        EncodeAhead(batched(feed.documents, batch_size), encoder_for(encoder)) as encoded,
     ):
-        bar = tqdm(total=total, desc="encoding", unit="doc", disable=disable)
-        for batch, vectors, seconds in encoded:
-            t2 = time.perf_counter()
-            builder.add(
-                [
-                    PendingDoc(
-                        external_id=d.id,
-                        text=d.text if store_text else None,
-                        metadata=d.metadata,
-                        vectors=v,
-                    )
-                    for d, v in zip(batch, vectors, strict=True)
-                ]
-            )
-            encode_s += seconds
-            store_s += time.perf_counter() - t2
-            bar.update(len(batch))
+        bar = tqdm(total=feed.total, desc="encoding", unit="doc", disable=disable)
+        for batch in pending_batches(
+            feed, encoder, encoded, store_text=store_text, timing=timing, bar=bar
+        ):
+            builder.add(batch)
         bar.close()
         t = time.perf_counter()
         ibar = tqdm(total=builder.n_tokens, desc="indexing", unit="tok", disable=disable)
@@ -215,11 +267,11 @@ def build_index(
     report = BuildReport(
         documents=manifest.documents,
         tokens=manifest.tokens,
-        encode_seconds=encode_s,
-        store_seconds=store_s,
+        encode_seconds=timing.encode_seconds,
+        store_seconds=timing.store_seconds,
         index_seconds=index_s,
         total_seconds=time.perf_counter() - t0,
-        bad_lines=bad_lines,
+        bad_lines=feed.bad_lines,
     )
     log.info("built %s: %d documents, %d tokens", path, report.documents, report.tokens)
     return report

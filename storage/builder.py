@@ -1,13 +1,13 @@
-"""Building a new generation of an index folder: the build's commit protocol.
+"""Building a new index in a folder: the build's commit protocol.
 
 A build takes the folder's write lock (a second writer gets
 :class:`IndexLocked` at once), sweeps what dead writers left behind, and writes
-a new generation folder ``gen-N`` beside the current one: each batch appends
-its token vectors and document ids and fsyncs them, then commits its document
-rows in one SQLite transaction. :meth:`StoreBuilder.finish` trains and fills
-the FAISS token index from the stored vectors, checksums every data file,
-writes the manifest, and commits by replacing ``CURRENT`` atomically
-(:mod:`storage.generations`). A build that fails or is killed at any instant
+one new segment folder (:mod:`storage.segment`) beside what is there: each
+batch appends its token vectors and document ids and fsyncs them, then commits
+its document rows in one SQLite transaction. :meth:`StoreBuilder.finish` trains
+and fills the FAISS token index from the stored vectors, checksums every data
+file, and commits a generation naming only the new segment
+(:mod:`storage.commit`). A build that fails or is killed at any instant
 leaves the folder holding the index it held before (or none, for a first
 build); the next writer removes its remains.
 """
@@ -16,85 +16,51 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import faiss
 import numpy as np
 
-from storage.docstore import DOCS_NAME, DocRow, DocWriter
-from storage.errors import DimensionMismatch, InvalidInput, StorageError
-from storage.failpoints import failpoint
-from storage.fsio import block_checksums, fsync_dir, fsync_file, sha256_hex
-from storage.generations import (
-    CURRENT_NAME,
-    Pointer,
-    create_lease_file,
-    gen_dirname,
-    generation_numbers,
-    read_pointer,
-    remove_debris,
-    write_pointer,
-)
+from storage.commit import commit_generation, next_number
+from storage.errors import InvalidInput, StorageError
+from storage.generations import CURRENT_NAME, read_pointer, remove_debris
 from storage.lock import LOCK_NAME, WriteLock
 from storage.manifest import CODEC, MANIFEST_NAME, FileRecord, Manifest
-from storage.token_index import TOKEN_INDEX_NAME, TokenIndex, plan_token_index
-from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, TokenReader, TokenWriter
+from storage.segment import TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
+from storage.token_index import (
+    TOKEN_INDEX_NAME,
+    TokenIndex,
+    TokenIndexPlan,
+    plan_token_index,
+    takes_codes,
+)
+from storage.vectors import TokenReader
 
-__all__ = ["DATA_FILES", "PendingDoc", "StoreBuilder", "check_vectors"]
-
-F16_MAX = 65504.0
-DATA_FILES = (TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME)
-"""The files of a generation that the manifest checksums block by block."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class PendingDoc:
-    """A document and its token vectors, on the way into the store."""
-
-    external_id: str
-    text: str | None
-    metadata: Mapping[str, Any] | None
-    vectors: np.ndarray
+__all__ = ["PendingDoc", "StoreBuilder", "check_vectors", "write_first_segment_index"]
 
 
-def check_vectors(vectors: Any, dim: int, *, doc_id: str | None = None) -> np.ndarray:
-    """Return ``vectors`` as float32 ``[n, dim]`` or raise a typed error naming the document.
-
-    Rejected: not a 2-D numeric array, zero rows, another dimension, NaN or Inf,
-    an all-zero row, and values float16 cannot hold.
-    """
+def write_first_segment_index(
+    segment: SegmentWriter,
+    plan: TokenIndexPlan,
+    progress: Callable[[int], None] | None = None,
+    *,
+    trained: faiss.Index | None = None,
+) -> None:
+    """Build the FAISS files of a build's or a compaction's segment from its stored
+    vectors: the index over its rows, and for a trained kind the emptied copy
+    later adds encode with (``trained``: reuse that trained index, no training)."""
+    segment.close_data()
+    reader = TokenReader(segment.folder, segment.dim, segment.n_tokens)
     try:
-        arr = np.asarray(vectors)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"vectors are not an array: {exc}", doc_id=doc_id) from exc
-    if arr.dtype.kind not in "fiu":
-        raise InvalidInput(f"vectors have dtype {arr.dtype}, not a number type", doc_id=doc_id)
-    if arr.ndim != 2:
-        raise InvalidInput(f"vectors have shape {arr.shape}, not [n_tokens, dim]", doc_id=doc_id)
-    if arr.shape[0] == 0:
-        raise InvalidInput("vectors have zero rows (no tokens)", doc_id=doc_id)
-    if arr.shape[1] != dim:
-        where = f" of document {doc_id!r}" if doc_id is not None else ""
-        raise DimensionMismatch(
-            f"vectors{where} have dimension {arr.shape[1]}, the index has {dim}"
-        )
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise InvalidInput("vectors hold NaN or Inf values", doc_id=doc_id)
-    if np.abs(arr).max() > F16_MAX:
-        raise InvalidInput("vectors hold values too large for float16 storage", doc_id=doc_id)
-    if not np.abs(arr).max(axis=1).all():
-        raise InvalidInput("vectors hold an all-zero row", doc_id=doc_id)
-    return arr
-
-
-def _file_record(path: Path) -> FileRecord:
-    size = path.stat().st_size
-    return FileRecord(bytes=size, sha256_blocks=block_checksums(path, size))
+        token_index = TokenIndex.build(plan, reader, progress, trained=trained)
+    finally:
+        reader.close()
+    token_index.save(segment.folder / TOKEN_INDEX_NAME)
+    if takes_codes(plan):
+        TokenIndex.save_index(token_index.trained_copy(), segment.folder / TRAINED_NAME)
 
 
 def _claim_folder(target: Path) -> bool:
@@ -116,8 +82,9 @@ def _claim_folder(target: Path) -> bool:
 
 
 class StoreBuilder:
-    """Writes a new generation of the index at ``target``; use as a context manager,
-    so that a failure throws the unfinished generation away and frees the lock."""
+    """Writes a new index at ``target`` (a first build, or a rebuild with ``overwrite``);
+    use as a context manager, so that a failure throws the unfinished work away and
+    frees the lock."""
 
     def __init__(self, target: Path, dim: int, *, overwrite: bool = False) -> None:
         self.target = Path(target)
@@ -130,24 +97,28 @@ class StoreBuilder:
         except BaseException:
             self._drop_made_folder()
             raise
+        self.segment: SegmentWriter | None = None
         try:
             current, committed = self._current_generation()
             if current is not None and not overwrite:
                 raise StorageError(
                     f"{self.target} already holds an index; pass overwrite to rebuild it"
                 )
+            # a rebuild keeps the old index whole until its commit: sweep only debris
             remove_debris(self.target, current, committed=committed)
-            self.generation = max([current or 0, *generation_numbers(self.target)]) + 1
-            self.work = self.target / gen_dirname(self.generation)
-            self.work.mkdir()
-            create_lease_file(self.work)
-            self.docs = DocWriter.create(self.work / DOCS_NAME)
-            self.tokens = TokenWriter(self.work, dim)
+            self.generation = next_number(self.target, current)
+            self.segment = SegmentWriter(
+                self.target,
+                self.generation,
+                dim,
+                doc_base=0,
+                token_base=0,
+                generation=self.generation,
+            )
         except BaseException:
             self._release()
             raise
         self.dim = dim
-        self.n_docs = 0
 
     def _current_generation(self) -> tuple[int | None, bool]:
         """The committed generation, or None for no index; and whether ``CURRENT`` is sound.
@@ -167,37 +138,21 @@ class StoreBuilder:
         return (0 if (self.target / MANIFEST_NAME).exists() else None), False
 
     def add(self, batch: Sequence[PendingDoc]) -> None:
-        """Commit one batch: all of it, or (on any error) none of it."""
+        """Store one batch: all of it, or (on any error) none of it."""
+        assert self.segment is not None
         checked = [check_vectors(d.vectors, self.dim, doc_id=d.external_id) for d in batch]
-        existing = self.docs.first_existing([d.external_id for d in batch])
+        existing = self.segment.docs.first_existing([d.external_id for d in batch])
         if existing is not None:
             raise InvalidInput("duplicate document id", doc_id=existing)
-        rows: list[DocRow] = []
-        start = self.tokens.rows
-        for offset, (doc, vecs) in enumerate(zip(batch, checked, strict=True)):
-            rows.append(
-                DocRow(
-                    doc_id=self.n_docs + offset,
-                    external_id=doc.external_id,
-                    text=doc.text,
-                    metadata=doc.metadata,
-                    token_start=start,
-                    token_count=len(vecs),
-                )
-            )
-            start += len(vecs)
-        if checked:
-            doc_ids = np.repeat(
-                np.arange(self.n_docs, self.n_docs + len(batch)), [len(v) for v in checked]
-            )
-            self.tokens.append(np.concatenate(checked), doc_ids)
-            self.tokens.sync()
-        self.docs.insert_batch(rows, self.generation)
-        self.n_docs += len(batch)
+        self.segment.add(batch, checked)
+
+    @property
+    def n_docs(self) -> int:
+        return self.segment.n_docs if self.segment is not None else 0
 
     @property
     def n_tokens(self) -> int:
-        return self.tokens.rows
+        return self.segment.n_tokens if self.segment is not None else 0
 
     def finish(
         self,
@@ -206,47 +161,39 @@ class StoreBuilder:
         index_kind: str = "auto",
         index_options: Mapping[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
+        trained: faiss.Index | None = None,
     ) -> Manifest:
-        """Build the token index, write the manifest and commit the generation."""
-        self.tokens.close()
-        reader = TokenReader(self.work, self.dim, self.n_tokens)
+        """Build the token index, write the manifest and commit the generation.
+
+        ``trained`` (an empty trained FAISS index of the same kind) is used instead
+        of training one: a fresh build with the quantizer of another index.
+        """
+        assert self.segment is not None
         plan = plan_token_index(index_kind, self.n_tokens, self.dim, **dict(index_options or {}))
-        token_index = TokenIndex.build(plan, reader, progress)
-        token_index.save(self.work / TOKEN_INDEX_NAME)
-        reader.close()
-        del token_index, reader
-        files = {name: _file_record(self.work / name) for name in DATA_FILES}
+        write_first_segment_index(self.segment, plan, progress, trained=trained)
+        record = self.segment.finish()
         manifest = Manifest(
             generation=self.generation,
             encoder=dict(encoder_spec),
             dim=self.dim,
             token_index=plan.to_dict(),
             codec=CODEC,
-            documents=self.n_docs,
-            tokens=self.n_tokens,
-            files=files,
+            documents=record.documents,
+            live_documents=record.documents,
+            tokens=record.tokens,
+            segments=[record],
+            deleted=FileRecord(bytes=0, sha256_blocks=[]),
         )
-        self.docs.finish({"generation": str(self.generation)})
-        fsync_file(self.work / DOCS_NAME)
-        data = manifest.to_bytes()
-        (self.work / MANIFEST_NAME).write_bytes(data)
-        fsync_file(self.work / MANIFEST_NAME)
-        fsync_dir(self.work)
-        failpoint("commit:before-pointer")
-        pointer = Pointer(generation=self.generation, manifest_sha256=sha256_hex(data))
-        write_pointer(self.target, pointer)
-        failpoint("commit:before-sweep")
-        remove_debris(self.target, self.generation, committed=True)
+        manifest = commit_generation(self.target, manifest, np.zeros(0, np.int64))
+        self.segment = None
         self.lock.release()
         return manifest
 
     def abort(self) -> None:
-        """Throw the unfinished generation away and free the lock."""
-        with contextlib.suppress(Exception):
-            self.docs.close()
-        with contextlib.suppress(OSError, ValueError):
-            self.tokens.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        """Throw the unfinished segment away and free the lock."""
+        if self.segment is not None:
+            self.segment.abort()
+            self.segment = None
         self._release()
 
     def _release(self) -> None:

@@ -1,10 +1,14 @@
 """``docs.sqlite``: the document maps, written by :class:`DocWriter`, read by :class:`DocReader`.
 
-One row per document: the dense internal ``doc_id`` (also the row's position in
-the span arrays), the user's ``external_id``, text, metadata (JSON), and the
-document's token span ``[token_start, token_start + token_count)`` in the
-token-vector store. SQLite is the source of truth: a document exists when its
-row is committed, and each batch is one transaction.
+One file per segment (:mod:`storage.segment`). One row per document: the
+dense internal ``doc_id`` (global: a segment's ids follow the previous
+segment's; also the row's position in the span arrays), the user's
+``external_id``, text, metadata (JSON), and the document's token span
+``[token_start, token_start + token_count)`` in the token-vector store. A
+segment's rows are committed batch by batch, one transaction each; the
+segment counts once a generation names it (:mod:`storage.commit`). The
+``deleted`` column stays 0: deletes are the generation's list
+(:mod:`storage.deletions`), since segments are never written again.
 
 Every row carries two checksums, because SQLite checks its page structure but
 not the values in it (``PRAGMA integrity_check`` passes when a stored id or a
@@ -214,7 +218,6 @@ class DocReader:
         self.path = Path(path)
         uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro&immutable=1"
         self._lock = threading.Lock()
-        self._count = 0
         self._content_verified = False
         try:
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -246,10 +249,10 @@ class DocReader:
             ):
                 raise self._damaged(f"document row {doc_id}")
 
-    def spans(self, n_docs: int) -> DocSpans:
-        """Spans of documents ``0 .. n_docs-1``, every row's checksum verified."""
+    def spans(self, n_docs: int, doc_base: int = 0) -> DocSpans:
+        """Spans of documents ``doc_base .. doc_base + n_docs - 1`` (every document of
+        the file), every row's checksum verified."""
         rows = self._query(f"SELECT {_SPAN_COLS} FROM documents ORDER BY doc_id")  # noqa: S608
-        self._count = len(rows)
         if len(rows) != n_docs:
             raise CorruptIndex(
                 f"{self.path} holds {len(rows)} documents, the manifest says {n_docs}"
@@ -257,7 +260,7 @@ class DocReader:
         self._check_span_rows(rows)
         arr = np.array([(r[0], r[2], r[3], r[4]) for r in rows], np.int64).reshape(-1, 4)
         if (
-            not np.array_equal(arr[:, 0], np.arange(len(arr)))
+            not np.array_equal(arr[:, 0], np.arange(doc_base, doc_base + len(arr)))
             or not np.isin(arr[:, 3], (0, 1)).all()
         ):
             raise CorruptIndex(f"{self.path}: document ids are not dense")
@@ -330,16 +333,19 @@ class DocReader:
         """
         if self._content_verified:
             return
-        step = _CHUNK * 10
-        for start in range(0, self._count, step):
+        after = -(2**63)
+        while True:  # keyset pages: damaged ids cannot make this loop long
             rows = self._query(
                 "SELECT doc_id, text, metadata, doc_sum FROM documents "
-                "WHERE doc_id >= ? AND doc_id < ?",
-                [start, start + step],
+                "WHERE doc_id > ? ORDER BY doc_id LIMIT ?",
+                [after, _CHUNK * 10],
             )
             for doc_id, text, meta, total in rows:
                 if doc_digest(doc_id, text, meta) != total:
                     raise self._damaged(f"the text or metadata of document row {doc_id}")
+            if not rows:
+                break
+            after = rows[-1][0]
         self._content_verified = True
 
     def doc_ids_where(

@@ -4,10 +4,12 @@ An index folder holds::
 
     CURRENT          the commit pointer: which generation folder is the index
     write.lock       the writer's lock (:mod:`storage.lock`)
-    gen-000007/      one generation: manifest.json, docs.sqlite, tokens.f16,
-                     token_doc.i32, tokens.faiss, and ``lease``
+    gen-000007/      one generation: manifest.json, deleted.i64 and ``lease``
+    seg-000005/      a segment (:mod:`storage.segment`): documents, vectors and
+    seg-000007/      FAISS data, immutable, shared by the generations naming it
 
-A writer builds a new generation folder beside the current one and commits it by
+A writer writes a new generation folder (and, for a build, an add or a
+compaction, one new segment folder) beside the current ones and commits it by
 replacing ``CURRENT`` atomically (write a temporary file, fsync, rename, fsync
 the folder): at every instant the folder holds the old index or the new one.
 ``CURRENT`` carries the SHA-256 of the generation's manifest and a checksum of
@@ -16,8 +18,9 @@ itself, so neither can be damaged unnoticed.
 Readers hold a shared ``flock`` on the ``lease`` file of the generation they
 opened (:class:`Lease`), for as long as they use it. A writer removes a
 generation that is no longer current only when it can take that lock
-exclusively, so no reader ever loses a file it opened or is about to open; the
-same sweep removes what dead writers left behind (:func:`remove_debris`).
+exclusively, and a segment only when neither the current generation nor one a
+reader holds names it, so no reader ever loses a file it opened or is about to
+open; the same sweep removes what dead writers left behind (:func:`remove_debris`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ LEGACY_FILES = (
 """Files of the format-1 layout, which kept one index directly in the folder."""
 
 _GEN_DIR = re.compile(r"gen-(\d{6,})\Z")
+_SEG_DIR = re.compile(r"seg-(\d{6,})\Z")
 _LEGACY_BUILD = re.compile(r"\.(?P<name>.+)\.(?:build-(?P<pid>\d+)|old)-[0-9a-f]{8}\Z")
 _POINTER_KEYS = {"format_version", "generation", "manifest_sha256", "sha256"}
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -232,15 +236,43 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def find_debris(folder: Path, keep: int | None, *, committed: bool) -> list[Path]:
+def _segments_named(gen_folder: Path) -> set[str] | None:
+    """Segment folders a generation's manifest names; None when it cannot be read
+    (then no segment may be removed on its account)."""
+    try:
+        raw = json.loads((gen_folder / "manifest.json").read_bytes())
+        return {str(seg["name"]) for seg in raw["segments"]}
+    except FileNotFoundError:
+        return set()  # a killed writer's generation, never committed: it names nothing
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _segment_dirs(folder: Path) -> list[Path]:
+    return [folder / n for n in sorted(os.listdir(folder)) if _SEG_DIR.match(n)]
+
+
+def find_debris(
+    folder: Path, keep: int | None, *, committed: bool, keep_segments: set[str] | None = None
+) -> list[Path]:
     """What no committed index needs: generation folders other than ``keep`` (old
-    generations, killed builds); when ``committed`` (a sound pointer names ``keep``),
-    the files of the format-1 layout and a stale temporary pointer; and the hidden
-    build folders that killed format-1 builders left beside the folder (when their
-    process is gone). A generation a reader holds is listed too: only
-    :func:`remove_debris` can tell, by trying its lease.
+    generations, killed writers); segment folders that neither ``keep_segments``
+    (the current generation's) nor another generation still present names; when
+    ``committed`` (a sound pointer names ``keep``), the files of the format-1
+    layout and a stale temporary pointer; and the hidden build folders that killed
+    format-1 builders left beside the folder (when their process is gone). A
+    generation a reader holds is listed too: only :func:`remove_debris` can tell,
+    by trying its lease. Without ``keep_segments`` no segment is listed.
     """
-    found = [folder / gen_dirname(n) for n in generation_numbers(folder) if n != keep]
+    gens = [folder / gen_dirname(n) for n in generation_numbers(folder) if n != keep]
+    found = list(gens)
+    if keep_segments is not None:
+        named: set[str] | None = set(keep_segments)
+        for gen in gens:
+            more = _segments_named(gen)
+            named = None if more is None or named is None else named | more
+        if named is not None:
+            found += [p for p in _segment_dirs(folder) if p.name not in named]
     if committed:
         for name in (*LEGACY_FILES, CURRENT_NAME + TMP_SUFFIX):
             if (folder / name).exists():
@@ -254,10 +286,13 @@ def find_debris(folder: Path, keep: int | None, *, committed: bool) -> list[Path
     return found
 
 
-def remove_debris(folder: Path, keep: int | None, *, committed: bool) -> list[str]:
-    """Remove :func:`find_debris`'s finds, except generations a reader holds; return
-    the names removed. Only a writer holding the folder's write lock calls this, so
-    no build is in progress and every generation folder but ``keep`` is debris."""
+def remove_debris(
+    folder: Path, keep: int | None, *, committed: bool, keep_segments: set[str] | None = None
+) -> list[str]:
+    """Remove :func:`find_debris`'s finds, except generations a reader holds and the
+    segments those name; return the names removed. Only a writer holding the
+    folder's write lock calls this, so no writer is making a generation or segment
+    and every one of them but what ``keep`` needs is debris."""
     removed = []
     for path in find_debris(folder, keep, committed=committed):
         if path.parent == folder and _GEN_DIR.match(path.name):
@@ -269,4 +304,10 @@ def remove_debris(folder: Path, keep: int | None, *, committed: bool) -> list[st
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         removed.append(path.name)
+    if keep_segments is not None:
+        # the generations still here are the ones readers hold: keep what they name
+        for path in find_debris(folder, keep, committed=False, keep_segments=keep_segments):
+            if _SEG_DIR.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
     return removed

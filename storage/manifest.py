@@ -1,12 +1,21 @@
 """``manifest.json``: what one generation of an index holds, and the checksums that prove it.
 
-The manifest is the last file a build writes into a generation folder. It
+The manifest is the last file a writer puts into a generation folder. It
 records the format version, the encoder spec the vectors came from, the
 dimension, the token-index kind and parameters, the vector codec, the document
-and token counts, the generation, and block checksums of the vector file, the
-token map and the FAISS file (the document database checks itself row by row,
-see :mod:`storage.docstore`). The manifest's own SHA-256 is in ``CURRENT``
+and token counts, the generation, the segments the generation is made of (each
+with its document and token ranges and block checksums of its vector file,
+token map and FAISS data; the document database checks itself row by row, see
+:mod:`storage.docstore`), and the checksums of the generation's own file of
+deleted documents. The manifest's own SHA-256 is in ``CURRENT``
 (:mod:`storage.generations`), so it is verified before it is parsed.
+
+Segments are immutable once committed and shared by later generations: an add
+writes one new segment, a delete writes only a new list of deleted documents,
+and a compaction writes one segment holding every live document. Segment ``i``
+holds the documents ``doc_base .. doc_base + documents - 1`` and the token rows
+``token_base .. token_base + tokens - 1``; the segments tile both ranges in
+order, without gaps.
 
 Parsing is strict: every field must be present with its JSON type (``1.0`` or
 ``true`` is not an integer), no unknown field is accepted, and counts and sizes
@@ -27,10 +36,20 @@ from typing import Any
 from storage.errors import CorruptIndex, FormatVersionMismatch
 from storage.fsio import block_lengths
 
-__all__ = ["CODEC", "FORMAT_VERSION", "MANIFEST_NAME", "FileRecord", "Manifest"]
+__all__ = [
+    "CODEC",
+    "DELETED_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "FileRecord",
+    "Manifest",
+    "SegmentRecord",
+]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
+DELETED_NAME = "deleted.i64"
+_SEGMENT_NAME = re.compile(r"seg-\d{6,}\Z")
 CODEC = "f16"
 MAX_DIM = 65_536
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -42,8 +61,10 @@ _FIELDS = {
     "token_index",
     "codec",
     "documents",
+    "live_documents",
     "tokens",
-    "files",
+    "segments",
+    "deleted",
     "created_at",
     "sie_index_version",
 }
@@ -58,6 +79,18 @@ class FileRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SegmentRecord:
+    """One immutable segment: its folder name, ranges, and data files as committed."""
+
+    name: str
+    doc_base: int
+    documents: int
+    token_base: int
+    tokens: int
+    files: dict[str, FileRecord]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The committed description of one generation of an index."""
 
@@ -68,27 +101,35 @@ class Manifest:
     token_index: dict[str, Any]
     codec: str
     documents: int
+    live_documents: int
     tokens: int
-    files: dict[str, FileRecord]
+    segments: list[SegmentRecord]
+    deleted: FileRecord
+    """The generation's ``deleted.i64``: sorted internal ids of deleted documents."""
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     sie_index_version: str = "0.1.0"
 
-    def check_size(self, name: str, size: int, where: str) -> None:
-        """Raise :class:`CorruptIndex` unless file ``name`` is recorded with ``size`` bytes."""
-        if self.files[name].bytes != size:
-            raise CorruptIndex(
-                f"{where}: files.{name}.bytes is {self.files[name].bytes}, and "
-                f"{self.tokens} tokens of dimension {self.dim} take {size}"
-            )
+    @property
+    def deleted_count(self) -> int:
+        return self.documents - self.live_documents
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str, *, file_names: Collection[str]) -> Manifest:
+    def from_bytes(
+        cls,
+        data: bytes,
+        where: str,
+        *,
+        file_names: Collection[str],
+        file_names_required: Collection[str] = (),
+    ) -> Manifest:
         """Parse and check a manifest whose checksum the caller has verified.
 
-        ``file_names`` are the data files it must describe, no more, no fewer.
+        A segment may describe only ``file_names`` and must describe
+        ``file_names_required``; which FAISS files a segment needs is checked
+        when they are loaded (:mod:`storage.snapshot`).
         Raises :class:`FormatVersionMismatch` or :class:`CorruptIndex` naming ``where``.
         """
         try:
@@ -120,25 +161,49 @@ class Manifest:
         codec = check.string(raw, "codec")
         if codec != CODEC:
             raise CorruptIndex(f"{where}: unknown vector codec {codec!r}")
-        files_raw = check.obj(raw, "files")
-        if set(files_raw) != set(file_names):
-            raise CorruptIndex(
-                f"{where}: describes files {sorted(files_raw)}, expected {sorted(file_names)}"
+        documents = check.integer(raw, "documents", 0)
+        live = check.integer(raw, "live_documents", 0, documents)
+        segments_raw = raw["segments"]
+        if not isinstance(segments_raw, list) or len(segments_raw) > 1_000_000:
+            raise CorruptIndex(f"{where}: field segments is not a list")
+        segments = []
+        doc_base = token_base = 0
+        names: set[str] = set()
+        for i, seg in enumerate(segments_raw):
+            prefix = f"segments[{i}]."
+            if not isinstance(seg, dict) or set(seg) != _SEGMENT_FIELDS:
+                raise CorruptIndex(f"{where}: {prefix[:-1]} does not describe a segment")
+            name = check.string(seg, "name", prefix)
+            if not _SEGMENT_NAME.match(name) or name in names:
+                raise CorruptIndex(f"{where}: {prefix}name {name!r} is not a segment folder")
+            names.add(name)
+            record = SegmentRecord(
+                name=name,
+                doc_base=check.integer(seg, "doc_base", doc_base, doc_base, prefix),
+                documents=check.integer(seg, "documents", 0, None, prefix),
+                token_base=check.integer(seg, "token_base", token_base, token_base, prefix),
+                tokens=check.integer(seg, "tokens", 0, None, prefix),
+                files=_file_records(check, check.obj(seg, "files", prefix), f"{prefix}files."),
             )
-        files = {}
-        for name in sorted(file_names):
-            rec = check.obj(files_raw, name, "files.")
-            if set(rec) != {"bytes", "sha256_blocks"}:
-                raise CorruptIndex(f"{where}: files.{name} has fields {sorted(rec)}")
-            size = check.integer(rec, "bytes", 0, None, f"files.{name}.")
-            blocks = rec["sha256_blocks"]
-            if (
-                not isinstance(blocks, list)
-                or len(blocks) != len(block_lengths(size))
-                or not all(isinstance(b, str) and _HEX64.match(b) for b in blocks)
-            ):
-                raise CorruptIndex(f"{where}: files.{name}.sha256_blocks is malformed")
-            files[name] = FileRecord(bytes=size, sha256_blocks=list(blocks))
+            if not set(file_names_required) <= set(record.files) <= set(file_names):
+                raise CorruptIndex(
+                    f"{where}: {prefix}files names {sorted(record.files)}, which is not "
+                    "the set of files of a segment"
+                )
+            doc_base += record.documents
+            token_base += record.tokens
+            segments.append(record)
+        if doc_base != documents or token_base != tokens:
+            raise CorruptIndex(
+                f"{where}: the segments hold {doc_base} documents and {token_base} tokens, "
+                f"the manifest says {documents} and {tokens}"
+            )
+        deleted = _file_record(check, check.obj(raw, "deleted"), "deleted.")
+        if deleted.bytes != 8 * (documents - live):
+            raise CorruptIndex(
+                f"{where}: deleted.bytes is {deleted.bytes}, and {documents - live} deleted "
+                "documents take 8 bytes each"
+            )
         return cls(
             format_version=version,
             generation=check.integer(raw, "generation", 1),
@@ -146,12 +211,38 @@ class Manifest:
             dim=dim,
             token_index=check.obj(raw, "token_index"),
             codec=codec,
-            documents=check.integer(raw, "documents", 0),
+            documents=documents,
+            live_documents=live,
             tokens=tokens,
-            files=files,
+            segments=segments,
+            deleted=deleted,
             created_at=check.string(raw, "created_at"),
             sie_index_version=check.string(raw, "sie_index_version"),
         )
+
+
+_SEGMENT_FIELDS = {"name", "doc_base", "documents", "token_base", "tokens", "files"}
+
+
+def _file_record(check: _Checker, rec: dict[str, Any], prefix: str) -> FileRecord:
+    if set(rec) != {"bytes", "sha256_blocks"}:
+        raise CorruptIndex(f"{check.where}: {prefix[:-1]} has fields {sorted(rec)}")
+    size = check.integer(rec, "bytes", 0, None, prefix)
+    blocks = rec["sha256_blocks"]
+    if (
+        not isinstance(blocks, list)
+        or len(blocks) != len(block_lengths(size))
+        or not all(isinstance(b, str) and _HEX64.match(b) for b in blocks)
+    ):
+        raise CorruptIndex(f"{check.where}: {prefix}sha256_blocks is malformed")
+    return FileRecord(bytes=size, sha256_blocks=list(blocks))
+
+
+def _file_records(check: _Checker, raw: dict[str, Any], prefix: str) -> dict[str, FileRecord]:
+    return {
+        name: _file_record(check, check.obj(raw, name, prefix), f"{prefix}{name}.")
+        for name in sorted(raw)
+    }
 
 
 def _no_constant(name: str) -> Any:

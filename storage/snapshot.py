@@ -1,20 +1,22 @@
 """Opening an index: one committed generation, verified, held for the reader's whole life.
 
 :meth:`StoreSnapshot.open` reads ``CURRENT``, takes a lease on the generation it
-names (so no writer removes it while it is in use), and opens each of that
-generation's files once, through the generation folder's descriptor:
+names (so no writer removes it, or a segment it names, while it is in use), and
+opens each file once:
 
 1. the manifest, checked against the SHA-256 in ``CURRENT``, then parsed strictly;
-2. the FAISS file, read once into memory and checked block by block before
-   FAISS parses a byte, then checked against the manifest's kind and counts;
-3. the token map, checked at once; the vector file, at once with
-   ``verify_vectors``, else block by block on first read (never skipped);
-4. the document database, every row's span checksum verified, the spans
-   checked against the token count.
+   the generation's list of deleted documents, checked against its checksum;
+2. for each segment (:mod:`storage.segment`), in order: its FAISS data (the
+   first segment's index file, or a later one's codes or own graph), read once
+   into memory and checked block by block before FAISS parses a byte, then
+   checked against the manifest's kind and counts; its token map, checked at
+   once; its vector file, at once with ``verify_vectors``, else block by block
+   on first read (never skipped); its document database, every row's span
+   checksum verified, the spans checked against the token map.
 
-Nothing a writer does afterwards (a new commit, a rebuild of the same path,
-removing the folder) changes what the snapshot reads. Every damaged or missing
-file is :class:`CorruptIndex` naming it.
+Nothing a writer does afterwards (a commit, a compaction, a rebuild of the same
+path, removing the folder) changes what the snapshot reads. Every damaged or
+missing file is :class:`CorruptIndex` naming it.
 """
 
 from __future__ import annotations
@@ -22,26 +24,29 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from storage.builder import DATA_FILES
+from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader, DocSpans
 from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex
 from storage.fsio import read_at, sha256_hex, verify_bytes
 from storage.generations import Lease, Pointer, read_pointer
-from storage.manifest import MANIFEST_NAME, Manifest
-from storage.token_index import TOKEN_INDEX_NAME, TokenIndex, TokenIndexPlan
+from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest, SegmentRecord
+from storage.segment import CODES_NAME, REQUIRED_FILES, SEGMENT_FILES, TRAINED_NAME
+from storage.segmented import SegmentedDocs, SegmentedTokens
+from storage.token_index import TOKEN_INDEX_NAME, TokenIndex, TokenIndexPlan, takes_codes
 from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, TokenReader
 
-__all__ = ["StoreSnapshot", "read_manifest"]
+__all__ = ["StoreSnapshot", "hold_current", "read_manifest", "read_manifest_of", "segment_files"]
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _OPEN_ATTEMPTS = 100
 
 
-def _hold_current(folder: Path) -> tuple[Pointer, Lease]:
+def hold_current(folder: Path) -> tuple[Pointer, Lease]:
     """Read ``CURRENT`` and lease the generation it names, following concurrent commits."""
     try:
         folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -79,13 +84,18 @@ def _lease_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
     raise CorruptIndex(f"{where}: CURRENT kept changing while the index was being opened")
 
 
-def _read_manifest(folder: Path, pointer: Pointer, lease: Lease) -> tuple[Manifest, int]:
+def read_manifest_of(folder: Path, pointer: Pointer, lease: Lease) -> tuple[Manifest, int]:
     """The verified manifest of the leased generation, and its size in bytes."""
     where = str(folder / pointer.dirname)
     data = read_at(lease.fd, MANIFEST_NAME, where, max_bytes=MAX_MANIFEST_BYTES)
     if sha256_hex(data) != pointer.manifest_sha256:
         raise CorruptIndex(f"{where}/{MANIFEST_NAME} does not match its checksum in CURRENT")
-    manifest = Manifest.from_bytes(data, f"{where}/{MANIFEST_NAME}", file_names=DATA_FILES)
+    manifest = Manifest.from_bytes(
+        data,
+        f"{where}/{MANIFEST_NAME}",
+        file_names=SEGMENT_FILES,
+        file_names_required=REQUIRED_FILES,
+    )
     if manifest.generation != pointer.generation:
         raise CorruptIndex(f"{where}/{MANIFEST_NAME} belongs to another generation")
     return manifest, len(data)
@@ -95,11 +105,50 @@ def read_manifest(folder: Path) -> Manifest:
     """The verified manifest of the committed generation of ``folder``, without opening
     its data files (to learn, say, which encoder to make before opening the index)."""
     folder = Path(folder)
-    pointer, lease = _hold_current(folder)
+    pointer, lease = hold_current(folder)
     try:
-        return _read_manifest(folder, pointer, lease)[0]
+        return read_manifest_of(folder, pointer, lease)[0]
     finally:
         lease.release()
+
+
+def segment_files(plan: TokenIndexPlan, position: int) -> set[str]:
+    """The data files segment ``position`` of an index with ``plan`` must hold."""
+    if position == 0:
+        extra = {TOKEN_INDEX_NAME} | ({TRAINED_NAME} if takes_codes(plan) else set())
+    else:
+        extra = {CODES_NAME} if takes_codes(plan) else {TOKEN_INDEX_NAME}
+    return set(REQUIRED_FILES) | extra
+
+
+def _read_verified(dir_fd: int, name: str, record: FileRecord, where: str) -> bytes:
+    raw = read_at(dir_fd, name, where, max_bytes=record.bytes)
+    if len(raw) != record.bytes:
+        raise CorruptIndex(f"{name} in {where} was truncated")
+    verify_bytes(raw, record.sha256_blocks, f"{where}/{name}")
+    return raw
+
+
+class _Opened:
+    """What has been opened so far, closed together if opening fails."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.tokens: list[TokenReader] = []
+        self.docs: list[DocReader] = []
+
+    def close(self) -> None:
+        for reader in self.tokens:
+            reader.close()
+        for docs in self.docs:
+            with contextlib.suppress(Exception):
+                docs.close()
+        self.close_fds()
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
 
 
 class StoreSnapshot:
@@ -109,8 +158,8 @@ class StoreSnapshot:
         self,
         folder: Path,
         manifest: Manifest,
-        docs: DocReader,
-        tokens: TokenReader,
+        docs: SegmentedDocs,
+        tokens: SegmentedTokens,
         token_index: TokenIndex,
         spans: DocSpans,
         lease: Lease,
@@ -118,23 +167,28 @@ class StoreSnapshot:
     ) -> None:
         self.folder = folder
         self.file_sizes = file_sizes
-        """Bytes of each file of the generation, as opened."""
+        """Bytes of each file of the generation, as opened (``seg-N/name`` for segments)."""
         self.manifest = manifest
         self.docs = docs
         self.tokens = tokens
         self.token_index = token_index
         self.spans = spans
+        """Spans of every document; ``spans.deleted`` marks the deleted ones."""
         self._lease = lease
+
+    @property
+    def plan(self) -> TokenIndexPlan:
+        return self.token_index.plan
 
     @classmethod
     def open(cls, folder: Path, *, verify_vectors: bool = True) -> StoreSnapshot:
         """Open the committed generation of ``folder``.
 
-        Every file but the vector file is verified now; the vector file now when
+        Every file but the vector files is verified now; the vector files now when
         ``verify_vectors``, else each block the first time a read needs it.
         """
         folder = Path(folder)
-        pointer, lease = _hold_current(folder)
+        pointer, lease = hold_current(folder)
         try:
             return cls._open_generation(folder, pointer, lease, verify_vectors)
         except BaseException:
@@ -146,61 +200,150 @@ class StoreSnapshot:
         cls, folder: Path, pointer: Pointer, lease: Lease, verify_vectors: bool
     ) -> StoreSnapshot:
         where = str(folder / pointer.dirname)
-        manifest, manifest_bytes = _read_manifest(folder, pointer, lease)
-        manifest.check_size(TOKENS_NAME, manifest.tokens * manifest.dim * 2, where)
-        manifest.check_size(TOKEN_DOC_NAME, manifest.tokens * 4, where)
+        manifest, manifest_bytes = read_manifest_of(folder, pointer, lease)
         plan = TokenIndexPlan.from_dict(manifest.token_index, f"{where}/{MANIFEST_NAME}")
-
-        record = manifest.files[TOKEN_INDEX_NAME]
-        raw = read_at(lease.fd, TOKEN_INDEX_NAME, where, max_bytes=record.bytes)
-        if len(raw) != record.bytes:
-            raise CorruptIndex(f"{TOKEN_INDEX_NAME} in {where} was truncated")
-        verify_bytes(raw, record.sha256_blocks, TOKEN_INDEX_NAME)
-        token_index = TokenIndex.from_bytes(
-            raw, plan, dim=manifest.dim, ntotal=manifest.tokens, where=f"{where}/{TOKEN_INDEX_NAME}"
+        deleted = decode_deleted(
+            _read_verified(lease.fd, DELETED_NAME, manifest.deleted, where),
+            manifest.documents,
+            f"{where}/{DELETED_NAME}",
         )
-        del raw
-
-        tokens = TokenReader(
-            Path(where),
-            manifest.dim,
-            manifest.tokens,
-            dir_fd=lease.fd,
-            vector_blocks=manifest.files[TOKENS_NAME].sha256_blocks,
-            doc_blocks=manifest.files[TOKEN_DOC_NAME].sha256_blocks,
-            verify=verify_vectors,
-        )
-        docs = None
+        sizes = {MANIFEST_NAME: manifest_bytes, DELETED_NAME: manifest.deleted.bytes}
+        opened = _Opened()
         try:
-            docs = DocReader(folder / pointer.dirname / DOCS_NAME)
-            spans = docs.spans(manifest.documents)
-            cls._check_spans(where, manifest, spans, tokens)
+            token_index: TokenIndex | None = None
+            spans = []
+            for position, seg in enumerate(manifest.segments):
+                token_index = cls._open_segment(
+                    folder, manifest, plan, seg, position, token_index, opened, verify_vectors
+                )
+                spans.append(opened.docs[-1].spans(seg.documents, seg.doc_base))
+                cls._check_spans(f"{folder}/{seg.name}", seg, spans[-1], opened.tokens[-1])
+                for name, record in seg.files.items():
+                    sizes[f"{seg.name}/{name}"] = record.bytes
+                sizes[f"{seg.name}/{DOCS_NAME}"] = opened.docs[-1].size
+            if token_index is None:
+                raise CorruptIndex(f"{where}/{MANIFEST_NAME} names no segment")
         except BaseException:
-            tokens.close()
-            if docs is not None:
-                docs.close()
+            opened.close()
             raise
-        sizes = {name: record.bytes for name, record in manifest.files.items()}
-        sizes[MANIFEST_NAME] = manifest_bytes
-        sizes[DOCS_NAME] = docs.size
+        opened.close_fds()
+        tokens = SegmentedTokens(
+            opened.tokens, [s.token_base for s in manifest.segments], manifest.dim
+        )
+        docs = SegmentedDocs(opened.docs, [s.doc_base for s in manifest.segments])
+        is_deleted = np.zeros(manifest.documents, dtype=bool)
+        is_deleted[deleted] = True
+        doc_spans = DocSpans(
+            token_start=np.concatenate([s.token_start for s in spans]),
+            token_count=np.concatenate([s.token_count for s in spans]),
+            deleted=is_deleted,
+        )
+        if len(deleted):
+            token_index.mask_rows(np.repeat(~is_deleted, doc_spans.token_count))
         return cls(
-            folder, manifest, docs, tokens, token_index, spans, lease, dict(sorted(sizes.items()))
+            folder,
+            manifest,
+            docs,
+            tokens,
+            token_index,
+            doc_spans,
+            lease,
+            dict(sorted(sizes.items())),
         )
 
     @staticmethod
-    def _check_spans(where: str, manifest: Manifest, spans: DocSpans, tokens: TokenReader) -> None:
+    def _open_segment(
+        folder: Path,
+        manifest: Manifest,
+        plan: TokenIndexPlan,
+        seg: SegmentRecord,
+        position: int,
+        token_index: TokenIndex | None,
+        opened: _Opened,
+        verify_vectors: bool,
+    ) -> TokenIndex:
+        where = f"{folder}/{seg.name}"
+        want = segment_files(plan, position)
+        if set(seg.files) != want:
+            raise CorruptIndex(
+                f"{where}: the manifest names files {sorted(seg.files)}, a segment at "
+                f"position {position} of a {plan.kind} index holds {sorted(want)}"
+            )
+        for name, size in (
+            (TOKENS_NAME, seg.tokens * manifest.dim * 2),
+            (TOKEN_DOC_NAME, seg.tokens * 4),
+        ):
+            if seg.files[name].bytes != size:
+                raise CorruptIndex(
+                    f"{where}: the manifest records {seg.files[name].bytes} bytes for {name}, "
+                    f"and {seg.tokens} tokens of dimension {manifest.dim} take {size}"
+                )
+        try:
+            fd = os.open(folder / seg.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CorruptIndex(f"{where}, a segment of the index, cannot be opened: {exc}") from exc
+        opened.fds.append(fd)
+        if position == 0:
+            raw = _read_verified(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where)
+            token_index = TokenIndex.from_bytes(
+                raw, plan, dim=manifest.dim, ntotal=seg.tokens, where=f"{where}/{TOKEN_INDEX_NAME}"
+            )
+            if TRAINED_NAME in seg.files and verify_vectors:
+                _read_verified(fd, TRAINED_NAME, seg.files[TRAINED_NAME], where)
+        elif takes_codes(plan):
+            assert token_index is not None
+            raw = _read_verified(fd, CODES_NAME, seg.files[CODES_NAME], where)
+            token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{CODES_NAME}")
+        else:
+            assert token_index is not None
+            raw = _read_verified(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where)
+            part = TokenIndex.load_faiss(
+                raw, plan, dim=manifest.dim, ntotal=seg.tokens, where=f"{where}/{TOKEN_INDEX_NAME}"
+            )
+            token_index.add_part(part, seg.token_base)
+        del raw
+        opened.tokens.append(
+            TokenReader(
+                Path(where),
+                manifest.dim,
+                seg.tokens,
+                dir_fd=fd,
+                vector_blocks=seg.files[TOKENS_NAME].sha256_blocks,
+                doc_blocks=seg.files[TOKEN_DOC_NAME].sha256_blocks,
+                verify=verify_vectors,
+            )
+        )
+        opened.docs.append(DocReader(Path(where) / DOCS_NAME))
+        return token_index
+
+    @staticmethod
+    def _check_spans(where: str, seg: SegmentRecord, spans: DocSpans, tokens: TokenReader) -> None:
         n = len(spans.token_start)
         ends = spans.token_start + spans.token_count
         contiguous = n == 0 or (
-            spans.token_start[0] == 0 and np.array_equal(spans.token_start[1:], ends[:-1])
+            spans.token_start[0] == seg.token_base
+            and np.array_equal(spans.token_start[1:], ends[:-1])
         )
-        total = int(ends[-1]) if n else 0
-        if not contiguous or total != manifest.tokens or (spans.token_count <= 0).any():
+        total = int(ends[-1]) - seg.token_base if n else 0
+        if not contiguous or total != seg.tokens or (spans.token_count <= 0).any():
             raise CorruptIndex(f"{where}: document token spans disagree with the token count")
         # the token map (verified) must say the same as the spans (verified)
-        expected = np.repeat(np.arange(n, dtype=np.int32), spans.token_count)
+        expected = np.repeat(
+            np.arange(seg.doc_base, seg.doc_base + n, dtype=np.int32), spans.token_count
+        )
         if not np.array_equal(tokens.token_doc, expected):
             raise CorruptIndex(f"{where}: {TOKEN_DOC_NAME} disagrees with the document spans")
+
+    def lookup(self, external_ids: Sequence[str]) -> dict[str, int]:
+        """Internal ids of the live documents among ``external_ids``."""
+        out = {}
+        for ext, ids in self.docs.lookup_all(list(external_ids)).items():
+            live = [i for i in ids if not self.spans.deleted[i]]
+            if len(live) > 1:
+                raise CorruptIndex(f"{self.folder}: document {ext!r} is live twice")
+            if live:
+                out[ext] = live[0]
+        return out
 
     def __enter__(self) -> StoreSnapshot:
         return self

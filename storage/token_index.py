@@ -39,6 +39,7 @@ __all__ = [
     "TokenIndex",
     "TokenIndexPlan",
     "plan_token_index",
+    "takes_codes",
     "training_rows",
 ]
 
@@ -162,16 +163,42 @@ def training_rows(n_tokens: int, sample: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_tokens, size=sample, replace=False))
 
 
+_CLASSES = {
+    "flat": faiss.IndexFlatIP,
+    "hnsw": faiss.IndexHNSWFlat,
+    "ivf-flat": faiss.IndexIVFFlat,
+    "ivf-sq8": faiss.IndexIVFScalarQuantizer,
+    "ivf-pq": faiss.IndexIVFPQ,
+}
+
+
+def takes_codes(plan: TokenIndexPlan) -> bool:
+    """Whether later segments extend the first one's index with standalone codes
+    (``hnsw`` cannot: each of its segments holds its own graph)."""
+    return plan.kind != "hnsw"
+
+
 class TokenIndex:
-    """A FAISS token index: built from a vector store, saved, loaded, searched."""
+    """A FAISS token index: built from a vector store, saved, loaded, searched.
+
+    It may be made of parts, one FAISS index each with the token row of its first
+    id (an ``hnsw`` index keeps one graph per segment); a search asks every part
+    and keeps the best ``k_token`` rows per query token, which is what one index
+    over the union would return. Rows of deleted documents are masked out of
+    every search (:meth:`mask_rows`), so a deleted document takes no place among
+    the ``k_token`` results, as in a fresh build without it.
+    """
 
     def __init__(self, index: faiss.Index, plan: TokenIndexPlan) -> None:
         self.index = index
         self.plan = plan
+        self.parts: list[tuple[faiss.Index, int]] = [(index, 0)]
+        self._selectors: list[Any] = [None]
+        self._bitmaps: list[np.ndarray | None] = [None]
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return sum(int(part.ntotal) for part, _ in self.parts)
 
     @classmethod
     def build(
@@ -179,49 +206,59 @@ class TokenIndex:
         plan: TokenIndexPlan,
         tokens: TokenReader,
         progress: Callable[[int], None] | None = None,
+        *,
+        trained: faiss.Index | None = None,
     ) -> TokenIndex:
-        """Train (on a bounded sample) and fill an index with every row of ``tokens``."""
-        index = faiss.index_factory(tokens.dim, plan.factory_string(), faiss.METRIC_INNER_PRODUCT)
-        if plan.kind.startswith("ivf"):
-            ivf = faiss.extract_index_ivf(index)
-            ivf.cp.seed = plan.seed
-            ivf.cp.niter = 10
-            if plan.kind == "ivf-pq":
-                faiss.downcast_index(index).pq.cp.seed = plan.seed  # type: ignore[attr-defined]
-        if not index.is_trained:
-            rows = training_rows(tokens.n_tokens, plan.train_sample, plan.seed)
-            sample = tokens.sample_rows(rows, ADD_CHUNK_ROWS)
-            index.train(sample)
-            del sample
+        """Train (on a bounded sample) and fill an index with every row of ``tokens``;
+        with ``trained`` (an empty trained index), fill a copy of it instead."""
+        if trained is not None:
+            index = faiss.clone_index(trained)
+            index.reset()
+        else:
+            index = faiss.index_factory(
+                tokens.dim, plan.factory_string(), faiss.METRIC_INNER_PRODUCT
+            )
+            if plan.kind.startswith("ivf"):
+                ivf = faiss.extract_index_ivf(index)
+                ivf.cp.seed = plan.seed
+                ivf.cp.niter = 10
+                if plan.kind == "ivf-pq":
+                    faiss.downcast_index(index).pq.cp.seed = plan.seed  # type: ignore[attr-defined]
+            if not index.is_trained:
+                rows = training_rows(tokens.n_tokens, plan.train_sample, plan.seed)
+                sample = tokens.sample_rows(rows, ADD_CHUNK_ROWS)
+                index.train(sample)
+                del sample
         for start, stop in tokens.chunks(ADD_CHUNK_ROWS):
             index.add(tokens.read_rows(start, stop).astype(np.float32))
             if progress is not None:
                 progress(stop - start)
         return cls(index, plan)
 
+    def trained_copy(self) -> faiss.Index:
+        """An empty copy of the (first part's) index: its trained quantizer and codebooks."""
+        copy = faiss.clone_index(self.index)
+        copy.reset()
+        return copy
+
     def save(self, path: Path) -> None:
         atomic_replace(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
 
-    @classmethod
-    def from_bytes(
-        cls, data: bytes, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str
-    ) -> TokenIndex:
-        """Load a FAISS file from bytes the caller has verified against their checksums,
-        and check that it is the index the plan describes."""
+    @staticmethod
+    def save_index(index: faiss.Index, path: Path) -> None:
+        atomic_replace(path, lambda tmp: faiss.write_index(index, str(tmp)))
+
+    @staticmethod
+    def load_faiss(data: bytes, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str) -> Any:
+        """Deserialize a FAISS file from bytes the caller has verified against their
+        checksums, and check that it is the index the plan describes."""
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             raise CorruptIndex(f"{where} cannot be read by FAISS: {exc}") from exc
         typed = faiss.downcast_index(index)  # a view: ``index`` still owns the C++ object
-        expected = {
-            "flat": faiss.IndexFlatIP,
-            "hnsw": faiss.IndexHNSWFlat,
-            "ivf-flat": faiss.IndexIVFFlat,
-            "ivf-sq8": faiss.IndexIVFScalarQuantizer,
-            "ivf-pq": faiss.IndexIVFPQ,
-        }[plan.kind]
         problems = []
-        if not isinstance(typed, expected):
+        if not isinstance(typed, _CLASSES[plan.kind]):
             problems.append(f"is a {type(typed).__name__}, the manifest says {plan.kind}")
         elif typed.metric_type != faiss.METRIC_INNER_PRODUCT:
             problems.append("does not use inner product")
@@ -233,9 +270,71 @@ class TokenIndex:
             problems.append(f"has dimension {typed.d}, the manifest says {dim}")
         if typed.ntotal != ntotal:
             problems.append(f"holds {typed.ntotal} tokens, the manifest says {ntotal}")
+        if not typed.is_trained:
+            problems.append("is not trained")
         if problems:
             raise CorruptIndex(f"{where} " + "; ".join(problems))
-        return cls(index, plan)
+        return index
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str
+    ) -> TokenIndex:
+        """Load a FAISS file (see :meth:`load_faiss`) as a one-part token index."""
+        return cls(cls.load_faiss(data, plan, dim=dim, ntotal=ntotal, where=where), plan)
+
+    def code_size(self) -> int:
+        """Bytes of one token's standalone code (``sa_encode``)."""
+        return int(self.index.sa_code_size())
+
+    def add_codes(self, codes: bytes, first_row: int, n: int, where: str) -> None:
+        """Append ``n`` tokens' standalone codes (verified) as rows ``first_row ..``."""
+        size = self.code_size()
+        if len(codes) != n * size:
+            raise CorruptIndex(f"{where} holds {len(codes)} bytes, {n} codes take {n * size}")
+        if first_row != self.ntotal:
+            raise CorruptIndex(
+                f"{where} starts at row {first_row}, the index ends at {self.ntotal}"
+            )
+        if n:
+            arr = np.frombuffer(codes, dtype=np.uint8).reshape(n, size)
+            if self.plan.kind.startswith("ivf"):
+                nlist = self.plan.nlist
+                lists = _list_numbers(arr, nlist)
+                if (lists >= nlist).any():
+                    raise CorruptIndex(f"{where} names an inverted list the index lacks")
+            ids = np.arange(first_row, first_row + n, dtype=np.int64)
+            self.index.add_sa_codes(arr, ids)
+
+    def add_part(self, index: faiss.Index, first_row: int) -> None:
+        """Add another segment's own index (``hnsw``), its ids starting at ``first_row``."""
+        self.parts.append((index, first_row))
+        self._selectors.append(None)
+        self._bitmaps.append(None)
+
+    def mask_rows(self, live: np.ndarray | None) -> None:
+        """Search only rows whose ``live`` flag is set (None: every row)."""
+        for i, (part, base) in enumerate(self.parts):
+            if live is None or live[base : base + part.ntotal].all():
+                self._selectors[i] = self._bitmaps[i] = None
+                continue
+            bits = np.packbits(live[base : base + part.ntotal], bitorder="little")
+            self._bitmaps[i] = bits  # the selector reads this buffer: keep it alive
+            self._selectors[i] = faiss.IDSelectorBitmap(int(part.ntotal), faiss.swig_ptr(bits))
+
+    def _params(self, i: int, k: int, nprobe: int, ef_search: int) -> Any:
+        params: Any
+        if self.plan.kind.startswith("ivf"):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = min(nprobe, self.plan.nlist)
+        elif self.plan.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(ef_search, k)
+        else:
+            params = faiss.SearchParameters()
+        if self._selectors[i] is not None:
+            params.sel = self._selectors[i]
+        return params
 
     def search(
         self, Q: np.ndarray, k_token: int, *, nprobe: int = 16, ef_search: int = 64
@@ -246,14 +345,32 @@ class TokenIndex:
         """
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         k = max(1, min(k_token, self.ntotal))
-        params: Any = None
-        if self.plan.kind.startswith("ivf"):
-            params = faiss.SearchParametersIVF()
-            params.nprobe = min(nprobe, self.plan.nlist)
-        elif self.plan.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            params.efSearch = max(ef_search, k)
         if self.ntotal == 0:
             return np.zeros((len(Q), 0), np.float32), np.zeros((len(Q), 0), np.int64)
-        sims, rows = self.index.search(Q, k, params=params)
+        found = []
+        for i, (part, base) in enumerate(self.parts):
+            if part.ntotal == 0:
+                continue
+            kp = min(k, int(part.ntotal))
+            sims, rows = part.search(Q, kp, params=self._params(i, kp, nprobe, ef_search))
+            if base:
+                rows = np.where(rows >= 0, rows + base, rows)
+            found.append((sims, rows))
+        if len(found) == 1:
+            return found[0]
+        sims = np.concatenate([f[0] for f in found], axis=1)
+        rows = np.concatenate([f[1] for f in found], axis=1)
+        keyed = np.where(rows >= 0, sims, -np.inf)
+        top = np.argsort(-keyed, axis=1, kind="stable")[:, :k]
+        sims = np.take_along_axis(sims, top, axis=1)
+        rows = np.take_along_axis(rows, top, axis=1)
+        rows[~np.isfinite(np.take_along_axis(keyed, top, axis=1))] = -1
         return sims, rows
+
+
+def _list_numbers(codes: np.ndarray, nlist: int) -> np.ndarray:
+    """The inverted-list numbers at the head of IVF standalone codes (little-endian,
+    as few bytes as ``nlist - 1`` needs)."""
+    nbytes = max(1, ((nlist - 1).bit_length() + 7) // 8)
+    head = codes[:, :nbytes].astype(np.int64)
+    return (head << (8 * np.arange(nbytes, dtype=np.int64))).sum(axis=1)

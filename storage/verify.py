@@ -1,9 +1,10 @@
 """Checking a whole index, and sweeping what dead writers left (``sie-index verify``).
 
 :func:`verify_index` opens the committed generation with every check made at
-once (the vector file in full, every row's text and metadata, not only what a
-search would touch) and lists the debris beside it: generation folders that are
-not current, a stale temporary pointer, files of the format-1 layout. With
+once (every segment's vector file in full, every row's text and metadata, not
+only what a search would touch) and lists the debris beside it: generation
+folders that are not current, segment folders no generation names, a stale
+temporary pointer, files of the format-1 layout. With
 ``repair`` it takes the write lock (so never while a writer works) and removes
 that debris, leaving any generation a reader still holds.
 """
@@ -47,6 +48,7 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
         with StoreSnapshot.open(folder, verify_vectors=True) as snap:
             snap.docs.verify_content()
             m = snap.manifest
+            segments = {seg.name for seg in m.segments}
     except StorageError as exc:
         if not folder.is_dir() or not (folder / CURRENT_NAME).exists():
             raise
@@ -55,8 +57,13 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
     if repair:
         with WriteLock(folder):
             # under the lock, what is current now (a writer may have committed since)
-            keep = read_manifest(folder).generation
-            removed = remove_debris(folder, keep, committed=True)
+            now = read_manifest(folder)
+            removed = remove_debris(
+                folder,
+                now.generation,
+                committed=True,
+                keep_segments={seg.name for seg in now.segments},
+            )
     return VerifyReport(
         path=str(folder),
         ok=True,
@@ -64,6 +71,9 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
         documents=m.documents,
         tokens=m.tokens,
         # what is left (after repair, a generation a reader holds)
-        debris=[p.name for p in find_debris(folder, m.generation, committed=True)],
+        debris=[
+            p.name
+            for p in find_debris(folder, m.generation, committed=True, keep_segments=segments)
+        ],
         removed=removed,
     )

@@ -18,6 +18,23 @@ def gen_dir(path: Path) -> Path:
     return path / f"gen-{generation:06d}"
 
 
+def seg_dir(path: Path, position: int = 0) -> Path:
+    """The folder of a segment of the current generation (the first by default)."""
+    raw = json.loads((gen_dir(path) / MANIFEST_NAME).read_text())
+    return path / raw["segments"][position]["name"]
+
+
+def data_path(path: Path, name: str) -> Path:
+    """Where file ``name`` of the current generation lives: ``CURRENT`` in the
+    index folder, the manifest and the deleted list in the generation folder,
+    the data files in the first segment."""
+    if name == CURRENT_NAME:
+        return path / name
+    if name in (MANIFEST_NAME, "deleted.i64"):
+        return gen_dir(path) / name
+    return seg_dir(path) / name
+
+
 def resign(path: Path, manifest_bytes: bytes) -> None:
     """Write a manifest and a matching ``CURRENT``, as a writer with a bug would."""
     (gen_dir(path) / MANIFEST_NAME).write_bytes(manifest_bytes)

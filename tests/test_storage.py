@@ -33,7 +33,7 @@ from storage.token_index import (
     training_rows,
 )
 from storage.vectors import TOKENS_NAME, TokenReader, TokenWriter
-from tests.storage_helpers import gen_dir, resign, rewrite_manifest
+from tests.storage_helpers import data_path, resign, rewrite_manifest
 
 SPEC = {"kind": "precomputed", "model": "test", "dim": 8, "options": {}}
 
@@ -144,7 +144,7 @@ def test_a_bad_batch_commits_nothing_and_keeps_earlier_batches(tmp_path: Path) -
             b.add([_doc("x", 2), bad])
         with pytest.raises(InvalidInput, match="'a'"):
             b.add([_doc("y", 2), _doc("a", 2)])
-        assert b.docs.count() == 2
+        assert b.n_docs == 2
         assert b.n_tokens == 5
         b.add([_doc("d", 4)])
         b.finish(encoder_spec=SPEC, index_kind="flat")
@@ -216,7 +216,12 @@ def test_a_format_1_index_asks_for_a_rebuild_and_overwrite_replaces_it(tmp_path:
     with StoreBuilder(path, 8, overwrite=True) as b:
         b.add([_doc("a", 3)])
         b.finish(encoder_spec=SPEC, index_kind="flat")
-    assert sorted(p.name for p in path.iterdir()) == [CURRENT_NAME, "gen-000001", "write.lock"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        CURRENT_NAME,
+        "gen-000001",
+        "seg-000001",
+        "write.lock",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     StoreSnapshot.open(path).close()
 
@@ -225,7 +230,7 @@ def test_a_format_1_index_asks_for_a_rebuild_and_overwrite_replaces_it(tmp_path:
 def test_damaged_files_give_corrupt_index(tmp_path: Path, name: str) -> None:
     path = tmp_path / "idx"
     _build(path, [[_doc("a", 30), _doc("b", 20)]])
-    target = gen_dir(path) / name
+    target = data_path(path, name)
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x40
     target.write_bytes(bytes(data))
@@ -239,7 +244,7 @@ def test_damaged_files_give_corrupt_index(tmp_path: Path, name: str) -> None:
 def test_missing_sqlite_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     _build(path, [[_doc("a", 3)]])
-    (gen_dir(path) / DOCS_NAME).unlink()
+    data_path(path, DOCS_NAME).unlink()
     with pytest.raises(CorruptIndex, match=DOCS_NAME):
         StoreSnapshot.open(path)
 

@@ -130,6 +130,7 @@ def _readers_through_rebuilds(
     assert sorted(p.name for p in path.iterdir()) == [
         CURRENT_NAME,
         f"gen-{rebuilds + 2:06d}",
+        f"seg-{rebuilds + 2:06d}",
         LOCK_NAME,
     ]
     return counts
@@ -230,7 +231,8 @@ def _which_seed(path: Path) -> int | None:
 def _assert_no_debris(path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     names = sorted(p.name for p in path.iterdir())
-    assert names[0] == CURRENT_NAME and names[2] == LOCK_NAME and len(names) == 3, names
+    assert len(names) == 4 and names[0] == CURRENT_NAME and names[3] == LOCK_NAME, names
+    assert names[1][4:] == names[2][4:] and names[2].startswith("seg-"), names
 
 
 @pytest.mark.parametrize(

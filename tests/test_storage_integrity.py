@@ -22,7 +22,7 @@ from storage.manifest import MANIFEST_NAME
 from storage.token_index import TOKEN_INDEX_NAME, TokenIndex
 from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME
 from tests.conftest import synthetic_corpus, synthetic_queries
-from tests.storage_helpers import gen_dir, rewrite_manifest
+from tests.storage_helpers import data_path, gen_dir, rewrite_manifest
 
 N_DOCS = 1000  # above the exact-path threshold (8 x 64), so search runs the ANN
 FILES = (CURRENT_NAME, MANIFEST_NAME, DOCS_NAME, TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME)
@@ -68,7 +68,7 @@ def _outcome(path: Path, queries: list[np.ndarray], *, verify: bool) -> Outcome:
 def _damaged_copy(src: Path, dst: Path, name: str, damage: Callable[[bytearray], bytes]) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
-    target = dst / name if name == CURRENT_NAME else gen_dir(dst) / name
+    target = data_path(dst, name)
     target.write_bytes(damage(bytearray(target.read_bytes())))
 
 
@@ -89,7 +89,7 @@ def _damage_loop(
 ) -> dict[str, int]:
     src, queries = pristine
     expected = _outcome(src, queries, verify=True)
-    size = (src / name if name == CURRENT_NAME else gen_dir(src) / name).stat().st_size
+    size = data_path(src, name).stat().st_size
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     damages = [_flip(int(rng.integers(size)), int(rng.integers(8))) for _ in range(flips)]
     damages += [_cut(n) for n in range(min(cuts, size))]
@@ -144,7 +144,7 @@ def test_a_changed_external_id_is_caught(tmp_path: Path) -> None:
     """One flipped character in a stored id used to turn the top hit d107 into d106."""
     path = tmp_path / "idx"
     _build(path)
-    with sqlite3.connect(gen_dir(path) / DOCS_NAME) as db:
+    with sqlite3.connect(data_path(path, DOCS_NAME)) as db:
         db.execute("UPDATE documents SET external_id = 'doc-00106x' WHERE doc_id = 107")
     with pytest.raises(CorruptIndex, match=r"docs\.sqlite.*row 107"):
         Index.open(path)
@@ -153,7 +153,7 @@ def test_a_changed_external_id_is_caught(tmp_path: Path) -> None:
 def test_a_set_deleted_flag_is_caught(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     _build(path)
-    with sqlite3.connect(gen_dir(path) / DOCS_NAME) as db:
+    with sqlite3.connect(data_path(path, DOCS_NAME)) as db:
         db.execute("UPDATE documents SET deleted = 1 WHERE doc_id = 5")
     with pytest.raises(CorruptIndex, match=r"docs\.sqlite"):
         Index.open(path)
@@ -162,7 +162,7 @@ def test_a_set_deleted_flag_is_caught(tmp_path: Path) -> None:
 def test_changed_text_is_caught_when_read(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     _, vectors = _build(path)
-    with sqlite3.connect(gen_dir(path) / DOCS_NAME) as db:
+    with sqlite3.connect(data_path(path, DOCS_NAME)) as db:
         db.execute("UPDATE documents SET text = 'forged' WHERE doc_id = 3")
     with Index.open(path) as index:
         index.search(vectors[3], k=1)  # ids and scores do not depend on the text
@@ -195,11 +195,14 @@ def test_a_manifest_edited_without_its_checksum_is_caught(tmp_path: Path) -> Non
         (lambda raw: raw["encoder"].pop("model"), CorruptIndex, "encoder.model"),
         (lambda raw: raw.update(extra=1), CorruptIndex, "unknown fields"),
         (lambda raw: raw.update(documents=-1), CorruptIndex, "documents"),
-        (lambda raw: raw.update(documents=N_DOCS + 1), CorruptIndex, "holds 1000 documents"),
+        (lambda raw: raw.update(documents=N_DOCS + 1), CorruptIndex, "hold 1000 documents"),
         (lambda raw: raw.update(tokens=raw["tokens"] - 1), CorruptIndex, "tokens"),
         (lambda raw: raw.update(dim=16), CorruptIndex, "dim"),
         (lambda raw: raw.update(dim="32"), CorruptIndex, "dim"),
-        (lambda raw: raw["files"].pop(TOKENS_NAME), CorruptIndex, "files"),
+        (lambda raw: raw["segments"][0]["files"].pop(TOKENS_NAME), CorruptIndex, "files"),
+        (lambda raw: raw["segments"][0]["files"].pop(TOKEN_INDEX_NAME), CorruptIndex, "files"),
+        (lambda raw: raw["segments"][0].update(doc_base=1), CorruptIndex, "doc_base"),
+        (lambda raw: raw.update(live_documents=N_DOCS - 1), CorruptIndex, "deleted"),
         (lambda raw: raw.update(codec="pq"), CorruptIndex, "codec"),
         (lambda raw: raw["token_index"].update(kind="annoy"), CorruptIndex, "annoy"),
         (lambda raw: raw["token_index"].update(kind="flat"), CorruptIndex, "token_index"),
@@ -231,7 +234,7 @@ def test_no_verify_defers_the_vector_check_to_the_first_read(tmp_path: Path) -> 
     """verify=False used to skip every check of tokens.f16 (a top score became 14,297)."""
     path = tmp_path / "idx"
     _, vectors = _build(path)
-    target = gen_dir(path) / TOKENS_NAME
+    target = data_path(path, TOKENS_NAME)
     data = bytearray(target.read_bytes())
     data[1000] ^= 0x7C
     target.write_bytes(bytes(data))
@@ -256,7 +259,7 @@ def test_damage_never_escapes_as_a_raw_error(tmp_path: Path) -> None:
     """A database with a torn page, and a FAISS file of garbage, are CorruptIndex."""
     path = tmp_path / "idx"
     _build(path)
-    db = gen_dir(path) / DOCS_NAME
+    db = data_path(path, DOCS_NAME)
     data = bytearray(db.read_bytes())
     data[4096 : 4096 + 64] = b"\xff" * 64  # the second page, a b-tree page
     db.write_bytes(bytes(data))
@@ -283,5 +286,8 @@ def test_the_search_connection_cannot_write_and_a_runaway_filter_is_stopped(
             docs.doc_ids_where(runaway, budget_s=0.2)
         assert len(docs.doc_ids_where("1")) == N_DOCS  # nothing was deleted
     assert sorted(p.name for p in gen_dir(path).iterdir()) == sorted(
-        ["lease", MANIFEST_NAME, DOCS_NAME, TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME]
+        ["lease", MANIFEST_NAME, "deleted.i64"]
+    )
+    assert sorted(p.name for p in data_path(path, DOCS_NAME).parent.iterdir()) == sorted(
+        [DOCS_NAME, TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME, "trained.faiss"]
     )  # no -wal / -shm / -journal left by the reader

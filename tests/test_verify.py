@@ -13,7 +13,7 @@ from storage.generations import CURRENT_NAME, LEASE_NAME
 from storage.lock import LOCK_NAME
 from storage.vectors import TOKENS_NAME
 from tests.conftest import synthetic_corpus
-from tests.storage_helpers import gen_dir
+from tests.storage_helpers import data_path
 
 
 @pytest.fixture
@@ -31,16 +31,19 @@ def test_verify_reports_and_repairs_debris(
     (killed / LEASE_NAME).touch()
     (killed / TOKENS_NAME).write_bytes(b"\0" * 64)
     (index_path / (CURRENT_NAME + ".tmp")).write_text("{}")
+    (index_path / "seg-000007").mkdir()  # and the segment it was writing
     assert main(["verify", str(index_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["documents"] == 50
-    assert report["debris"] == ["gen-000007", "CURRENT.tmp"]
+    assert report["debris"] == ["gen-000007", "seg-000007", "CURRENT.tmp"]
     assert main(["verify", str(index_path), "--repair"]) == 0
     out = capsys.readouterr().out
     assert "removed gen-000007" in out and "removed CURRENT.tmp" in out
+    assert "removed seg-000007" in out
     assert sorted(p.name for p in index_path.iterdir()) == [
         CURRENT_NAME,
         "gen-000001",
+        "seg-000001",
         LOCK_NAME,
     ]
 
@@ -48,7 +51,7 @@ def test_verify_reports_and_repairs_debris(
 def test_verify_exits_1_on_damage_and_no_command_prints_a_traceback(
     index_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = gen_dir(index_path) / TOKENS_NAME
+    target = data_path(index_path, TOKENS_NAME)
     data = bytearray(target.read_bytes())
     data[10] ^= 1
     target.write_bytes(bytes(data))

@@ -1,0 +1,220 @@
+"""Changing an index in place: :class:`IndexWriter` (add, upsert, delete, compact).
+
+The library side of :class:`storage.store_writer.StoreWriter`: it encodes
+documents with the index's own encoder (or one that matches it), accepts
+vectors the user already has, and compiles filters for ``delete_where``. Each
+call is one commit, all or nothing; the writer holds the index's write lock
+until :meth:`IndexWriter.close`, so a second writer gets :class:`IndexLocked`
+and readers are never blocked. An :class:`~sie_index.Index` opened before a
+change keeps its snapshot until ``refresh()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from sie_index.corpus import BadLine, Document, batched
+from sie_index.encoders.base import Encoder, EncoderSpec, l2_normalize
+from sie_index.errors import InvalidInput
+from sie_index.filters import compile_filter
+from sie_index.writer import EncodeAhead, Timing, encoder_for, open_corpus, pending_batches
+from storage.segment import PendingDoc
+from storage.store_writer import ChangeReport, StoreWriter
+
+__all__ = ["ChangeReport", "IndexWriter", "UpdateReport"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateReport:
+    """What an add or upsert of a corpus committed, and the corpus lines it skipped."""
+
+    change: ChangeReport
+    encode_seconds: float
+    store_seconds: float
+    bad_lines: list[BadLine] = field(default_factory=list)
+
+
+class IndexWriter:
+    """The one writer of an index folder; use as a context manager.
+
+    ``encoder`` encodes added documents; by default the index's own encoder,
+    made from its manifest on first use. It must be the encoder the index was
+    built with (kind, model, options, dimension).
+    """
+
+    def __init__(self, path: str | Path, *, encoder: Encoder | None = None) -> None:
+        self._store = StoreWriter(Path(path))
+        self.spec = EncoderSpec.from_dict(self._store.manifest.encoder)
+        if encoder is not None:
+            self.spec.check_query_encoder(encoder.spec)
+        self._encoder = encoder
+
+    @property
+    def path(self) -> Path:
+        return self._store.target
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            from sie_index.encoders.registry import encoder_from_spec
+
+            self._encoder = encoder_from_spec(self.spec)
+        return self._encoder
+
+    def __len__(self) -> int:
+        """Live documents."""
+        return len(self._store.live)
+
+    def __contains__(self, external_id: object) -> bool:
+        return external_id in self._store.live
+
+    # -- adding ----------------------------------------------------------------
+
+    def add(
+        self,
+        corpus: str | Path | Iterable[Document],
+        *,
+        on_error: Literal["raise", "skip"] = "raise",
+        limit: int | None = None,
+        batch_size: int = 256,
+        store_text: bool = True,
+        progress: bool | None = None,
+    ) -> UpdateReport:
+        """Encode and add new documents (a JSONL file, a BEIR folder, or Documents)
+        in one commit. An id already in the index is an error naming it."""
+        return self._add_corpus(corpus, False, on_error, limit, batch_size, store_text, progress)
+
+    def upsert(
+        self,
+        corpus: str | Path | Iterable[Document],
+        *,
+        on_error: Literal["raise", "skip"] = "raise",
+        limit: int | None = None,
+        batch_size: int = 256,
+        store_text: bool = True,
+        progress: bool | None = None,
+    ) -> UpdateReport:
+        """Like :meth:`add`, but a document whose id is in the index replaces it (text,
+        metadata and vectors), in the same commit."""
+        return self._add_corpus(corpus, True, on_error, limit, batch_size, store_text, progress)
+
+    def _add_corpus(
+        self,
+        corpus: str | Path | Iterable[Document],
+        replace: bool,
+        on_error: Literal["raise", "skip"],
+        limit: int | None,
+        batch_size: int,
+        store_text: bool,
+        progress: bool | None,
+    ) -> UpdateReport:
+        feed = open_corpus(corpus, on_error=on_error, limit=limit)
+        timing = Timing()
+        disable = None if progress is None else not progress
+        with EncodeAhead(batched(feed.documents, batch_size), encoder_for(self.encoder)) as enc:
+            bar = tqdm(total=feed.total, desc="adding", unit="doc", disable=disable)
+            change = self._store.add(
+                pending_batches(
+                    feed, self.encoder, enc, store_text=store_text, timing=timing, bar=bar
+                ),
+                replace=replace,
+            )
+            bar.close()
+        return UpdateReport(
+            change=change,
+            encode_seconds=timing.encode_seconds,
+            store_seconds=timing.store_seconds,
+            bad_lines=feed.bad_lines,
+        )
+
+    def add_vectors(
+        self,
+        ids: Sequence[str],
+        vectors: Sequence[Any],
+        *,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        replace: bool = False,
+        batch_size: int = 1024,
+    ) -> ChangeReport:
+        """Add documents from multivectors the user already has, in one commit; with
+        ``replace``, a document whose id is in the index replaces it (upsert).
+
+        Vectors are L2-normalized when the index's encoder normalizes (an index
+        built with :meth:`Index.from_vectors`, ``normalize=True``)."""
+        if len(ids) != len(vectors):
+            raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
+        for name, seq in (("texts", texts), ("metadata", metadata)):
+            if seq is not None and len(seq) != len(ids):
+                raise InvalidInput(f"{len(ids)} ids but {len(seq)} {name}")
+        normalize = bool(self.spec.options.get("normalize", False))
+        for ext in ids:
+            if not isinstance(ext, str) or not ext:
+                raise InvalidInput("document id must be a non-empty string", doc_id=str(ext))
+
+        def batches() -> Iterator[list[PendingDoc]]:
+            for lo in range(0, len(ids), batch_size):
+                out = []
+                for i in range(lo, min(lo + batch_size, len(ids))):
+                    arr = np.asarray(vectors[i])
+                    if normalize and arr.ndim == 2 and arr.dtype.kind in "fiu":
+                        arr = l2_normalize(arr.astype(np.float32))
+                    out.append(
+                        PendingDoc(
+                            external_id=ids[i],
+                            text=texts[i] if texts is not None else None,
+                            metadata=metadata[i] if metadata is not None else None,
+                            vectors=arr,
+                        )
+                    )
+                yield out
+
+        return self._store.add(batches(), replace=replace)
+
+    def upsert_vectors(
+        self,
+        ids: Sequence[str],
+        vectors: Sequence[Any],
+        *,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> ChangeReport:
+        """:meth:`add_vectors` with ``replace=True``."""
+        return self.add_vectors(ids, vectors, texts=texts, metadata=metadata, replace=True)
+
+    # -- deleting and compacting -------------------------------------------------
+
+    def delete(self, ids: Iterable[str]) -> ChangeReport:
+        """Delete documents by id, in one commit; ids not in the index are ignored
+        (``report.deleted`` counts what was deleted)."""
+        if isinstance(ids, str):
+            raise InvalidInput("delete takes a list of ids, not one string")
+        return self._store.delete(list(ids))
+
+    def delete_where(self, flt: str | Mapping[str, Any]) -> ChangeReport:
+        """Delete every document matching a filter (the ``filter`` of search), in one
+        commit."""
+        where, params = compile_filter(flt)
+        return self._store.delete_where(where, params)
+
+    def compact(
+        self, *, retrain: bool = False, progress: Callable[[int], None] | None = None
+    ) -> ChangeReport:
+        """Rewrite the index without its deleted documents (one segment); ``retrain``
+        trains a new quantizer on the live tokens."""
+        return self._store.compact(retrain=retrain, progress=progress)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,88 @@
+"""Committing a generation: the one step that makes a writer's work the index.
+
+Every writer (a build, an add, a delete, a compaction) ends here, holding the
+write lock, with any new segment folder already complete and fsynced:
+
+1. a new generation folder ``gen-N`` gets its ``lease`` file, its
+   ``deleted.i64`` and its ``manifest.json`` (each fsynced, then the folder);
+2. the index folder is fsynced, so the new folders' names are durable;
+3. ``CURRENT`` is replaced atomically to name ``gen-N`` (the commit point);
+4. the sweep removes what no one needs any more: old generations no reader
+   holds, and segments no remaining generation names.
+
+A writer killed before step 3 leaves the old index, and folders the next writer
+sweeps; killed after it, the new index. Failpoints (:mod:`storage.failpoints`)
+stop the process at each step for the crash tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from storage.deletions import encode_deleted
+from storage.failpoints import failpoint
+from storage.fsio import block_checksums, fsync_dir, sha256_hex
+from storage.generations import (
+    Pointer,
+    create_lease_file,
+    gen_dirname,
+    generation_numbers,
+    remove_debris,
+    write_pointer,
+)
+from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest
+from storage.segment import segment_numbers
+
+__all__ = ["commit_generation", "next_number"]
+
+
+def next_number(target: Path, current: int | None) -> int:
+    """A generation (and segment) number no folder in ``target`` uses yet."""
+    return max([current or 0, *generation_numbers(target), *segment_numbers(target)]) + 1
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_generation(target: Path, manifest: Manifest, deleted: np.ndarray) -> Manifest:
+    """Write generation ``manifest.generation`` with the deleted ids ``deleted`` and
+    commit it; returns the manifest as committed (with its ``deleted`` record)."""
+    work = target / gen_dirname(manifest.generation)
+    work.mkdir()
+    create_lease_file(work)
+    data = encode_deleted(deleted)
+    _write_synced(work / DELETED_NAME, data)
+    record = FileRecord(
+        bytes=len(data), sha256_blocks=block_checksums(work / DELETED_NAME, len(data))
+    )
+    manifest = dataclasses.replace(
+        manifest,
+        deleted=record,
+        live_documents=manifest.documents - len(data) // 8,
+    )
+    raw = manifest.to_bytes()
+    _write_synced(work / MANIFEST_NAME, raw)
+    fsync_dir(work)
+    fsync_dir(target)
+    failpoint("commit:before-pointer")
+    write_pointer(target, Pointer(generation=manifest.generation, manifest_sha256=sha256_hex(raw)))
+    failpoint("commit:before-sweep")
+    remove_debris(
+        target,
+        manifest.generation,
+        committed=True,
+        keep_segments={seg.name for seg in manifest.segments},
+    )
+    return manifest

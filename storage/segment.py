@@ -1,0 +1,230 @@
+"""One segment of an index: an immutable folder of documents, their token vectors
+and their FAISS data, written once by :class:`SegmentWriter` and shared by every
+later generation that still uses it.
+
+A segment folder ``seg-NNNNNN`` (numbered by the generation that wrote it) holds:
+
+- ``docs.sqlite``: its documents (:mod:`storage.docstore`), with global
+  internal ids ``doc_base ..`` and global token rows;
+- ``tokens.f16`` and ``token_doc.i32``: its token vectors and their document
+  ids (:mod:`storage.vectors`);
+- the token index's data for its rows. The first segment (written by a build or
+  a compaction) holds the whole trained FAISS index over its rows,
+  ``tokens.faiss``, and, for the kinds that are trained, ``trained.faiss``: the
+  same index emptied (the coarse quantizer and codebooks alone), which later
+  adds encode with. A segment written by an add holds ``tokens.codes``: FAISS's
+  own standalone codes of its rows (``sa_encode``: the inverted list and the
+  code of each token), which a reader appends to the first segment's index
+  (``add_sa_codes``) exactly as an add to that index would have stored them;
+  so an index that took adds searches like a fresh build with the same trained
+  quantizer. An ``hnsw`` index is not trained and cannot take codes: each of its
+  segments holds its own graph, ``tokens.faiss``, and a search merges them.
+
+A segment is never written again after its generation commits; deletes are a
+list in the generation (:mod:`storage.deletions`), and a compaction writes a new
+segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.docstore import DOCS_NAME, DocRow, DocWriter
+from storage.errors import DimensionMismatch, InvalidInput
+from storage.fsio import block_checksums, fsync_dir, fsync_file
+from storage.manifest import FileRecord, SegmentRecord
+from storage.token_index import TOKEN_INDEX_NAME
+from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, VECTOR_DTYPE, TokenWriter
+
+__all__ = [
+    "CODES_NAME",
+    "REQUIRED_FILES",
+    "SEGMENT_FILES",
+    "TRAINED_NAME",
+    "PendingDoc",
+    "SegmentWriter",
+    "check_vectors",
+    "segment_dirname",
+    "segment_numbers",
+]
+
+F16_MAX = 65504.0
+TRAINED_NAME = "trained.faiss"
+CODES_NAME = "tokens.codes"
+REQUIRED_FILES = (TOKENS_NAME, TOKEN_DOC_NAME)
+SEGMENT_FILES = (TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME, TRAINED_NAME, CODES_NAME)
+"""The files of a segment that the manifest checksums block by block (``docs.sqlite``
+checks itself row by row)."""
+_SEG_DIR = re.compile(r"seg-(\d{6,})\Z")
+
+
+def segment_dirname(number: int) -> str:
+    return f"seg-{number:06d}"
+
+
+def segment_numbers(folder: Path) -> list[int]:
+    """Numbers of the segment folders present in ``folder``, ascending."""
+    return sorted(int(m.group(1)) for n in os.listdir(folder) if (m := _SEG_DIR.match(n)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingDoc:
+    """A document and its token vectors, on the way into the store."""
+
+    external_id: str
+    text: str | None
+    metadata: Any
+    vectors: np.ndarray
+
+
+def check_vectors(vectors: Any, dim: int, *, doc_id: str | None = None) -> np.ndarray:
+    """Return ``vectors`` as float32 ``[n, dim]`` or raise a typed error naming the document.
+
+    Rejected: not a 2-D numeric array, zero rows, another dimension, NaN or Inf,
+    an all-zero row, and values float16 cannot hold.
+    """
+    try:
+        arr = np.asarray(vectors)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"vectors are not an array: {exc}", doc_id=doc_id) from exc
+    if arr.dtype.kind not in "fiu":
+        raise InvalidInput(f"vectors have dtype {arr.dtype}, not a number type", doc_id=doc_id)
+    if arr.ndim != 2:
+        raise InvalidInput(f"vectors have shape {arr.shape}, not [n_tokens, dim]", doc_id=doc_id)
+    if arr.shape[0] == 0:
+        raise InvalidInput("vectors have zero rows (no tokens)", doc_id=doc_id)
+    if arr.shape[1] != dim:
+        where = f" of document {doc_id!r}" if doc_id is not None else ""
+        raise DimensionMismatch(
+            f"vectors{where} have dimension {arr.shape[1]}, the index has {dim}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InvalidInput("vectors hold NaN or Inf values", doc_id=doc_id)
+    if np.abs(arr).max() > F16_MAX:
+        raise InvalidInput("vectors hold values too large for float16 storage", doc_id=doc_id)
+    if not np.abs(arr).max(axis=1).all():
+        raise InvalidInput("vectors hold an all-zero row", doc_id=doc_id)
+    return arr
+
+
+def file_record(path: Path) -> FileRecord:
+    size = path.stat().st_size
+    return FileRecord(bytes=size, sha256_blocks=block_checksums(path, size))
+
+
+class SegmentWriter:
+    """Writes one new segment folder; nothing in it counts until a generation commits it.
+
+    ``encode_codes`` (the trained index's ``sa_encode``) makes the ``tokens.codes``
+    of an added segment; a build or compaction writes the FAISS files itself.
+    """
+
+    def __init__(
+        self,
+        target: Path,
+        number: int,
+        dim: int,
+        *,
+        doc_base: int,
+        token_base: int,
+        generation: int,
+        encode_codes: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.name = segment_dirname(number)
+        self.folder = Path(target) / self.name
+        self.folder.mkdir()
+        self.dim = dim
+        self.doc_base = doc_base
+        self.token_base = token_base
+        self.generation = generation
+        self.n_docs = 0
+        self._encode_codes = encode_codes
+        self._codes = None
+        self.docs = DocWriter.create(self.folder / DOCS_NAME)
+        self.tokens = TokenWriter(self.folder, dim)
+        if encode_codes is not None:
+            self._codes = open(self.folder / CODES_NAME, "ab")  # noqa: SIM115
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.rows
+
+    def add(self, batch: Sequence[PendingDoc], checked: Sequence[np.ndarray]) -> None:
+        """Store one batch whose vectors ``check_vectors`` passed: vectors, codes, rows.
+
+        The batch is durable on return; its rows commit in one SQLite transaction.
+        """
+        if not batch:
+            return
+        first_doc = self.doc_base + self.n_docs
+        start = self.token_base + self.tokens.rows
+        rows: list[DocRow] = []
+        for offset, (doc, vecs) in enumerate(zip(batch, checked, strict=True)):
+            rows.append(
+                DocRow(
+                    doc_id=first_doc + offset,
+                    external_id=doc.external_id,
+                    text=doc.text,
+                    metadata=doc.metadata,
+                    token_start=start,
+                    token_count=len(vecs),
+                )
+            )
+            start += len(vecs)
+        vectors = np.concatenate(checked).astype(VECTOR_DTYPE)
+        doc_ids = np.repeat(np.arange(first_doc, first_doc + len(batch)), [len(v) for v in checked])
+        self.tokens.append(vectors, doc_ids)
+        if self._codes is not None:
+            assert self._encode_codes is not None
+            # the codes of what is stored (float16), as a build adds what it reads back
+            codes = self._encode_codes(vectors.astype(np.float32))
+            self._codes.write(np.ascontiguousarray(codes, dtype=np.uint8).tobytes())
+            self._codes.flush()
+            os.fsync(self._codes.fileno())
+        self.tokens.sync()
+        self.docs.insert_batch(rows, self.generation)
+        self.n_docs += len(batch)
+
+    def close_data(self) -> None:
+        """Close and fsync the vector files (before a build reads them back)."""
+        self.tokens.close()
+        if self._codes is not None:
+            self._codes.close()
+
+    def finish(self) -> SegmentRecord:
+        """Close every file, make the folder durable, and describe it for the manifest."""
+        self.close_data()
+        self.docs.finish({"generation": str(self.generation), "segment": self.name})
+        fsync_file(self.folder / DOCS_NAME)
+        files = {
+            name: file_record(self.folder / name)
+            for name in SEGMENT_FILES
+            if (self.folder / name).exists()
+        }
+        fsync_dir(self.folder)
+        return SegmentRecord(
+            name=self.name,
+            doc_base=self.doc_base,
+            documents=self.n_docs,
+            token_base=self.token_base,
+            tokens=self.n_tokens,
+            files=files,
+        )
+
+    def abort(self) -> None:
+        """Throw the unfinished segment away."""
+        with contextlib.suppress(Exception):
+            self.docs.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.close_data()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""One view over the segments of a generation: token rows and documents as if in
+one file each.
+
+Segments tile the internal ids and token rows in order (:mod:`storage.manifest`),
+so a global token row or document id belongs to the segment whose range holds
+it. :class:`SegmentedTokens` reads vectors by global row, :class:`SegmentedDocs`
+reads documents by global id and runs a filter on every segment's database.
+With one segment (a fresh build or a compaction) both are thin wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from storage.docstore import FILTER_BUDGET_S, DocReader, StoredDoc
+from storage.errors import CorruptIndex
+from storage.vectors import VECTOR_DTYPE, TokenReader
+
+__all__ = ["SegmentedDocs", "SegmentedTokens"]
+
+
+class SegmentedTokens:
+    """The token rows of every segment, by global row number."""
+
+    def __init__(self, readers: Sequence[TokenReader], bases: Sequence[int], dim: int) -> None:
+        self.readers = list(readers)
+        self.bases = np.asarray(bases, dtype=np.int64)
+        self.dim = dim
+        self.n_tokens = int(sum(r.n_tokens for r in readers))
+        maps = [r.token_doc for r in readers]
+        # one segment: the mapped file itself; more: one int32 copy (4 bytes a token)
+        self.token_doc: np.ndarray = (
+            maps[0] if len(maps) == 1 else np.concatenate(maps) if maps else np.zeros(0, np.int32)
+        )
+
+    def _segment_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.bases, rows, side="right") - 1
+
+    def verify_all(self) -> None:
+        for reader in self.readers:
+            reader.verify_all()
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All rows as one read-only float16 array (the file's map with one segment;
+        a copy in memory with several), verified."""
+        if len(self.readers) == 1:
+            return self.readers[0].vectors
+        if not self.readers:
+            return np.zeros((0, self.dim), VECTOR_DTYPE)
+        out = np.concatenate([r.vectors for r in self.readers])
+        out.flags.writeable = False
+        return out
+
+    def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Float16 vectors of the concatenated spans ``[start, start + count)``; a span
+        lies in one segment (a document's tokens are never split)."""
+        starts = np.asarray(starts, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        if len(self.readers) == 1:
+            return self.readers[0].read_spans(starts, counts)
+        if len(starts) and (
+            (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
+        ):
+            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
+        seg = self._segment_of(starts)
+        out = np.empty((int(counts.sum()), self.dim), VECTOR_DTYPE)
+        offsets = np.cumsum(counts) - counts
+        for s in np.unique(seg).tolist():
+            pick = np.flatnonzero(seg == s)
+            base = int(self.bases[s])
+            reader = self.readers[s]
+            if (starts[pick] + counts[pick] > base + reader.n_tokens).any():
+                raise CorruptIndex("a token span crosses the end of its segment")
+            part = reader.read_spans(starts[pick] - base, counts[pick])
+            # where each picked span's rows go in ``out``
+            lengths = counts[pick]
+            dest = np.repeat(offsets[pick] - (np.cumsum(lengths) - lengths), lengths)
+            out[dest + np.arange(len(part))] = part
+        return out
+
+    def spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Vectors of the concatenated spans as float32."""
+        return self.read_spans(starts, counts).astype(np.float32)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Float16 rows ``start .. stop-1`` (read, not mapped), across segments."""
+        parts = []
+        for reader, base in zip(self.readers, self.bases.tolist(), strict=True):
+            lo, hi = max(start, base), min(stop, base + reader.n_tokens)
+            if hi > lo:
+                parts.append(reader.read_rows(lo - base, hi - base))
+        if not parts:
+            return np.zeros((0, self.dim), VECTOR_DTYPE)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def sample_rows(self, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
+        """Float32 vectors of the sorted ``rows``, read chunk by chunk."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        for start, stop in self.chunks(chunk_rows):
+            lo, hi = np.searchsorted(rows, [start, stop])
+            if hi > lo:
+                out[lo:hi] = self.read_rows(start, stop)[rows[lo:hi] - start]
+        return out
+
+    def chunks(self, chunk_rows: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` row ranges covering every row in pieces of ``chunk_rows``."""
+        return [
+            (s, min(s + chunk_rows, self.n_tokens)) for s in range(0, self.n_tokens, chunk_rows)
+        ]
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+
+class SegmentedDocs:
+    """The document maps of every segment, by global internal id."""
+
+    def __init__(self, readers: Sequence[DocReader], bases: Sequence[int]) -> None:
+        self.readers = list(readers)
+        self.bases = np.asarray(bases, dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.readers)
+
+    def fetch(
+        self, doc_ids: Iterable[int], *, text: bool = False, metadata: bool = False
+    ) -> dict[int, StoredDoc]:
+        """Read documents by internal id, checksums verified; absent ids are left out."""
+        ids = np.asarray(list(doc_ids), dtype=np.int64)
+        if len(self.readers) == 1:
+            return self.readers[0].fetch(ids.tolist(), text=text, metadata=metadata)
+        seg = np.searchsorted(self.bases, ids, side="right") - 1
+        out: dict[int, StoredDoc] = {}
+        for s in np.unique(seg[seg >= 0]).tolist():
+            out.update(self.readers[s].fetch(ids[seg == s].tolist(), text=text, metadata=metadata))
+        return out
+
+    def lookup_all(self, external_ids: Sequence[str]) -> dict[str, list[int]]:
+        """Every internal id (deleted or not) each of ``external_ids`` has had."""
+        out: dict[str, list[int]] = {}
+        for reader in self.readers:
+            for ext, doc_id in reader.lookup(external_ids).items():
+                out.setdefault(ext, []).append(doc_id)
+        return out
+
+    def external_ids(self) -> list[str]:
+        """Every document's external id, in internal-id order, checksums verified."""
+        return [ext for reader in self.readers for ext in reader.external_ids()]
+
+    def verify_content(self) -> None:
+        for reader in self.readers:
+            reader.verify_content()
+
+    def doc_ids_where(
+        self, where: str, params: Sequence[Any] = (), *, budget_s: float = FILTER_BUDGET_S
+    ) -> np.ndarray:
+        """Internal ids of documents matching an SQL predicate, from every segment."""
+        found = [r.doc_ids_where(where, params, budget_s=budget_s) for r in self.readers]
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()

@@ -1,0 +1,359 @@
+"""Changing an index in place: add, delete, upsert and compact, one commit each.
+
+A :class:`StoreWriter` holds the folder's write lock for its life (a second
+writer, thread or process, gets :class:`IndexLocked` at once; readers are never
+blocked). Each change is one generation (:mod:`storage.commit`), all or nothing:
+
+- **add** writes one new segment with the documents, their vectors and their
+  FAISS codes (encoded with the first segment's trained quantizer: no
+  retraining, no rebuild), and commits a generation naming every segment so far;
+- **delete** commits a generation whose list of deleted documents has grown;
+  nothing else is written;
+- **upsert** is an add that, in the same commit, deletes the documents the new
+  ones replace (a replaced document gets a new internal id: stored rows never
+  change);
+- **compact** writes one segment holding every live document (renumbered
+  densely), with the same trained quantizer or, with ``retrain``, a new one,
+  and commits a generation naming only it; the old segments go when no reader
+  holds a generation naming them.
+
+Killed at any instant, the folder holds the index before the change or after
+it; what the killed writer left is swept by the next one. External ids are the
+user's strings and stay the same through every change; internal ids are
+positions in one generation and change with compaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import faiss
+import numpy as np
+
+from storage.builder import write_first_segment_index
+from storage.commit import commit_generation, next_number
+from storage.deletions import decode_deleted
+from storage.docstore import DOCS_NAME, DocReader
+from storage.errors import CorruptIndex, InvalidInput, NotAnIndex
+from storage.fsio import read_at, verify_bytes
+from storage.generations import remove_debris
+from storage.lock import WriteLock
+from storage.manifest import DELETED_NAME, Manifest
+from storage.segment import TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
+from storage.snapshot import StoreSnapshot, hold_current, read_manifest_of
+from storage.token_index import (
+    TOKEN_INDEX_NAME,
+    TokenIndex,
+    TokenIndexPlan,
+    plan_token_index,
+    takes_codes,
+)
+from storage.vectors import TokenReader
+
+__all__ = ["ChangeReport", "StoreWriter"]
+
+COMPACT_CHUNK_DOCS = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeReport:
+    """What one change committed."""
+
+    generation: int
+    added: int = 0
+    deleted: int = 0
+    replaced: int = 0
+    tokens: int = 0
+    documents: int = 0
+    """Live documents after the change."""
+
+
+class StoreWriter:
+    """The one writer of an existing index folder; use as a context manager."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+        if not self.target.is_dir():
+            raise NotAnIndex(f"{self.target} is not a folder, so it is not a sie-index index")
+        self.lock = WriteLock(self.target)
+        self.lock.acquire()
+        self._docs: dict[str, DocReader] = {}
+        self._trained: faiss.Index | None = None
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- state -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        pointer, lease = hold_current(self.target)
+        try:
+            manifest, _ = read_manifest_of(self.target, pointer, lease)
+            where = f"{self.target}/{pointer.dirname}/{DELETED_NAME}"
+            raw = read_at(lease.fd, DELETED_NAME, where, max_bytes=manifest.deleted.bytes)
+            verify_bytes(raw, manifest.deleted.sha256_blocks, where)
+            deleted = decode_deleted(raw, manifest.documents, where)
+        finally:
+            lease.release()
+        self.manifest = manifest
+        self.plan = TokenIndexPlan.from_dict(manifest.token_index, str(self.target))
+        remove_debris(
+            self.target,
+            manifest.generation,
+            committed=True,
+            keep_segments={s.name for s in manifest.segments},
+        )
+        self.deleted: set[int] = set(deleted.tolist())
+        self.live: dict[str, int] = {}
+        """External id -> internal id of every live document."""
+        for reader in self._docs.values():
+            with contextlib.suppress(Exception):
+                reader.close()
+        self._docs = {}
+        self._trained = None
+        for seg in manifest.segments:
+            reader = self._reader(seg.name)
+            reader.spans(seg.documents, seg.doc_base)  # every row's checksum
+            for offset, ext in enumerate(reader.external_ids()):
+                doc_id = seg.doc_base + offset
+                if doc_id in self.deleted:
+                    continue
+                if ext in self.live:
+                    raise CorruptIndex(f"{self.target}: document {ext!r} is live twice")
+                self.live[ext] = doc_id
+
+    def _reader(self, name: str) -> DocReader:
+        if name not in self._docs:
+            self._docs[name] = DocReader(self.target / name / DOCS_NAME)
+        return self._docs[name]
+
+    def trained_index(self) -> faiss.Index:
+        """The first segment's trained, empty FAISS index (verified), which adds
+        encode with and a compaction without ``retrain`` fills again."""
+        if self._trained is None:
+            seg = self.manifest.segments[0]
+            record = seg.files[TRAINED_NAME]
+            folder = self.target / seg.name
+            where = f"{folder}/{TRAINED_NAME}"
+            data = (folder / TRAINED_NAME).read_bytes()
+            if len(data) != record.bytes:
+                raise CorruptIndex(
+                    f"{where} holds {len(data)} bytes, the manifest says {record.bytes}"
+                )
+            verify_bytes(data, record.sha256_blocks, where)
+            self._trained = TokenIndex.load_faiss(
+                data, self.plan, dim=self.manifest.dim, ntotal=0, where=where
+            )
+        return self._trained
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    # -- changes -----------------------------------------------------------------
+
+    def add(
+        self,
+        batches: Iterable[Sequence[PendingDoc]],
+        *,
+        replace: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> ChangeReport:
+        """Add every document of ``batches`` in one commit (all of them, or on any
+        error none). An id that is live already is an error naming it, unless
+        ``replace`` (upsert): then the old document is deleted in the same commit."""
+        m = self.manifest
+        number = next_number(self.target, m.generation)
+        encode = self.trained_index().sa_encode if takes_codes(self.plan) else None
+        segment = SegmentWriter(
+            self.target,
+            number,
+            m.dim,
+            doc_base=m.documents,
+            token_base=m.tokens,
+            generation=number,
+            encode_codes=encode,
+        )
+        added: list[str] = []
+        seen: set[str] = set()
+        replaced: list[int] = []
+        try:
+            for batch in batches:
+                checked = [check_vectors(d.vectors, m.dim, doc_id=d.external_id) for d in batch]
+                for doc in batch:
+                    ext = doc.external_id
+                    if ext in seen:
+                        raise InvalidInput(
+                            "the document id appears twice in one change", doc_id=ext
+                        )
+                    seen.add(ext)
+                    if ext in self.live:
+                        if not replace:
+                            raise InvalidInput(
+                                "the document id is already in the index (upsert replaces it)",
+                                doc_id=ext,
+                            )
+                        replaced.append(self.live[ext])
+                segment.add(batch, checked)
+                added += [d.external_id for d in batch]
+                if progress is not None:
+                    progress(len(batch))
+            if not added:
+                segment.abort()
+                return self._report(m.generation)
+            if not takes_codes(self.plan):
+                self._write_own_graph(segment)
+            record = segment.finish()
+        except BaseException:
+            segment.abort()
+            raise
+        manifest = dataclasses.replace(
+            m,
+            generation=number,
+            documents=m.documents + record.documents,
+            tokens=m.tokens + record.tokens,
+            segments=[*m.segments, record],
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        deleted = self.deleted | set(replaced)
+        self._commit(manifest, deleted)
+        for offset, ext in enumerate(added):
+            self.live[ext] = record.doc_base + offset
+        return self._report(number, added=len(added), replaced=len(replaced), tokens=record.tokens)
+
+    def _write_own_graph(self, segment: SegmentWriter) -> None:
+        """An ``hnsw`` segment's own graph over its rows."""
+        segment.close_data()
+        reader = TokenReader(segment.folder, segment.dim, segment.n_tokens)
+        try:
+            index = TokenIndex.build(self.plan, reader)
+        finally:
+            reader.close()
+        index.save(segment.folder / TOKEN_INDEX_NAME)
+
+    def delete(self, external_ids: Iterable[str]) -> ChangeReport:
+        """Delete the live documents among ``external_ids`` in one commit; ids not
+        in the index are ignored (the report counts what was deleted)."""
+        doomed = {self.live[ext] for ext in external_ids if ext in self.live}
+        return self._delete_ids(doomed)
+
+    def delete_where(self, where: str, params: Sequence[Any] = ()) -> ChangeReport:
+        """Delete the live documents matching an SQL predicate over the documents table
+        (see :meth:`storage.docstore.DocReader.doc_ids_where`), in one commit."""
+        doomed: set[int] = set()
+        for seg in self.manifest.segments:
+            ids = self._reader(seg.name).doc_ids_where(where, params)
+            doomed.update(i for i in ids.tolist() if i not in self.deleted)
+        return self._delete_ids(doomed)
+
+    def _delete_ids(self, doomed: set[int]) -> ChangeReport:
+        if not doomed:
+            return self._report(self.manifest.generation)
+        number = next_number(self.target, self.manifest.generation)
+        manifest = dataclasses.replace(
+            self.manifest, generation=number, created_at=datetime.now(UTC).isoformat()
+        )
+        self._commit(manifest, self.deleted | doomed)
+        return self._report(number, deleted=len(doomed))
+
+    def compact(
+        self, *, retrain: bool = False, progress: Callable[[int], None] | None = None
+    ) -> ChangeReport:
+        """Rewrite the index as one segment of its live documents, purging deleted
+        tokens; keep the trained quantizer, or with ``retrain`` train a new one on
+        the live tokens (after the corpus has drifted a lot)."""
+        number = next_number(self.target, self.manifest.generation)
+        plan = self.plan
+        trained = self.trained_index() if takes_codes(plan) and not retrain else None
+        segment = SegmentWriter(
+            self.target, number, self.dim, doc_base=0, token_base=0, generation=number
+        )
+        try:
+            with StoreSnapshot.open(self.target, verify_vectors=True) as snap:
+                live = np.flatnonzero(~snap.spans.deleted)
+                for lo in range(0, len(live), COMPACT_CHUNK_DOCS):
+                    chunk = live[lo : lo + COMPACT_CHUNK_DOCS]
+                    stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
+                    counts = snap.spans.token_count[chunk]
+                    vectors = snap.tokens.read_spans(snap.spans.token_start[chunk], counts)
+                    parts = np.split(vectors.astype(np.float32), np.cumsum(counts)[:-1])
+                    batch = [
+                        PendingDoc(
+                            external_id=stored[d].external_id,
+                            text=stored[d].text,
+                            metadata=stored[d].metadata,
+                            vectors=v,
+                        )
+                        for d, v in zip(chunk.tolist(), parts, strict=True)
+                    ]
+                    segment.add(batch, parts)
+            if retrain:
+                plan = plan_token_index(
+                    plan.kind,
+                    segment.n_tokens,
+                    self.dim,
+                    pq_m=plan.pq_m or None,
+                    hnsw_m=plan.hnsw_m or 32,
+                    seed=plan.seed,
+                )
+            write_first_segment_index(segment, plan, progress, trained=trained)
+            record = segment.finish()
+        except BaseException:
+            segment.abort()
+            raise
+        manifest = dataclasses.replace(
+            self.manifest,
+            generation=number,
+            token_index=plan.to_dict(),
+            documents=record.documents,
+            tokens=record.tokens,
+            segments=[record],
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        self._commit(manifest, set())
+        self._load()
+        return self._report(number, tokens=record.tokens)
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _commit(self, manifest: Manifest, deleted: set[int]) -> None:
+        ids = np.array(sorted(deleted), dtype=np.int64)
+        self.manifest = commit_generation(self.target, manifest, ids)
+        self.plan = TokenIndexPlan.from_dict(self.manifest.token_index, str(self.target))
+        self.deleted = deleted
+        for ext in [e for e, d in self.live.items() if d in deleted]:
+            del self.live[ext]
+        names = {s.name for s in self.manifest.segments}
+        for name in [n for n in self._docs if n not in names]:
+            with contextlib.suppress(Exception):
+                self._docs.pop(name).close()
+
+    def _report(self, generation: int, **counts: int) -> ChangeReport:
+        return ChangeReport(generation=generation, documents=len(self.live), **counts)
+
+    def close(self) -> None:
+        for reader in self._docs.values():
+            with contextlib.suppress(Exception):
+                reader.close()
+        self._docs = {}
+        self.lock.release()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
