@@ -120,6 +120,76 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _change_line(verb: str, index: Path, change: Any) -> str:
+    parts = [
+        f"{n} {what}"
+        for what, n in (
+            ("added", change.added),
+            ("replaced", change.replaced),
+            ("deleted", change.deleted),
+        )
+        if n
+    ]
+    done = ", ".join(parts) if parts else "nothing changed"
+    return f"{verb} {index}: {done}; {change.documents} documents (generation {change.generation})"
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from sie_index.updates import IndexWriter
+
+    index = Path(args.index)
+    with IndexWriter(index, encoder=_query_encoder(args, index)) as writer:
+        add = writer.upsert if args.command == "upsert" else writer.add
+        report = add(
+            _corpus_arg(args.corpus),
+            on_error="skip" if args.skip_bad_lines else "raise",
+            limit=args.limit or None,
+            batch_size=args.batch_size,
+            progress=False if args.quiet else None,
+        )
+    print(
+        _change_line(
+            args.command + "ed" if args.command == "add" else "upserted", index, report.change
+        )
+    )
+    for bad in report.bad_lines:
+        print(f"skipped {bad.source}:{bad.line}: {bad.reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from sie_index.updates import IndexWriter
+
+    if not args.ids and args.where is None:
+        raise SystemExit("sie-index delete: name ids, or a filter with --where")
+    index = Path(args.index)
+    with IndexWriter(index) as writer:
+        change = writer.delete(args.ids) if args.ids else None
+        if args.where is not None:
+            flt = json.loads(args.where) if args.where.lstrip().startswith("{") else args.where
+            more = writer.delete_where(flt)
+            if change is not None:
+                more = type(more)(**{**vars(more), "deleted": more.deleted + change.deleted})
+            change = more
+    assert change is not None
+    print(_change_line("deleted from", index, change))
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from sie_index.updates import IndexWriter
+
+    index = Path(args.index)
+    t = time.perf_counter()
+    with IndexWriter(index) as writer:
+        change = writer.compact(retrain=args.retrain)
+    print(
+        f"compacted {index}: {change.documents} documents, {change.tokens} tokens in one "
+        f"segment (generation {change.generation}, {time.perf_counter() - t:.1f}s)"
+    )
+    return 0
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -322,6 +392,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="folder to write the index to")
     _add_build_options(p)
     p.set_defaults(func=cmd_build)
+
+    for name, helptext in (
+        ("add", "add new documents to an index (an id already there is an error)"),
+        ("upsert", "add documents, replacing those whose ids are in the index"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("index")
+        p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz or a BEIR folder")
+        _add_encoder_options(p, building=False)
+        p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+        p.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")
+        p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
+        p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("delete", help="delete documents by id (or by filter) from an index")
+    p.add_argument("index")
+    p.add_argument("ids", nargs="*", help="external ids of the documents to delete")
+    p.add_argument("--where", help="delete the documents matching a filter (as search --filter)")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("compact", help="purge deleted documents: rewrite the index as one segment")
+    p.add_argument("index")
+    p.add_argument(
+        "--retrain", action="store_true", help="train a new quantizer on the live tokens"
+    )
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("search", help="search an index and print a table (or JSON)")
     p.add_argument("index")

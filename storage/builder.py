@@ -161,15 +161,20 @@ class StoreBuilder:
         index_kind: str = "auto",
         index_options: Mapping[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
+        plan: TokenIndexPlan | None = None,
         trained: faiss.Index | None = None,
     ) -> Manifest:
         """Build the token index, write the manifest and commit the generation.
 
-        ``trained`` (an empty trained FAISS index of the same kind) is used instead
-        of training one: a fresh build with the quantizer of another index.
+        ``plan`` and ``trained`` (another index's plan and its empty trained FAISS
+        index) replace ``index_kind`` and training: a fresh build with the quantizer
+        of another index.
         """
         assert self.segment is not None
-        plan = plan_token_index(index_kind, self.n_tokens, self.dim, **dict(index_options or {}))
+        if plan is None:
+            plan = plan_token_index(
+                index_kind, self.n_tokens, self.dim, **dict(index_options or {})
+            )
         write_first_segment_index(self.segment, plan, progress, trained=trained)
         record = self.segment.finish()
         manifest = Manifest(
