@@ -277,9 +277,18 @@ class Index:
         snapshot it started with, which is closed when no search holds it.
         """
         fresh = StoreSnapshot.open(self.path, verify_vectors=False)
-        if fresh.manifest.generation == self._snapshot.manifest.generation:
+        if fresh.manifest == self._snapshot.manifest:
             fresh.close()
             return False
+        spec = EncoderSpec.from_dict(fresh.manifest.encoder)
+        if spec != self.spec:  # rebuilt with another encoder: this one may not fit
+            try:
+                if self._encoder is not None:
+                    spec.check_query_encoder(self._encoder.spec)
+            except BaseException:
+                fresh.close()
+                raise
+            self.spec = spec
         old = self._searcher
         # the old snapshot closes when the last search using its searcher lets go
         self._retired.append(weakref.finalize(old, old.snapshot.close))

@@ -41,13 +41,13 @@ from storage.builder import write_first_segment_index
 from storage.commit import commit_generation, next_number
 from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader
-from storage.errors import CorruptIndex, InvalidInput, NotAnIndex
+from storage.errors import CorruptIndex, InvalidInput, NotAnIndex, StorageError
 from storage.fsio import read_at, verify_bytes
 from storage.generations import remove_debris
 from storage.lock import WriteLock
 from storage.manifest import DELETED_NAME, Manifest
 from storage.segment import TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
-from storage.snapshot import StoreSnapshot, hold_current, read_manifest_of
+from storage.snapshot import StoreSnapshot, hold_current, read_manifest_of, segment_files
 from storage.token_index import (
     TOKEN_INDEX_NAME,
     TokenIndex,
@@ -86,6 +86,7 @@ class StoreWriter:
         self.lock.acquire()
         self._docs: dict[str, DocReader] = {}
         self._trained: faiss.Index | None = None
+        self._broken = False
         try:
             self._load()
         except BaseException:
@@ -106,6 +107,12 @@ class StoreWriter:
             lease.release()
         self.manifest = manifest
         self.plan = TokenIndexPlan.from_dict(manifest.token_index, str(self.target))
+        for position, seg in enumerate(manifest.segments):
+            if set(seg.files) != segment_files(self.plan, position):
+                raise CorruptIndex(
+                    f"{self.target}/{pointer.dirname}/manifest.json: segment {seg.name} "
+                    f"names files {sorted(seg.files)}, not those of its place in the index"
+                )
         remove_debris(
             self.target,
             manifest.generation,
@@ -171,6 +178,7 @@ class StoreWriter:
         """Add every document of ``batches`` in one commit (all of them, or on any
         error none). An id that is live already is an error naming it, unless
         ``replace`` (upsert): then the old document is deleted in the same commit."""
+        self._check_usable()
         m = self.manifest
         number = next_number(self.target, m.generation)
         encode = self.trained_index().sa_encode if takes_codes(self.plan) else None
@@ -228,7 +236,9 @@ class StoreWriter:
         self._commit(manifest, deleted)
         for offset, ext in enumerate(added):
             self.live[ext] = record.doc_base + offset
-        return self._report(number, added=len(added), replaced=len(replaced), tokens=record.tokens)
+        return self._report(
+            number, added=len(added) - len(replaced), replaced=len(replaced), tokens=record.tokens
+        )
 
     def _write_own_graph(self, segment: SegmentWriter) -> None:
         """An ``hnsw`` segment's own graph over its rows."""
@@ -256,6 +266,7 @@ class StoreWriter:
         return self._delete_ids(doomed)
 
     def _delete_ids(self, doomed: set[int]) -> ChangeReport:
+        self._check_usable()
         if not doomed:
             return self._report(self.manifest.generation)
         number = next_number(self.target, self.manifest.generation)
@@ -271,6 +282,7 @@ class StoreWriter:
         """Rewrite the index as one segment of its live documents, purging deleted
         tokens; keep the trained quantizer, or with ``retrain`` train a new one on
         the live tokens (after the corpus has drifted a lot)."""
+        self._check_usable()
         number = next_number(self.target, self.manifest.generation)
         plan = self.plan
         trained = self.trained_index() if takes_codes(plan) and not retrain else None
@@ -327,7 +339,17 @@ class StoreWriter:
 
     def _commit(self, manifest: Manifest, deleted: set[int]) -> None:
         ids = np.array(sorted(deleted), dtype=np.int64)
-        self.manifest = commit_generation(self.target, manifest, ids)
+        try:
+            self.manifest = commit_generation(self.target, manifest, ids)
+        except BaseException:
+            # committed or not, learn from the folder which; if even that fails,
+            # this writer must not go on from a state it cannot know
+            try:
+                self._load()
+            except BaseException:
+                self._broken = True
+                raise
+            raise
         self.plan = TokenIndexPlan.from_dict(self.manifest.token_index, str(self.target))
         self.deleted = deleted
         for ext in [e for e, d in self.live.items() if d in deleted]:
@@ -336,6 +358,13 @@ class StoreWriter:
         for name in [n for n in self._docs if n not in names]:
             with contextlib.suppress(Exception):
                 self._docs.pop(name).close()
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise StorageError(
+                f"{self.target}: a commit failed and the index could not be read back; "
+                "open a new writer"
+            )
 
     def _report(self, generation: int, **counts: int) -> ChangeReport:
         return ChangeReport(generation=generation, documents=len(self.live), **counts)

@@ -300,7 +300,8 @@ class TokenIndex:
             arr = np.frombuffer(codes, dtype=np.uint8).reshape(n, size)
             if self.plan.kind.startswith("ivf"):
                 nlist = self.plan.nlist
-                lists = _list_numbers(arr, nlist)
+                head = int(faiss.extract_index_ivf(self.index).coarse_code_size())  # type: ignore[attr-defined]
+                lists = _list_numbers(arr, head)
                 if (lists >= nlist).any():
                     raise CorruptIndex(f"{where} names an inverted list the index lacks")
             ids = np.arange(first_row, first_row + n, dtype=np.int64)
@@ -320,7 +321,7 @@ class TokenIndex:
                 continue
             bits = np.packbits(live[base : base + part.ntotal], bitorder="little")
             self._bitmaps[i] = bits  # the selector reads this buffer: keep it alive
-            self._selectors[i] = faiss.IDSelectorBitmap(int(part.ntotal), faiss.swig_ptr(bits))
+            self._selectors[i] = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
 
     def _params(self, i: int, k: int, nprobe: int, ef_search: int) -> Any:
         params: Any
@@ -368,9 +369,10 @@ class TokenIndex:
         return sims, rows
 
 
-def _list_numbers(codes: np.ndarray, nlist: int) -> np.ndarray:
-    """The inverted-list numbers at the head of IVF standalone codes (little-endian,
-    as few bytes as ``nlist - 1`` needs)."""
-    nbytes = max(1, ((nlist - 1).bit_length() + 7) // 8)
+def _list_numbers(codes: np.ndarray, nbytes: int) -> np.ndarray:
+    """The inverted-list numbers at the head of IVF standalone codes: ``nbytes``
+    little-endian bytes (FAISS's coarse code size; none when there is one list)."""
+    if nbytes == 0:
+        return np.zeros(len(codes), np.int64)
     head = codes[:, :nbytes].astype(np.int64)
     return (head << (8 * np.arange(nbytes, dtype=np.int64))).sum(axis=1)

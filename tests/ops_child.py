@@ -48,7 +48,9 @@ def doc(ext: str, version: str) -> PendingDoc:
 
 def draw(rng: np.random.Generator, live: list[str], kinds: tuple[str, ...], n: str) -> dict:
     """The ``n``-th change: what it does, with every id and version spelled out."""
-    weights = np.array([{"add": 4, "delete": 3, "upsert": 3, "compact": 1}[k] for k in kinds], float)
+    weights = np.array(
+        [{"add": 4, "delete": 3, "upsert": 3, "compact": 1}[k] for k in kinds], float
+    )
     kind = str(rng.choice(kinds, p=weights / weights.sum()))
     if kind != "compact" and len(live) < 20:
         kind = "add"
@@ -78,6 +80,8 @@ def apply(writer: StoreWriter, change: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] == "--read":
+        return read_loop(Path(argv[1]))
     failpoint = None
     kinds = KINDS
     while argv and argv[0].startswith("--"):
@@ -98,6 +102,33 @@ def main(argv: list[str]) -> int:
             apply(writer, change)
             print("ACK", flush=True)
             n += 1
+
+
+def read_loop(path: Path) -> int:
+    """``python -m tests.ops_child --read INDEX``: search until stdin closes, refreshing
+    to each new generation; every hit must be a live document whose text, metadata
+    and vectors agree. Prints ``searches N refreshes R`` and exits 0, or raises."""
+    import threading
+
+    from sie_index import Index, SearchParams
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    rng = np.random.default_rng(0)
+    params = SearchParams(k=5, n_rerank=5, k_token=16, nprobe=4)
+    searches = refreshes = 0
+    with Index.open(path, verify=False) as index:
+        while not done.is_set():
+            if searches == 1:
+                print("ready", flush=True)  # warm: imports done, one search answered
+            refreshes += index.refresh()
+            q = rng.standard_normal((4, DIM)).astype(np.float32)
+            for hit in index.search(q, params=params, text=True, metadata=True):
+                ext, version = str(hit.text).split("|")
+                assert ext == hit.external_id and hit.metadata == {"version": version}
+            searches += 1
+    print(f"searches {searches} refreshes {refreshes}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

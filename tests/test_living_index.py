@@ -141,7 +141,10 @@ def _random_changes(path: Path, seeds: list[int]) -> None:
     with StoreWriter(path) as writer:
         for n, seed in enumerate(seeds):
             rng = np.random.default_rng(seed)
-            apply(writer, draw(rng, sorted(writer.live), ("add", "delete", "upsert", "compact"), f"h{n}"))
+            apply(
+                writer,
+                draw(rng, sorted(writer.live), ("add", "delete", "upsert", "compact"), f"h{n}"),
+            )
 
 
 def _check_against_fresh(tmp: Path, kind: str, seeds: list[int], ann_calls: list[int]) -> None:
@@ -186,3 +189,414 @@ def test_after_many_changes_search_equals_a_fresh_build(
     tmp_path_factory: pytest.TempPathFactory, kind: str, seeds: list[int], ann_calls: list[int]
 ) -> None:
     _check_against_fresh(tmp_path_factory.mktemp(kind), kind, seeds, ann_calls)
+
+
+# -- a state machine against an in-memory model --------------------------------------
+
+
+class LivingIndexMachine(RuleBasedStateMachine):
+    """add, delete, upsert, search, reopen and compact against a dict of documents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: dict[str, str] = {}  # external id -> version
+        self.counter = 0
+
+    @initialize()
+    def start(self) -> None:
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = Path(self.tmp.name) / "idx"
+        build_base(self.path, "ivf-flat", n_docs=60)
+        self.model = {f"b{i}": "v0" for i in range(60)}
+        self.writer = StoreWriter(self.path)
+        self.index = Index.open(self.path)
+
+    def _version(self) -> str:
+        self.counter += 1
+        return f"m{self.counter}"
+
+    @rule(n=st.integers(1, 12))
+    def add(self, n: int) -> None:
+        version = self._version()
+        new = [(f"a{version}-{i}", version) for i in range(n)]
+        self.writer.add([[doc(e, v) for e, v in new]])
+        self.model.update(new)
+
+    @rule(data=st.data())
+    def add_existing_fails(self, data: st.DataObject) -> None:
+        if not self.model:
+            return
+        ext = data.draw(st.sampled_from(sorted(self.model)))
+        with pytest.raises(InvalidInput, match=ext):
+            self.writer.add([[doc("fresh-one", "x"), doc(ext, "dup")]])
+
+    @rule(data=st.data(), n=st.integers(1, 6))
+    def delete(self, data: st.DataObject, n: int) -> None:
+        if not self.model:
+            return
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=n))
+        report = self.writer.delete([*ids, "never-there"])
+        assert report.deleted == len(set(ids))
+        for ext in ids:
+            self.model.pop(ext, None)
+
+    @rule(data=st.data(), n_new=st.integers(0, 3))
+    def upsert(self, data: st.DataObject, n_new: int) -> None:
+        version = self._version()
+        old = (
+            data.draw(st.lists(st.sampled_from(sorted(self.model)), max_size=4, unique=True))
+            if self.model
+            else []
+        )
+        ids = old + [f"u{version}-{i}" for i in range(n_new)]
+        if not ids:
+            return
+        report = self.writer.add([[doc(e, version) for e in ids]], replace=True)
+        assert report.replaced == len(old)
+        self.model.update({e: version for e in ids})
+
+    @rule(retrain=st.booleans())
+    def compact(self, retrain: bool) -> None:
+        if retrain and sum(len(vectors(e, v)) for e, v in self.model.items()) < 39 * 8:
+            retrain = False  # too few tokens to train 8 lists
+        self.writer.compact(retrain=retrain)
+
+    @rule()
+    def reopen(self) -> None:
+        self.writer.close()
+        self.index.close()
+        self.writer = StoreWriter(self.path)
+        self.index = Index.open(self.path)
+
+    @rule(seed=st.integers(0, 2**16))
+    def search(self, seed: int) -> None:
+        self.index.refresh()
+        if not self.model:
+            assert self.index.search(queries(1, seed)[0], k=5) == []
+            return
+        Q = queries(1, seed)[0]
+        # every token reachable: the ANN finds what exhaustive MaxSim finds
+        hits = self.index.search(Q, k=5, k_token=100_000, nprobe=64, n_rerank=10_000)
+        ids = sorted(self.model)
+        ref = np.array(
+            [
+                (Q @ vectors(e, self.model[e]).astype(np.float16).astype(np.float32).T)
+                .max(axis=1)
+                .sum()
+                for e in ids
+            ]
+        )
+        order = np.argsort(-ref, kind="stable")[: len(hits)]
+        want = [type("H", (), {"external_id": ids[i], "score": float(ref[i])}) for i in order]
+        same_ranking(hits, want, tol=1e-3)
+
+    @invariant()
+    def documents_match(self) -> None:
+        if not hasattr(self, "writer"):
+            return
+        assert set(self.writer.live) == set(self.model)
+
+    def teardown(self) -> None:
+        if hasattr(self, "writer"):
+            self.writer.close()
+            self.index.close()
+            state = live_state(self.path)
+            assert state == {e: f"{e}|{v}" for e, v in self.model.items()}
+            assert verify_index(self.path).ok
+            self.tmp.cleanup()
+
+
+TestLivingIndexMachine = LivingIndexMachine.TestCase
+TestLivingIndexMachine.settings = settings(
+    max_examples=int(os.environ.get("SIE_INDEX_MACHINE_EXAMPLES", "8")),
+    stateful_step_count=12,
+    deadline=None,
+)
+
+
+# -- kill -9 of a writer changing the index ------------------------------------------
+
+
+def _ops_child(path: Path, seed: int, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.ops_child", *args, str(path), str(seed)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _settle(path: Path, state: dict[str, str], output: str) -> tuple[dict[str, str], str]:
+    """The index after a killed child: the state after its last acknowledged change,
+    or after the change in flight; returns the new state and which it was."""
+    lines = output.splitlines()
+    assert lines[0] == "ready", output
+    in_flight = None
+    for line in lines[1:]:
+        if line.startswith("BEGIN "):
+            in_flight = json.loads(line[6:])
+        elif line == "ACK":
+            assert in_flight is not None
+            state, in_flight = model_after(state, in_flight), None
+    got = live_state(path)
+    report = verify_index(path)
+    assert report.ok, report.problem
+    if got == state:
+        return state, "before"
+    assert in_flight is not None and got == model_after(state, in_flight), in_flight
+    return got, "after"
+
+
+def _assert_swept(path: Path) -> None:
+    with StoreWriter(path):  # opening a writer sweeps what the killed one left
+        pass
+    with StoreSnapshot.open(path) as snap:
+        segments = sorted(s.name for s in snap.manifest.segments)
+        gen = f"gen-{snap.manifest.generation:06d}"
+    assert sorted(p.name for p in path.iterdir()) == sorted(["CURRENT", LOCK_NAME, gen, *segments])
+
+
+@pytest.mark.parametrize("op", ["add", "delete", "upsert", "compact"])
+@pytest.mark.parametrize(
+    ("failpoint", "survivor"),
+    [
+        ("commit:before-pointer", "before"),
+        ("commit:before-rename", "before"),
+        ("commit:after-rename", "after"),
+        ("commit:before-sweep", "after"),
+    ],
+)
+def test_a_change_killed_at_each_commit_point_is_before_or_after(
+    tmp_path: Path, op: str, failpoint: str, survivor: str
+) -> None:
+    path = tmp_path / "idx"
+    build_base(path, "ivf-flat")
+    state = live_state(path)
+    child = _ops_child(path, 7, "--failpoint", failpoint, "--ops", op)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err
+    assert out.count("BEGIN") == 1 and "ACK" not in out
+    _settle(path, state, out)
+    with StoreSnapshot.open(path) as snap:  # a compaction keeps the documents: count commits
+        assert snap.manifest.generation == (1 if survivor == "before" else 2)
+    _assert_swept(path)
+
+
+def _kill_loop(tmp_path: Path, kills: int, kind: str = "ivf-flat") -> dict[str, int]:
+    path = tmp_path / "idx"
+    build_base(path, kind)
+    state = live_state(path)
+    rng = np.random.default_rng(11)
+    seen = {"before": 0, "after": 0, "changes": 0}
+    for i in range(kills):
+        child = _ops_child(path, 1000 + i)
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        time.sleep(float(rng.uniform(0.0, 0.8)))
+        child.send_signal(signal.SIGKILL)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == -signal.SIGKILL, err
+        state, which = _settle(path, state, first + out)
+        seen[which] += 1
+        seen["changes"] += out.count("ACK")
+    _assert_swept(path)
+    return seen
+
+
+def test_kill_9_at_random_instants_of_changes(tmp_path: Path) -> None:
+    seen = _kill_loop(tmp_path, kills=4)
+    assert seen["before"] + seen["after"] == 4
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_hundred_random_instants_of_changes(tmp_path: Path) -> None:
+    seen = _kill_loop(tmp_path, kills=110)
+    print(f"110 kills of a changing writer: {seen}")
+    assert seen["changes"] > 110
+
+
+# -- readers while the index changes -------------------------------------------------
+
+
+def _readers_through_compactions(tmp_path: Path, compactions: int) -> str:
+    path = tmp_path / "idx"
+    build_base(path, "ivf-flat")
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "tests.ops_child", "--read", str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
+    rng = np.random.default_rng(3)
+    with StoreWriter(path) as writer:
+        for n in range(compactions):
+            for kind in ("add", "delete", "upsert"):
+                apply(writer, draw(rng, sorted(writer.live), (kind,), f"c{n}"))
+            writer.compact(retrain=n % 10 == 9)
+    out, err = reader.communicate(timeout=300)
+    assert reader.returncode == 0, err
+    searches, refreshes = (int(x) for x in out.split()[1::2])
+    assert searches > 0 and refreshes > 0
+    return out.strip()
+
+
+def test_a_reader_process_searches_through_compactions(tmp_path: Path) -> None:
+    _readers_through_compactions(tmp_path, compactions=5)
+
+
+@pytest.mark.slow
+def test_a_reader_process_searches_through_a_hundred_compactions(tmp_path: Path) -> None:
+    print("100 compactions:", _readers_through_compactions(tmp_path, compactions=100))
+
+
+def _threads_and_a_writer(tmp_path: Path, adds: int) -> dict[str, int]:
+    """Eight threads search (refreshing as they go) while one writer adds; every hit
+    is a document whose commit had begun, with its own text and vectors."""
+    path = tmp_path / "idx"
+    build_base(path, "ivf-flat")
+    begun = {f"b{i}" for i in range(N_BASE)}
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    counts = {"searches": 0, "refreshes": 0}
+    lock = threading.Lock()
+    index = Index.open(path)
+
+    def search(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                if rng.random() < 0.2:
+                    with lock:
+                        counts["refreshes"] += index.refresh()
+                hits = index.search(
+                    queries(1, int(rng.integers(1 << 30)))[0], params=PARAMS, text=True
+                )
+                for hit in hits:
+                    assert hit.external_id in begun, hit.external_id
+                    assert str(hit.text).split("|")[0] == hit.external_id
+                with lock:
+                    counts["searches"] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        with StoreWriter(path) as writer:
+            # a second writer process is refused while this one holds the lock
+            second = _ops_child(path, 1)
+            _, err = second.communicate(timeout=60)
+            assert second.returncode != 0 and "IndexLocked" in err
+            for n in range(adds):
+                new = [f"t{n}-{i}" for i in range(10)]
+                begun.update(new)
+                writer.add([[doc(e, "v1") for e in new]])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        index.close()
+    assert failures == []
+    assert counts["searches"] > 0
+    return counts
+
+
+def test_eight_threads_search_while_one_writer_adds(tmp_path: Path) -> None:
+    _threads_and_a_writer(tmp_path, adds=20)
+
+
+@pytest.mark.slow
+def test_eight_threads_search_while_one_writer_adds_for_a_while(tmp_path: Path) -> None:
+    print("threads:", _threads_and_a_writer(tmp_path, adds=400))
+
+
+# -- the API and the CLI -------------------------------------------------------------
+
+
+def test_the_index_api_adds_deletes_upserts_compacts_and_refreshes(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    ids = [f"d{i}" for i in range(80)]
+    vecs = [vectors(e, "v0") for e in ids]
+    index = Index.from_vectors(path, ids, vecs, texts=[f"{e}|v0" for e in ids])
+    before = Index.open(path)
+    report = index.add_vectors(["new"], [vectors("new", "v0")], texts=["new|v0"])
+    assert report.added == 1 and len(index) == 81 and len(before) == 80
+    with pytest.raises(InvalidInput, match="'d3'"):
+        index.add_vectors(["d3"], [vecs[3]])
+    # an upsert replaces text and vectors; the id stays the user's
+    index.add_vectors(["d3"], [vectors("d3", "v9")], texts=["d3|v9"], replace=True)
+    hit = index.search(vectors("d3", "v9"), k=1, text=True)[0]
+    assert (hit.external_id, hit.text) == ("d3", "d3|v9")
+    # deleted documents never come back, before or after compaction
+    assert index.delete(["d3", "d4", "nope"]).deleted == 2
+    for stage in ("deleted", "compacted"):
+        for q in (vecs[3], vecs[4]):
+            found = index.search(q, k=80, n_rerank=80)
+            assert {"d3", "d4"}.isdisjoint(h.external_id for h in found), stage
+        index.compact()
+    assert index.info()["segments"] == 1 and len(index) == 79
+    # their ids can be added again
+    index.add_vectors(["d4"], [vecs[4]], texts=["d4|v0"])
+    assert index.search(vecs[4], k=1)[0].external_id == "d4"
+    assert index.delete_where("text LIKE 'd1%'").deleted == 11  # d1, d10 .. d19
+    # the index opened first still answers from its snapshot, until refresh
+    assert len(before) == 80 and before.search(vecs[3], k=1)[0].external_id == "d3"
+    assert before.refresh() and len(before) == len(index) == 69
+    assert not before.refresh()
+    before.close()
+    index.close()
+
+
+def test_a_second_writer_thread_is_refused_while_readers_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    build_base(path, "flat", n_docs=30)
+    with StoreWriter(path) as writer:
+        with pytest.raises(IndexLocked):
+            StoreWriter(path)
+        with Index.open(path) as index:  # readers are never blocked
+            assert len(index) == 30
+        writer.delete(["b0"])
+    with StoreWriter(path) as writer:
+        assert "b0" not in writer.live and len(writer.live) == 29
+
+
+def test_the_cli_adds_upserts_deletes_and_compacts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "c.jsonl"
+    more = tmp_path / "more.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "text": f"package number {i} tool"}) + "\n"
+            for i in range(12)
+        )
+    )
+    more.write_text(
+        json.dumps({"id": "p3", "text": "a replaced package about compilers"})
+        + "\n"
+        + json.dumps({"id": "q1", "text": "a new package for parsing json"})
+        + "\n"
+    )
+    path = tmp_path / "idx"
+    assert cli_main(["-q", "build", str(corpus), str(path)]) == 0
+    assert cli_main(["-q", "add", str(path), str(more)]) == 2  # p3 is there already
+    assert "p3" in capsys.readouterr().err
+    assert cli_main(["-q", "upsert", str(path), str(more)]) == 0
+    assert "1 added, 1 replaced" in capsys.readouterr().out
+    assert cli_main(["delete", str(path), "p1", "p2", "zz"]) == 0
+    assert "2 deleted; 11 documents" in capsys.readouterr().out
+    assert cli_main(["compact", str(path)]) == 0
+    assert cli_main(["verify", str(path)]) == 0
+    capsys.readouterr()
+    assert cli_main(["search", str(path), "compilers", "-k", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["hits"][0]["id"] == "p3"
