@@ -4,6 +4,7 @@
     python scripts/bench.py --limit 5000         # a quick look
     python scripts/bench.py --reuse              # keep an index built by an earlier run
     python scripts/bench.py --encoding           # encoding speed only (scripts/bench_encoding.py)
+    python scripts/bench.py --living             # changes in place (scripts/bench_living.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -207,6 +208,10 @@ def main() -> int:
         "--encoding", action="store_true", help="measure encoding speed only (bench_encoding.py)"
     )
     parser.add_argument("--encoding-docs", type=int, default=2000, help="documents (--encoding)")
+    parser.add_argument(
+        "--living", action="store_true", help="measure changes in place only (bench_living.py)"
+    )
+    parser.add_argument("--living-docs", type=int, default=60_000, help="documents (--living)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,6 +229,10 @@ def main() -> int:
         (out / "encoding.json").write_text(json.dumps(result, indent=2))
         print(bench_encoding.table(result))
         return 0
+    if args.living:
+        import bench_living
+
+        return bench_living.main(["--docs", str(args.living_docs)])
     argv = [
         "--index",
         args.index,

@@ -68,7 +68,7 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
         path=str(folder),
         ok=True,
         generation=m.generation,
-        documents=m.documents,
+        documents=m.live_documents,
         tokens=m.tokens,
         # what is left (after repair, a generation a reader holds)
         debris=[

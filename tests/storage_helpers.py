@@ -27,7 +27,10 @@ def seg_dir(path: Path, position: int = 0) -> Path:
 def data_path(path: Path, name: str) -> Path:
     """Where file ``name`` of the current generation lives: ``CURRENT`` in the
     index folder, the manifest and the deleted list in the generation folder,
-    the data files in the first segment."""
+    the data files in the first segment (``NAME@i``: in segment ``i``)."""
+    if "@" in name:
+        base, position = name.split("@")
+        return seg_dir(path, int(position)) / base
     if name == CURRENT_NAME:
         return path / name
     if name in (MANIFEST_NAME, "deleted.i64"):

@@ -42,12 +42,15 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = next(code for lang, code in BLOCKS if lang == "python")
+    code, changes = (code for lang, code in BLOCKS if lang == "python")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4  # three hits, then the batch's ids
     assert (tmp_path / "pkgs-index" / "CURRENT").is_file()
+    exec(compile(changes, "README.md", "exec"), {})  # the changes in place, on that index
+    live, segments = map(int, capsys.readouterr().out.split())
+    assert segments == 1 and 0 < live < 300
 
 
 def test_demo_main_job_on_a_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

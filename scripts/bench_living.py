@@ -1,0 +1,273 @@
+"""The living index: add, delete, upsert, compaction, reopen after kill -9, build memory.
+
+    python scripts/bench.py --living                    # 60,000 documents (default)
+    python scripts/bench_living.py --docs 10000         # the same, directly, smaller
+
+Vectors are synthetic and precomputed (dim 128, 32 tokens a document, ColBERT's
+shape), so encoding does not dominate; the index is ``auto`` (ivf-pq at this
+size). Each phase runs in its own process, so its peak RSS is its own:
+
+1. build N/6 and N documents (peak RSS of each, and their ratio);
+2. add 5,000 documents to the N-document index in one commit (documents/s,
+   excluding encoding: vectors, codes with the trained quantizer, rows, commit);
+3. 50 single deletes and 20 single upserts with one open writer (median and p95 ms);
+4. compaction (seconds);
+5. a writer process killed with SIGKILL in the middle of an add, then the time
+   to open the index again (reader, and writer with its sweep).
+Writes runs/bench/living.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DIM = 128
+TOKENS = 32
+SPEC = {"kind": "precomputed", "model": "bench", "dim": DIM, "options": {}}
+
+
+def _docs(lo: int, hi: int, prefix: str = "d") -> list[Any]:
+    from storage.segment import PendingDoc
+
+    out = []
+    for i in range(lo, hi):
+        rng = np.random.default_rng(i)
+        v = rng.standard_normal((TOKENS, DIM)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        out.append(
+            PendingDoc(
+                external_id=f"{prefix}{i}", text=f"document {i}", metadata={"i": i}, vectors=v
+            )
+        )
+    return out
+
+
+def _batches(lo: int, hi: int, prefix: str = "d", size: int = 1000) -> Any:
+    for start in range(lo, hi, size):
+        yield _docs(start, min(start + size, hi), prefix)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker_build(path: Path, n: int) -> dict[str, Any]:
+    from storage.builder import StoreBuilder
+
+    t = time.perf_counter()
+    with StoreBuilder(path, DIM, overwrite=True) as builder:
+        for batch in _batches(0, n):
+            builder.add(batch)
+        manifest = builder.finish(encoder_spec=SPEC)
+    return {
+        "documents": n,
+        "tokens": manifest.tokens,
+        "seconds": time.perf_counter() - t,
+        "peak_rss_mb": _rss_mb(),
+        "token_index": manifest.token_index["factory"],
+    }
+
+
+def worker_changes(path: Path, n: int) -> dict[str, Any]:
+    from storage.store_writer import StoreWriter
+
+    out: dict[str, Any] = {}
+    with StoreWriter(path) as writer:
+        batches = list(_batches(n, n + 5000, "a"))  # made before the clock starts
+        t = time.perf_counter()
+        report = writer.add(batches)
+        seconds = time.perf_counter() - t
+        out["add"] = {
+            "documents": report.added,
+            "seconds": seconds,
+            "docs_per_s": report.added / seconds,
+        }
+        deletes = []
+        for i in range(50):
+            t = time.perf_counter()
+            writer.delete([f"d{i * 97}"])
+            deletes.append(time.perf_counter() - t)
+        upserts = []
+        for i in range(20):
+            batch = _docs(n + i, n + i + 1, "a")
+            t = time.perf_counter()
+            writer.add([batch], replace=True)
+            upserts.append(time.perf_counter() - t)
+        for name, xs in (("delete", deletes), ("upsert", upserts)):
+            ms = np.array(xs) * 1000
+            out[name] = {
+                "n": len(xs),
+                "p50_ms": float(np.median(ms)),
+                "p95_ms": float(np.percentile(ms, 95)),
+            }
+        t = time.perf_counter()
+        writer.compact()
+        out["compact"] = {"seconds": time.perf_counter() - t, "documents": len(writer.live)}
+    out["peak_rss_mb"] = _rss_mb()
+    return out
+
+
+def worker_kill(path: Path, n: int) -> dict[str, Any]:
+    """Kill a writer in the middle of a large add; time what opening takes afterwards."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            "add-forever",
+            "--index",
+            str(path),
+            "--docs",
+            str(n),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    child.stdout.readline()  # adding
+    time.sleep(3.0)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    from sie_index import Index
+    from storage.store_writer import StoreWriter
+
+    t = time.perf_counter()
+    with Index.open(path, verify=False) as index:
+        reader_s = time.perf_counter() - t
+        live = len(index)
+    t = time.perf_counter()
+    with StoreWriter(path):
+        writer_s = time.perf_counter() - t
+    return {"reader_open_s": reader_s, "writer_open_and_sweep_s": writer_s, "documents": live}
+
+
+def worker_add_forever(path: Path, n: int) -> dict[str, Any]:
+    from storage.store_writer import StoreWriter
+
+    with StoreWriter(path) as writer:
+        print("adding", flush=True)
+        writer.add(_batches(10 * n, 11 * n, "k"))
+    return {}
+
+
+WORKERS = {
+    "build": worker_build,
+    "changes": worker_changes,
+    "kill": worker_kill,
+    "add-forever": worker_add_forever,
+}
+
+
+def _worker(name: str, path: Path, n: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = Path(fh.name)
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--index",
+            str(path),
+            "--docs",
+            str(n),
+            "--worker-out",
+            str(out),
+        ],
+        check=True,
+        env={**os.environ},
+    )
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def run(n: int, folder: Path) -> dict[str, Any]:
+    small = _worker("build", folder / "small", n // 6)
+    big = _worker("build", folder / "big", n)
+    changes = _worker("changes", folder / "big", n)
+    kill = _worker("kill", folder / "big", n)
+    return {
+        "build_small": small,
+        "build": big,
+        "rss_ratio": big["peak_rss_mb"] / small["peak_rss_mb"],
+        **changes,
+        "after_kill": kill,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    small, big = r["build_small"], r["build"]
+    rows = [
+        (
+            "build",
+            f"{small['documents']:,} docs: {small['peak_rss_mb']:.0f} MB peak RSS; "
+            f"{big['documents']:,} docs: {big['peak_rss_mb']:.0f} MB (x{r['rss_ratio']:.2f}), "
+            f"{r['build']['seconds']:.0f} s, {r['build']['token_index']}",
+        ),
+        (
+            "add 5,000 docs (one commit)",
+            f"{r['add']['docs_per_s']:,.0f} docs/s ({r['add']['seconds']:.2f} s)",
+        ),
+        (
+            "single delete",
+            f"p50 {r['delete']['p50_ms']:.1f} ms, p95 {r['delete']['p95_ms']:.1f} ms",
+        ),
+        (
+            "single upsert",
+            f"p50 {r['upsert']['p50_ms']:.1f} ms, p95 {r['upsert']['p95_ms']:.1f} ms",
+        ),
+        (
+            "compaction",
+            f"{r['compact']['seconds']:.1f} s ({r['compact']['documents']:,} live docs)",
+        ),
+        (
+            "open after kill -9 mid-add",
+            f"reader {r['after_kill']['reader_open_s']:.2f} s, "
+            f"writer + sweep {r['after_kill']['writer_open_and_sweep_s']:.2f} s",
+        ),
+    ]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a.ljust(width)}  {b}" for a, b in rows) + f"\n\n{r.get('command', '')}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--docs", type=int, default=60_000)
+    parser.add_argument("--index", default="runs/bench/living")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = WORKERS[args.worker](Path(args.index), args.docs)
+        if args.worker_out:
+            Path(args.worker_out).write_text(json.dumps(result, indent=2))
+        return 0
+    folder = Path(args.index)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = run(args.docs, folder)
+    result["command"] = "python " + " ".join(sys.argv)
+    Path("runs/bench").mkdir(parents=True, exist_ok=True)
+    Path("runs/bench/living.json").write_text(json.dumps(result, indent=2))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
