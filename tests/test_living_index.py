@@ -309,11 +309,12 @@ class LivingIndexMachine(RuleBasedStateMachine):
 
 
 TestLivingIndexMachine = LivingIndexMachine.TestCase
-TestLivingIndexMachine.settings = settings(
-    max_examples=int(os.environ.get("SIE_INDEX_MACHINE_EXAMPLES", "8")),
-    stateful_step_count=12,
-    deadline=None,
-)
+TestLivingIndexMachine.settings = settings(max_examples=8, stateful_step_count=12, deadline=None)
+
+
+@pytest.mark.slow
+class TestLivingIndexMachineLong(LivingIndexMachine.TestCase):  # type: ignore[name-defined]
+    settings = settings(max_examples=80, stateful_step_count=25, deadline=None)
 
 
 # -- kill -9 of a writer changing the index ------------------------------------------
