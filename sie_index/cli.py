@@ -30,17 +30,54 @@ def _corpus_arg(value: str) -> Path:
     return resolve_dataset(value)
 
 
+def _filter_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``filter``, ``ids`` and ``filter_sql`` from ``--where`` (repeatable, all must
+    hold), ``--filter-json``, ``--ids`` and ``--filter-sql``."""
+    from sie_index.errors import InvalidInput
+    from sie_index.filters import parse_where
+
+    parts = [parse_where(c) for c in args.where or []]
+    if args.filter_json is not None:
+        try:
+            parts.insert(0, json.loads(args.filter_json))
+        except ValueError as exc:
+            raise InvalidInput(f"--filter-json is not JSON: {exc}") from exc
+    flt = None if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
+    ids = None
+    if args.ids is not None:
+        ids = [i for i in args.ids.split(",") if i]
+    return {"filter": flt, "ids": ids, "filter_sql": args.filter_sql}
+
+
+def _add_filter_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="FIELD=VALUE",
+        help=f"{what} whose metadata field matches (also !=, >, >=, <, <=; dotted "
+        "paths reach nested fields; repeat: all must hold)",
+    )
+    p.add_argument("--ids", metavar="A,B,C", help=f"{what} with these ids")
+    p.add_argument(
+        "--filter-json",
+        metavar="JSON",
+        help='the whole filter language, e.g. \'{"year": {"$gte": 2020}}\'',
+    )
+    p.add_argument(
+        "--filter-sql", metavar="SQL", help="a raw SQL predicate over documents (read-only)"
+    )
+
+
 def _params(args: argparse.Namespace) -> Any:
     from sie_index.params import SearchParams
 
-    flt = getattr(args, "filter", None)
-    return SearchParams().with_(
+    flt = _filter_args(args) if hasattr(args, "filter_json") else {}
+    return SearchParams(**{k: v for k, v in flt.items() if v is not None}).with_(
         k=getattr(args, "k", None),
         k_token=args.k_token,
         n_rerank=args.n_rerank,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
-        filter=json.loads(flt) if flt and flt.lstrip().startswith("{") else flt,
     )
 
 
@@ -160,14 +197,17 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from sie_index.updates import IndexWriter
 
-    if not args.ids and args.where is None:
-        raise SystemExit("sie-index delete: name ids, or a filter with --where")
+    flt = _filter_args(args)
+    filtered = any(v is not None for v in flt.values())
+    if not args.doc_ids and not filtered:
+        raise SystemExit(
+            "sie-index delete: name ids, or a filter (--where, --ids, --filter-json, --filter-sql)"
+        )
     index = Path(args.index)
     with IndexWriter(index) as writer:
-        change = writer.delete(args.ids) if args.ids else None
-        if args.where is not None:
-            flt = json.loads(args.where) if args.where.lstrip().startswith("{") else args.where
-            more = writer.delete_where(flt)
+        change = writer.delete(args.doc_ids) if args.doc_ids else None
+        if filtered:
+            more = writer.delete_where(flt["filter"], ids=flt["ids"], filter_sql=flt["filter_sql"])
             if change is not None:
                 more = type(more)(**{**vars(more), "deleted": more.deleted + change.deleted})
             change = more
@@ -408,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("delete", help="delete documents by id (or by filter) from an index")
     p.add_argument("index")
-    p.add_argument("ids", nargs="*", help="external ids of the documents to delete")
-    p.add_argument("--where", help="delete the documents matching a filter (as search --filter)")
+    p.add_argument("doc_ids", nargs="*", metavar="ids", help="ids of the documents to delete")
+    _add_filter_options(p, "delete the documents")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("compact", help="purge deleted documents: rewrite the index as one segment")
@@ -423,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index")
     p.add_argument("queries", nargs="+", help="one or more query texts")
     p.add_argument("-k", type=int, default=10, help="hits per query")
-    p.add_argument("--filter", help="SQL predicate over documents, or a JSON object of metadata")
+    _add_filter_options(p, "only documents")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--no-verify",

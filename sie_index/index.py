@@ -7,6 +7,7 @@ encoder.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -34,8 +35,10 @@ class Index:
     """An opened index folder. Make one with :meth:`open`, :meth:`build` or :meth:`from_vectors`."""
 
     def __init__(self, snapshot: StoreSnapshot, encoder: Encoder | None = None) -> None:
-        self._snapshot = snapshot
+        # one attribute holds the snapshot and its searcher, so a refresh swaps
+        # both at once for every thread
         self._searcher = Searcher(snapshot)
+        self._refresh_lock = threading.Lock()
         self._retired: list[weakref.finalize[Any, Any]] = []
         self.spec = EncoderSpec.from_dict(snapshot.manifest.encoder)
         self._encoder = encoder
@@ -276,6 +279,14 @@ class Index:
         committed meanwhile. A search running in another thread finishes on the
         snapshot it started with, which is closed when no search holds it.
         """
+        with self._refresh_lock:
+            return self._refresh()
+
+    @property
+    def _snapshot(self) -> StoreSnapshot:
+        return self._searcher.snapshot
+
+    def _refresh(self) -> bool:
         fresh = StoreSnapshot.open(self.path, verify_vectors=False)
         if fresh.manifest == self._snapshot.manifest:
             fresh.close()
@@ -292,7 +303,6 @@ class Index:
         old = self._searcher
         # the old snapshot closes when the last search using its searcher lets go
         self._retired.append(weakref.finalize(old, old.snapshot.close))
-        self._snapshot = fresh
         self._searcher = Searcher(fresh)
         del old
         self._retired = [f for f in self._retired if f.alive]
@@ -328,9 +338,16 @@ class Index:
         """Delete documents by id in one commit (unknown ids are ignored), then refresh."""
         return self._change(lambda w: w.delete(ids))
 
-    def delete_where(self, flt: str | Mapping[str, Any]) -> ChangeReport:
-        """Delete the documents matching a filter in one commit, then refresh."""
-        return self._change(lambda w: w.delete_where(flt))
+    def delete_where(
+        self,
+        flt: Mapping[str, Any] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        filter_sql: str | None = None,
+    ) -> ChangeReport:
+        """Delete the documents matching a filter (see :mod:`sie_index.filters`) in one
+        commit, then refresh."""
+        return self._change(lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql))
 
     def compact(self, *, retrain: bool = False) -> ChangeReport:
         """Purge deleted documents (one new segment), then refresh."""

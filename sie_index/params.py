@@ -7,8 +7,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sie_index.errors import InvalidInput
+from sie_index.filters import CompiledFilter, compile_filter
 
 __all__ = ["Hit", "MatchedToken", "SearchParams"]
+
+EXACT_FILTER_FACTOR = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,9 +23,16 @@ class SearchParams:
     - ``n_rerank``: candidates, best by approximate score, rescored by exact MaxSim.
     - ``nprobe``: inverted lists visited per query token (IVF kinds).
     - ``ef_search``: HNSW search breadth (HNSW kind).
-    - ``filter``: keep only documents matching it: an SQL predicate over the
-      ``documents`` table (``"json_extract(metadata, '$.section') = 'libs'"``),
-      or a mapping of metadata key to required value (``{"section": "libs"}``).
+    - ``filter``: keep only documents matching it, in the filter language of
+      :mod:`sie_index.filters` (``{"section": "libs"}``,
+      ``{"year": {"$gte": 2020}}``, ``{"$or": [...]}``).
+    - ``ids``: keep only documents with these external ids.
+    - ``filter_sql``: the escape hatch, a raw SQL predicate over the ``documents``
+      table, run read-only with a time budget (``filter`` is safer and typed).
+    - ``exact_threshold``: when at most this many documents are allowed (a small
+      index, a selective filter), skip the token ANN and score every allowed
+      document exactly; ``None`` means ``8 * max(n_rerank, k)``, 0 always runs
+      the ANN.
     """
 
     k: int = 10
@@ -30,13 +40,32 @@ class SearchParams:
     n_rerank: int = 64
     nprobe: int = 16
     ef_search: int = 64
-    filter: str | Mapping[str, Any] | None = field(default=None, hash=False)
+    filter: Mapping[str, Any] | None = field(default=None, hash=False)
+    ids: tuple[str, ...] | None = None
+    filter_sql: str | None = None
+    exact_threshold: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("k", "k_token", "n_rerank", "nprobe", "ef_search"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"SearchParams.{name} must be a positive integer, got {value!r}")
+        t = self.exact_threshold
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
+            raise InvalidInput(f"SearchParams.exact_threshold must be None or >= 0, got {t!r}")
+        if self.ids is not None and not isinstance(self.ids, str):
+            object.__setattr__(self, "ids", tuple(self.ids))
+        self.compiled_filter()  # a bad filter fails here, naming what is wrong
+
+    def compiled_filter(self) -> CompiledFilter | None:
+        """The filter, ids and raw predicate as one SQL predicate (None: no filter)."""
+        return compile_filter(self.filter, ids=self.ids, filter_sql=self.filter_sql)
+
+    def exact_below(self) -> int:
+        """Allowed documents up to which search scores every one exactly."""
+        if self.exact_threshold is not None:
+            return self.exact_threshold
+        return EXACT_FILTER_FACTOR * max(self.n_rerank, self.k)
 
     def with_(self, **changes: Any) -> SearchParams:
         """A copy with some fields changed (None values are ignored)."""

@@ -14,28 +14,33 @@ For each query (a ``Q`` matrix of query-token vectors):
 5. the top ``k`` by exact score are returned, ties broken by internal id.
 
 When few documents are allowed (a selective filter, or a small index: at most
-``EXACT_FILTER_FACTOR * max(n_rerank, k)``), the ANN is skipped and every
-allowed document is scored exactly, so a filter never silently empties a list.
+``params.exact_below()``, by default ``8 * max(n_rerank, k)``), the ANN is
+skipped and every allowed document is scored exactly, so a filter never
+silently empties a list. A filter is evaluated once per snapshot and kept (the
+snapshot never changes), so repeating it costs nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sie_index.filters import compile_filter
+from sie_index.filters import CompiledFilter
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks
 from storage.snapshot import StoreSnapshot
+from storage.token_index import RowFilter
 
 __all__ = ["Ranked", "Searcher"]
 
-EXACT_FILTER_FACTOR = 8
+FILTER_CACHE = 32
 EXACT_CHUNK_TOKENS = 262_144
 
 
@@ -72,18 +77,49 @@ class Searcher:
         self.token_count = spans.token_count
         self.live = ~spans.deleted
         self.n_docs = len(spans.token_start)
+        self._masks: OrderedDict[str, tuple[np.ndarray, list[RowFilter | None]]] = OrderedDict()
+        self._masks_lock = threading.Lock()
 
     # -- filters -------------------------------------------------------------
 
-    def allowed_mask(self, flt: str | Mapping[str, Any] | None) -> np.ndarray:
+    def allowed_mask(self, flt: CompiledFilter | None) -> np.ndarray:
         """Boolean mask over documents: live, and matching the filter if any."""
+        return self._filtered(flt)[0]
+
+    def _filtered(self, flt: CompiledFilter | None) -> tuple[np.ndarray, list[RowFilter | None]]:
+        """The allowed-document mask of a filter and a slot for its token-row
+        selectors, kept for the snapshot's life (the last ``FILTER_CACHE`` filters)."""
         if flt is None:
-            return self.live
-        where, params = compile_filter(flt)
-        ids = self.snapshot.docs.doc_ids_where(where, params)
+            return self.live, [None]
+        with self._masks_lock:
+            if flt.key in self._masks:
+                self._masks.move_to_end(flt.key)
+                return self._masks[flt.key]
+        ids = self.snapshot.docs.doc_ids_where(flt.where, flt.params)
         mask = np.zeros(self.n_docs, dtype=bool)
         mask[ids[ids < self.n_docs]] = True
-        return mask & self.live
+        mask &= self.live
+        mask.flags.writeable = False
+        entry: tuple[np.ndarray, list[RowFilter | None]] = (mask, [None])
+        with self._masks_lock:
+            self._masks[flt.key] = entry
+            while len(self._masks) > FILTER_CACHE:
+                self._masks.popitem(last=False)
+        return entry
+
+    def _row_filter(self, allowed: np.ndarray, slot: list[RowFilter | None]) -> RowFilter:
+        """Selectors for the token rows of allowed documents, made once per filter: a
+        filtered ANN returns the nearest allowed tokens, not the nearest tokens of
+        which a filter then leaves few."""
+        if slot[0] is None:
+            docs = self.token_doc
+            rows = np.zeros(len(docs), dtype=bool)
+            ok = docs >= 0
+            rows[ok] = allowed[docs[ok]]
+            slot[0] = self.snapshot.token_index.row_filter(rows)
+        made = slot[0]
+        assert made is not None
+        return made
 
     # -- the pipeline ----------------------------------------------------------
 
@@ -98,12 +134,13 @@ class Searcher:
         """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``)."""
         if not queries:
             return []
-        allowed = self.allowed_mask(params.filter)
+        flt = params.compiled_filter()
+        allowed, slot = self._filtered(flt)
         n_allowed = int(allowed.sum())
         if n_allowed == 0:
             empty = Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), [] if explain else None)
             return [empty for _ in queries]
-        if n_allowed <= EXACT_FILTER_FACTOR * max(params.n_rerank, params.k):
+        if n_allowed <= params.exact_below():
             candidates = np.flatnonzero(allowed)
             return self._map(
                 lambda Q: self._exact(Q, candidates, params.k, explain), queries, threads
@@ -111,7 +148,11 @@ class Searcher:
         lengths = [len(Q) for Q in queries]
         stacked = np.concatenate(queries).astype(np.float32, copy=False)
         sims, rows = self.snapshot.token_index.search(
-            stacked, params.k_token, nprobe=params.nprobe, ef_search=params.ef_search
+            stacked,
+            params.k_token,
+            nprobe=params.nprobe,
+            ef_search=params.ef_search,
+            rows=None if flt is None else self._row_filter(allowed, slot),
         )
         bounds = np.cumsum([0, *lengths])
         jobs = [

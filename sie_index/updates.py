@@ -197,11 +197,19 @@ class IndexWriter:
             raise InvalidInput("delete takes a list of ids, not one string")
         return self._store.delete(list(ids))
 
-    def delete_where(self, flt: str | Mapping[str, Any]) -> ChangeReport:
-        """Delete every document matching a filter (the ``filter`` of search), in one
-        commit."""
-        where, params = compile_filter(flt)
-        return self._store.delete_where(where, params)
+    def delete_where(
+        self,
+        flt: Mapping[str, Any] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        filter_sql: str | None = None,
+    ) -> ChangeReport:
+        """Delete every document matching a filter (as search takes it: ``filter``,
+        ``ids``, ``filter_sql``; all given must hold), in one commit."""
+        compiled = compile_filter(flt, ids=ids, filter_sql=filter_sql)
+        if compiled is None:
+            raise InvalidInput("delete_where needs a filter (to delete everything, rebuild)")
+        return self._store.delete_where(compiled.where, compiled.params)
 
     def compact(
         self, *, retrain: bool = False, progress: Callable[[int], None] | None = None

@@ -36,6 +36,7 @@ __all__ = [
     "AUTO_FLAT_MAX_TOKENS",
     "INDEX_KINDS",
     "TOKEN_INDEX_NAME",
+    "RowFilter",
     "TokenIndex",
     "TokenIndexPlan",
     "plan_token_index",
@@ -323,7 +324,20 @@ class TokenIndex:
             self._bitmaps[i] = bits  # the selector reads this buffer: keep it alive
             self._selectors[i] = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
 
-    def _params(self, i: int, k: int, nprobe: int, ef_search: int) -> Any:
+    def row_filter(self, allowed: np.ndarray) -> RowFilter:
+        """Selectors that let a search return only rows whose ``allowed`` flag is set
+        (for a filtered search: the rows of allowed, live documents)."""
+        bits: list[np.ndarray] = []
+        selectors: list[Any] = []
+        for part, base in self.parts:
+            packed = np.packbits(allowed[base : base + part.ntotal], bitorder="little")
+            bits.append(packed)
+            selectors.append(faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)))
+        return RowFilter(bits, selectors)
+
+    def _params(
+        self, i: int, k: int, nprobe: int, ef_search: int, rows: RowFilter | None = None
+    ) -> Any:
         params: Any
         if self.plan.kind.startswith("ivf"):
             params = faiss.SearchParametersIVF()
@@ -333,14 +347,22 @@ class TokenIndex:
             params.efSearch = max(ef_search, k)
         else:
             params = faiss.SearchParameters()
-        if self._selectors[i] is not None:
-            params.sel = self._selectors[i]
+        selector = rows.selectors[i] if rows is not None else self._selectors[i]
+        if selector is not None:
+            params.sel = selector
         return params
 
     def search(
-        self, Q: np.ndarray, k_token: int, *, nprobe: int = 16, ef_search: int = 64
+        self,
+        Q: np.ndarray,
+        k_token: int,
+        *,
+        nprobe: int = 16,
+        ef_search: int = 64,
+        rows: RowFilter | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k_token`` token rows per query token: ``(sims [nq, k], rows [nq, k])``.
+        """Top ``k_token`` token rows per query token: ``(sims [nq, k], rows [nq, k])``,
+        among the rows ``rows`` allows (by default every live row).
 
         Missing results (fewer than ``k_token`` reachable rows) have row -1.
         """
@@ -353,20 +375,29 @@ class TokenIndex:
             if part.ntotal == 0:
                 continue
             kp = min(k, int(part.ntotal))
-            sims, rows = part.search(Q, kp, params=self._params(i, kp, nprobe, ef_search))
+            params = self._params(i, kp, nprobe, ef_search, rows)
+            part_sims, part_rows = part.search(Q, kp, params=params)
             if base:
-                rows = np.where(rows >= 0, rows + base, rows)
-            found.append((sims, rows))
+                part_rows = np.where(part_rows >= 0, part_rows + base, part_rows)
+            found.append((part_sims, part_rows))
         if len(found) == 1:
             return found[0]
         sims = np.concatenate([f[0] for f in found], axis=1)
-        rows = np.concatenate([f[1] for f in found], axis=1)
-        keyed = np.where(rows >= 0, sims, -np.inf)
+        ids = np.concatenate([f[1] for f in found], axis=1)
+        keyed = np.where(ids >= 0, sims, -np.inf)
         top = np.argsort(-keyed, axis=1, kind="stable")[:, :k]
         sims = np.take_along_axis(sims, top, axis=1)
-        rows = np.take_along_axis(rows, top, axis=1)
-        rows[~np.isfinite(np.take_along_axis(keyed, top, axis=1))] = -1
-        return sims, rows
+        ids = np.take_along_axis(ids, top, axis=1)
+        ids[~np.isfinite(np.take_along_axis(keyed, top, axis=1))] = -1
+        return sims, ids
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """FAISS selectors, one a part, and the bit buffers they read (kept alive here)."""
+
+    bits: list[np.ndarray]
+    selectors: list[Any]
 
 
 def _list_numbers(codes: np.ndarray, nbytes: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Checking a whole index, and sweeping what dead writers left (``sie-index verify``).
 
 :func:`verify_index` opens the committed generation with every check made at
-once (every segment's vector file in full, every row's text and metadata, not
-only what a search would touch) and lists the debris beside it: generation
+once (every segment's vector file in full, every row's text and metadata, every
+live id once, not only what a search would touch) and lists the debris beside it: generation
 folders that are not current, segment folders no generation names, a stale
 temporary pointer, files of the format-1 layout. With
 ``repair`` it takes the write lock (so never while a writer works) and removes
@@ -11,10 +11,11 @@ that debris, leaving any generation a reader still holds.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.errors import StorageError
+from storage.errors import CorruptIndex, StorageError
 from storage.generations import CURRENT_NAME, find_debris, remove_debris
 from storage.lock import WriteLock
 from storage.snapshot import StoreSnapshot, read_manifest
@@ -47,6 +48,14 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
     try:
         with StoreSnapshot.open(folder, verify_vectors=True) as snap:
             snap.docs.verify_content()
+            live_ids = [
+                ext
+                for ext, deleted in zip(snap.docs.external_ids(), snap.spans.deleted, strict=True)
+                if not deleted
+            ]
+            if len(set(live_ids)) != len(live_ids):
+                twice = sorted(e for e, n in Counter(live_ids).items() if n > 1)[:3]
+                raise CorruptIndex(f"{folder}: documents {twice} are live twice")
             m = snap.manifest
             segments = {seg.name for seg in m.segments}
     except StorageError as exc:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import settings
 
 from sie_index.index import Index
+from storage.token_index import TokenIndex
 
 # Tests write nothing into the working tree: no hypothesis example database.
 settings.register_profile("sie-index", database=None)
@@ -62,3 +64,17 @@ def make_index(tmp_path: Path) -> Callable[..., tuple[Index, list[str], list[np.
         return index, ids, vectors
 
     return make
+
+
+@pytest.fixture
+def ann_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts token-index searches: proof that a search ran the ANN path."""
+    calls: list[int] = []
+    original = TokenIndex.search
+
+    def spy(self: TokenIndex, *args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(TokenIndex, "search", spy)
+    yield calls

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from sie_index import Index, IndexLocked, InvalidInput, SearchParams
 from sie_index.cli import main as cli_main
+from sie_index.filters import compile_filter
 from storage.builder import StoreBuilder
 from storage.lock import LOCK_NAME
 from storage.snapshot import StoreSnapshot
 from storage.store_writer import StoreWriter
-from storage.token_index import TokenIndex
 from storage.verify import verify_index
 from tests.ops_child import DIM, SPEC, apply, doc, draw, vectors
 
@@ -82,20 +81,6 @@ def model_after(state: dict[str, str], change: dict[str, Any]) -> dict[str, str]
         for ext in change["ids"]:
             state.pop(ext, None)
     return state
-
-
-@pytest.fixture
-def ann_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts token-index searches: proof that a search ran the ANN path."""
-    calls: list[int] = []
-    original = TokenIndex.search
-
-    def spy(self: TokenIndex, *args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        return original(self, *args, **kw)
-
-    monkeypatch.setattr(TokenIndex, "search", spy)
-    yield calls
 
 
 def same_ranking(a: list[Any], b: list[Any], tol: float = 1e-4) -> None:
@@ -200,6 +185,7 @@ class LivingIndexMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.model: dict[str, str] = {}  # external id -> version
+        self.gone: set[str] = set()  # ids deleted once, which may come back
         self.counter = 0
 
     @initialize()
@@ -217,10 +203,12 @@ class LivingIndexMachine(RuleBasedStateMachine):
         self.counter += 1
         return f"m{self.counter}"
 
-    @rule(n=st.integers(1, 12))
-    def add(self, n: int) -> None:
+    @rule(n=st.integers(1, 12), again=st.booleans())
+    def add(self, n: int, again: bool) -> None:
         version = self._version()
         new = [(f"a{version}-{i}", version) for i in range(n)]
+        if again:  # a deleted id can be added again
+            new += [(e, version) for e in sorted(self.gone - set(self.model))[:3]]
         self.writer.add([[doc(e, v) for e, v in new]])
         self.model.update(new)
 
@@ -241,6 +229,21 @@ class LivingIndexMachine(RuleBasedStateMachine):
         assert report.deleted == len(set(ids))
         for ext in ids:
             self.model.pop(ext, None)
+        self.gone.update(ids)
+
+    @rule(data=st.data())
+    def delete_where(self, data: st.DataObject) -> None:
+        if not self.model:
+            return
+        version = data.draw(st.sampled_from(sorted(set(self.model.values()))))
+        compiled = compile_filter({"version": version})
+        assert compiled is not None
+        doomed = {e for e, v in self.model.items() if v == version}
+        report = self.writer.delete_where(compiled.where, compiled.params)
+        assert report.deleted == len(doomed)
+        for ext in doomed:
+            del self.model[ext]
+        self.gone.update(doomed)
 
     @rule(data=st.data(), n_new=st.integers(0, 3))
     def upsert(self, data: st.DataObject, n_new: int) -> None:
@@ -277,8 +280,11 @@ class LivingIndexMachine(RuleBasedStateMachine):
             assert self.index.search(queries(1, seed)[0], k=5) == []
             return
         Q = queries(1, seed)[0]
-        # every token reachable: the ANN finds what exhaustive MaxSim finds
-        hits = self.index.search(Q, k=5, k_token=100_000, nprobe=64, n_rerank=10_000)
+        # the ANN path (exact_threshold=0), every token reachable: it finds what
+        # exhaustive MaxSim finds
+        hits = self.index.search(
+            Q, k=5, k_token=100_000, nprobe=64, n_rerank=10_000, exact_threshold=0
+        )
         ids = sorted(self.model)
         ref = np.array(
             [
@@ -458,66 +464,84 @@ def test_a_reader_process_searches_through_a_hundred_compactions(tmp_path: Path)
     print("100 compactions:", _readers_through_compactions(tmp_path, compactions=100))
 
 
-def _threads_and_a_writer(tmp_path: Path, adds: int) -> dict[str, int]:
-    """Eight threads search (refreshing as they go) while one writer adds; every hit
-    is a document whose commit had begun, with its own text and vectors."""
+def _threads_and_a_writer(tmp_path: Path, changes: int) -> dict[str, int]:
+    """Eight threads search while one writer adds and deletes: four share one
+    ``Index`` and refresh it as they go, four refresh their own. Every hit is a
+    document live in the committed generation the search read (own indexes), or
+    in some committed generation (the shared one), with its own text."""
     path = tmp_path / "idx"
     build_base(path, "ivf-flat")
-    begun = {f"b{i}" for i in range(N_BASE)}
     stop = threading.Event()
     failures: list[BaseException] = []
     counts = {"searches": 0, "refreshes": 0}
     lock = threading.Lock()
-    index = Index.open(path)
+    shared = Index.open(path)
+    live_at: dict[int, frozenset[str]] = {}  # generation -> live ids, as committed
+    seen: list[tuple[int | None, list[str]]] = []  # (generation read, hit ids)
 
     def search(seed: int) -> None:
         rng = np.random.default_rng(seed)
+        own = Index.open(path) if seed % 2 else None
+        index = own or shared
         try:
             while not stop.is_set():
                 if rng.random() < 0.2:
+                    n = index.refresh()
                     with lock:
-                        counts["refreshes"] += index.refresh()
+                        counts["refreshes"] += n
+                gen = index.snapshot.manifest.generation if own else None
                 hits = index.search(
                     queries(1, int(rng.integers(1 << 30)))[0], params=PARAMS, text=True
                 )
                 for hit in hits:
-                    assert hit.external_id in begun, hit.external_id
                     assert str(hit.text).split("|")[0] == hit.external_id
                 with lock:
                     counts["searches"] += 1
+                    seen.append((gen, [h.external_id for h in hits]))
         except BaseException as exc:
             failures.append(exc)
+        finally:
+            if own is not None:
+                own.close()
 
-    threads = [threading.Thread(target=search, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        with StoreWriter(path) as writer:
+    with StoreWriter(path) as writer:
+        live_at[writer.manifest.generation] = frozenset(writer.live)
+        threads = [threading.Thread(target=search, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
             # a second writer process is refused while this one holds the lock
             second = _ops_child(path, 1)
             _, err = second.communicate(timeout=60)
             assert second.returncode != 0 and "IndexLocked" in err
-            for n in range(adds):
-                new = [f"t{n}-{i}" for i in range(10)]
-                begun.update(new)
-                writer.add([[doc(e, "v1") for e in new]])
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        index.close()
+            rng = np.random.default_rng(0)
+            for n in range(changes):
+                if n % 3 == 2:
+                    doomed = rng.choice(sorted(writer.live), size=5, replace=False).tolist()
+                    report = writer.delete(doomed)
+                else:
+                    report = writer.add([[doc(f"t{n}-{i}", "v1") for i in range(10)]])
+                live_at[report.generation] = frozenset(writer.live)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            shared.close()
     assert failures == []
-    assert counts["searches"] > 0
+    ever = frozenset().union(*live_at.values())
+    for gen, ids in seen:
+        assert set(ids) <= (live_at[gen] if gen is not None else ever), (gen, ids)
+    assert counts["searches"] > 0 and any(g is not None and g > min(live_at) for g, _ in seen)
     return counts
 
 
 def test_eight_threads_search_while_one_writer_adds(tmp_path: Path) -> None:
-    _threads_and_a_writer(tmp_path, adds=20)
+    _threads_and_a_writer(tmp_path, changes=30)
 
 
 @pytest.mark.slow
 def test_eight_threads_search_while_one_writer_adds_for_a_while(tmp_path: Path) -> None:
-    print("threads:", _threads_and_a_writer(tmp_path, adds=400))
+    print("threads:", _threads_and_a_writer(tmp_path, changes=400))
 
 
 # -- the API and the CLI -------------------------------------------------------------
@@ -541,14 +565,14 @@ def test_the_index_api_adds_deletes_upserts_compacts_and_refreshes(tmp_path: Pat
     assert index.delete(["d3", "d4", "nope"]).deleted == 2
     for stage in ("deleted", "compacted"):
         for q in (vecs[3], vecs[4]):
-            found = index.search(q, k=80, n_rerank=80)
+            found = index.search(q, k=80, n_rerank=80, exact_threshold=0)  # the ANN path
             assert {"d3", "d4"}.isdisjoint(h.external_id for h in found), stage
         index.compact()
     assert index.info()["segments"] == 1 and len(index) == 79
     # their ids can be added again
     index.add_vectors(["d4"], [vecs[4]], texts=["d4|v0"])
-    assert index.search(vecs[4], k=1)[0].external_id == "d4"
-    assert index.delete_where("text LIKE 'd1%'").deleted == 11  # d1, d10 .. d19
+    assert index.search(vecs[4], k=1, exact_threshold=0)[0].external_id == "d4"
+    assert index.delete_where(filter_sql="text LIKE 'd1%'").deleted == 11  # d1, d10 .. d19
     # the index opened first still answers from its snapshot, until refresh
     assert len(before) == 80 and before.search(vecs[3], k=1)[0].external_id == "d3"
     assert before.refresh() and len(before) == len(index) == 69

@@ -42,12 +42,15 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, changes = (code for lang, code in BLOCKS if lang == "python")
+    code, filters, changes = (code for lang, code in BLOCKS if lang == "python")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    names: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), names)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4  # three hits, then the batch's ids
     assert (tmp_path / "pkgs-index" / "CURRENT").is_file()
+    exec(compile(filters, "README.md", "exec"), names)  # the filter examples run as written
+    assert isinstance(names["hits"], list)
     exec(compile(changes, "README.md", "exec"), {})  # the changes in place, on that index
     live, segments = map(int, capsys.readouterr().out.split())
     assert segments == 1 and 0 < live < 300

@@ -112,8 +112,11 @@ def test_filters_restrict_results_and_never_silently_empty_them(
     Q = synthetic_queries(vectors, 1, seed=9)[0]
     allowed = [i for i in range(len(ids)) if i % share == 0]
     exact = oracle(Q, [vectors[i] for i in allowed])
-    for flt in ({"group": "a"}, "json_extract(metadata, '$.group') = 'a'"):
-        hits = index.search(Q, k=5, filter=flt, metadata=True)
+    for flt in (
+        {"filter": {"group": "a"}},
+        {"filter_sql": "json_extract(metadata, '$.group') = 'a'"},
+    ):
+        hits = index.search(Q, k=5, metadata=True, **flt)
         assert len(hits) == 5
         assert all(h.metadata is not None and h.metadata["group"] == "a" for h in hits)
         if selective:  # answered exactly over the allowed documents
@@ -121,7 +124,7 @@ def test_filters_restrict_results_and_never_silently_empty_them(
             assert [h.doc_id for h in hits] == best
     assert index.search(Q, k=5, filter={"group": "zzz"}) == []
     with pytest.raises(InvalidInput, match="cannot be evaluated"):
-        index.search(Q, filter="no_such_column = 1")
+        index.search(Q, filter_sql="no_such_column = 1")
 
 
 def test_bad_queries_are_rejected(make_index: MakeIndex) -> None:

@@ -1,0 +1,450 @@
+"""The filter language: typed, parameterized, read-only; checked against a Python model
+of its meaning, and filtered search against exhaustive MaxSim over the allowed subset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sie_index import Index, InvalidInput, SearchParams
+from sie_index.cli import main as cli_main
+from sie_index.filters import compile_filter, parse_where
+from storage.docstore import DOCS_NAME
+from tests.conftest import synthetic_corpus, synthetic_queries
+
+# Keys a user's metadata may hold, hostile ones included: quotes, SQL and JSON-path syntax.
+KEYS = ["a", 'k"q', "')--;", "ünï code", "back\\slash", "[0]", "*", "b"]
+SCALARS: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    2,
+    -1,
+    1.0,
+    0.5,
+    -1.5,
+    "x",
+    "1",
+    "é",
+    "O'Reilly",
+    "--;",
+]
+MISSING = object()
+
+
+def _metadata(rng: np.random.Generator) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for key in KEYS:
+        roll = rng.random()
+        if roll < 0.2:
+            continue
+        if key == "b" and roll < 0.6:
+            meta[key] = {"c": SCALARS[int(rng.integers(len(SCALARS)))], 'q"': "deep"}
+        elif roll > 0.95:
+            meta[key] = [1, "x"]
+        else:
+            meta[key] = SCALARS[int(rng.integers(len(SCALARS)))]
+    return meta
+
+
+# -- a Python model of what a filter means -------------------------------------------
+
+
+def _get(meta: dict[str, Any] | None, field: str) -> Any:
+    value: Any = meta if meta is not None else MISSING
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int | float):
+        return "num"
+    if isinstance(v, str):
+        return "str"
+    return "other"
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _eq(v: Any, x: Any) -> bool:
+    x = _plain(x)
+    return v is not MISSING and _kind(v) == _kind(x) and v == x
+
+
+_ORDER = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+
+
+def _holds(flt: dict[str, Any], ext: str, meta: dict[str, Any] | None) -> bool:
+    for key, cond in flt.items():
+        if key == "$and":
+            ok = all(_holds(f, ext, meta) for f in cond)
+        elif key == "$or":
+            ok = any(_holds(f, ext, meta) for f in cond)
+        elif key == "$not":
+            ok = not _holds(cond, ext, meta)
+        elif key == "$ids":
+            ok = ext in cond
+        else:
+            v = _get(meta, key)
+            if not isinstance(cond, dict):
+                cond = {"$eq": cond}
+            ok = True
+            for op, x in cond.items():
+                if op == "$eq":
+                    ok &= _eq(v, x)
+                elif op == "$ne":
+                    ok &= not _eq(v, x)
+                elif op == "$in":
+                    ok &= any(_eq(v, y) for y in x)
+                elif op == "$nin":
+                    ok &= not any(_eq(v, y) for y in x)
+                elif op == "$exists":
+                    ok &= (v is not MISSING) == x
+                else:
+                    x = _plain(x)
+                    ok &= _kind(v) == _kind(x) and bool(_ORDER[op](v, x))
+        if not ok:
+            return False
+    return True
+
+
+# -- strategies --------------------------------------------------------------------------
+
+FIELDS = [*KEYS, "b.c", 'b.q"', "b.c.d", "missing"]
+values = st.one_of(
+    st.sampled_from(SCALARS),
+    st.sampled_from([np.int64(1), np.float32(0.5), np.bool_(True), np.float64(-1.5)]),
+)
+orderable = st.sampled_from([v for v in SCALARS if _kind(v) in ("num", "str")])
+conditions = st.one_of(
+    values,
+    st.fixed_dictionaries({"$eq": values}),
+    st.fixed_dictionaries({"$ne": values}),
+    st.fixed_dictionaries({"$in": st.lists(values, max_size=4)}),
+    st.fixed_dictionaries({"$nin": st.lists(values, max_size=4)}),
+    st.fixed_dictionaries({"$exists": st.booleans()}),
+    st.dictionaries(st.sampled_from(sorted(_ORDER)), orderable, min_size=1, max_size=2),
+)
+leaves = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), conditions, min_size=1, max_size=2),
+    st.fixed_dictionaries(
+        {"$ids": st.lists(st.sampled_from([f"d{i}" for i in range(80)]), max_size=6)}
+    ),
+)
+filters = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.fixed_dictionaries({"$and": st.lists(inner, max_size=3)}),
+        st.fixed_dictionaries({"$or": st.lists(inner, max_size=3)}),
+        st.fixed_dictionaries({"$not": inner}),
+    ),
+    max_leaves=6,
+)
+
+
+@pytest.fixture(scope="module")
+def meta_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Index, list[dict[str, Any]]]:
+    rng = np.random.default_rng(11)
+    ids, vectors = synthetic_corpus(60, 16, seed=4)
+    ids = [f"d{i}" for i in range(len(ids))]
+    metas = [_metadata(rng) for _ in ids]
+    metas[0] = {}  # a document whose metadata is empty
+    path = tmp_path_factory.mktemp("meta") / "idx"
+    index = Index.from_vectors(path, ids, vectors, metadata=metas, index_kind="flat")
+    return index, metas
+
+
+def _matched(index: Index, **flt: Any) -> set[str]:
+    Q = np.ones((1, index.info()["dim"]), np.float32) / 4.0
+    return {h.external_id for h in index.search(Q, k=len(index), **flt)}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flt=filters)
+def test_a_filter_selects_exactly_what_the_model_says(
+    meta_index: tuple[Index, list[dict[str, Any]]], flt: dict[str, Any]
+) -> None:
+    index, metas = meta_index
+    expected = {f"d{i}" for i, m in enumerate(metas) if _holds(flt, f"d{i}", m)}
+    assert _matched(index, filter=flt) == expected
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_hostile_keys_and_values_are_inert_and_match(
+    meta_index: tuple[Index, list[dict[str, Any]]], key: str
+) -> None:
+    index, metas = meta_index
+    db = index.path / index.snapshot.manifest.segments[0].name / DOCS_NAME
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    for value in ["O'Reilly", "--;", "é", "'); DROP TABLE documents; --", 1]:
+        expected = {f"d{i}" for i, m in enumerate(metas) if _eq(m.get(key, MISSING), value)}
+        assert _matched(index, filter={key: value}) == expected
+        assert _matched(index, filter={key: {"$in": [value]}}) == expected
+    assert _matched(index, filter={key: {"$exists": True}}) == {
+        f"d{i}" for i, m in enumerate(metas) if key in m
+    }
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert _matched(index) == {f"d{i}" for i in range(len(metas))}
+
+
+def test_types_are_json_types(meta_index: tuple[Index, list[dict[str, Any]]]) -> None:
+    index, metas = meta_index
+    ones = {f"d{i}" for i, m in enumerate(metas) if _kind(m.get("a")) == "num" and m["a"] == 1}
+    trues = {f"d{i}" for i, m in enumerate(metas) if m.get("a") is True}
+    assert ones and trues  # the corpus holds both, so the test can tell them apart
+    assert _matched(index, filter={"a": 1}) == ones  # 1 is not true
+    assert _matched(index, filter={"a": np.int64(1)}) == ones  # a NumPy scalar is its value
+    assert _matched(index, filter={"a": True}) == trues
+    assert _matched(index, filter={"a": "1"}).isdisjoint(ones)
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        ("json_extract(metadata, '$.a') = 1", "filter_sql"),
+        ({"a": [1, 2]}, r"\$in"),
+        ({"a": {"$regex": "x"}}, "not an operator"),
+        ({"$xor": []}, "not an operator"),
+        ({"a": float("nan")}, "finite"),
+        ({"a": {"$gt": None}}, "numbers or strings"),
+        ({"a": {"$gt": [1]}}, "scalar"),
+        ({"a..b": 1}, "empty part"),
+        ({"a": {"$exists": "yes"}}, "true or false"),
+        ({"a": 2**70}, "64 bits"),
+        ({"a": b"bytes"}, "not a JSON type"),
+        ({"$and": "a"}, "list of filters"),
+        ({"$ids": "vim"}, "not one string"),
+    ],
+)
+def test_bad_filters_raise_a_typed_error(flt: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        SearchParams(filter=flt)
+
+
+def test_deep_or_huge_filters_are_refused() -> None:
+    deep: dict[str, Any] = {"a": 1}
+    for _ in range(40):
+        deep = {"$not": deep}
+    with pytest.raises(InvalidInput, match="nested"):
+        compile_filter(deep)
+    with pytest.raises(InvalidInput, match="conditions"):
+        compile_filter({"$or": [{"a": i} for i in range(20_000)]})
+
+
+def test_large_id_sets_bind_one_parameter(meta_index: tuple[Index, list[dict[str, Any]]]) -> None:
+    index, _ = meta_index
+    ids = [f"d{i}" for i in range(0, 60, 3)] + [f"nope-{i}" for i in range(50_000)]
+    compiled = compile_filter(ids=ids)
+    assert compiled is not None and len(compiled.params) == 1
+    assert _matched(index, ids=ids) == {f"d{i}" for i in range(0, 60, 3)}
+    assert _matched(index, ids=ids, filter={"a": {"$exists": True}}) <= set(ids)
+
+
+def test_filter_sql_is_read_only(meta_index: tuple[Index, list[dict[str, Any]]]) -> None:
+    index, _ = meta_index
+    for hostile in ("1); DELETE FROM documents; --", "(SELECT load_extension('x'))"):
+        with pytest.raises(InvalidInput):
+            _matched(index, filter_sql=hostile)
+    assert len(_matched(index, filter_sql="doc_id < 5")) == 5
+
+
+@pytest.mark.parametrize(
+    ("clause", "expected"),
+    [
+        ("section=devel", {"section": {"$eq": "devel"}}),
+        ("year>=2020", {"year": {"$gte": 2020}}),
+        ("n<3.5", {"n": {"$lt": 3.5}}),
+        ('code="007"', {"code": {"$eq": "007"}}),
+        ("flag!=true", {"flag": {"$ne": True}}),
+        ("a.b=x=y", {"a.b": {"$eq": "x=y"}}),
+        ("tags=[1]", {"tags": {"$eq": "[1]"}}),
+    ],
+)
+def test_where_clauses(clause: str, expected: dict[str, Any]) -> None:
+    assert parse_where(clause) == expected
+
+
+def test_a_where_clause_without_an_operator_is_an_error() -> None:
+    with pytest.raises(InvalidInput, match="FIELD=VALUE"):
+        parse_where("section")
+
+
+# -- metadata at the door --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"x": float("nan")}, "finite"),
+        ({"x": [1.0, float("inf")]}, r"metadata\['x'\]\[1\]"),
+        ({"when": __import__("datetime").datetime(2024, 1, 1)}, "datetime"),
+        ({"raw": b"\x00"}, "bytes"),
+        ({"tags": {"a", "b"}}, "set"),
+        ({1: "int key"}, "keys are strings"),
+        ({"x": 2**64}, "64 bits"),
+    ],
+)
+def test_metadata_is_validated_naming_the_document(
+    tmp_path: Path, meta: dict[Any, Any], message: str
+) -> None:
+    ids, vectors = synthetic_corpus(3, 8)
+    metas: list[dict[Any, Any] | None] = [None, meta, None]
+    with pytest.raises(InvalidInput, match=message) as info:
+        Index.from_vectors(tmp_path / "idx", ids, vectors, metadata=metas)
+    assert ids[1] in str(info.value)
+    assert not (tmp_path / "idx" / "CURRENT").exists()
+
+
+def test_numpy_scalars_in_metadata_are_stored_as_their_values(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(2, 8)
+    metas = [{"n": np.int64(3), "f": np.float32(0.5), "ok": np.bool_(True), "l": (1, 2)}, None]
+    index = Index.from_vectors(tmp_path / "idx", ids, vectors, metadata=metas)
+    hit = index.search(vectors[0], k=1, metadata=True, filter={"n": 3, "ok": True})[0]
+    assert hit.external_id == ids[0]
+    assert hit.metadata == {"n": 3, "f": 0.5, "ok": True, "l": [1, 2]}
+    assert type(hit.metadata["n"]) is int
+
+
+# -- filtered search against the oracle, on the exact and on the ANN path -----------------
+
+
+def _oracle_top(Q: np.ndarray, vectors: list[np.ndarray], allowed: list[int], k: int) -> list[int]:
+    Q = Q.astype(np.float32)
+    scores = [
+        float((Q @ vectors[i].astype(np.float16).astype(np.float32).T).max(axis=1).sum())
+        for i in allowed
+    ]
+    order = sorted(range(len(allowed)), key=lambda j: (-scores[j], allowed[j]))
+    return [allowed[j] for j in order[:k]]
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    ids, vectors = synthetic_corpus(1200, 32, seed=6)
+    # "rare": 7 documents (0.6%), "half": every second one
+    metas = [{"rare": i % 171 == 5, "half": i % 2 == 0, "n": i} for i in range(len(ids))]
+    built: dict[str, Index] = {}
+
+    def get(kind: str) -> Any:
+        if kind not in built:
+            path = tmp_path_factory.mktemp(kind) / "idx"
+            built[kind] = Index.from_vectors(path, ids, vectors, metadata=metas, index_kind=kind)
+        return built[kind], ids, vectors, metas
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw"])
+@pytest.mark.parametrize("field", ["rare", "half"])
+@pytest.mark.parametrize("path", ["exact", "ann"])
+def test_filtered_search_equals_exhaustive_maxsim_over_the_allowed_subset(
+    grouped: Callable[[str], Any], ann_calls: list[int], kind: str, field: str, path: str
+) -> None:
+    index, ids, vectors, metas = grouped(kind)
+    allowed = [i for i, m in enumerate(metas) if m[field]]
+    n_tokens = index.info()["tokens"]
+    if path == "ann":  # every allowed token reachable, every candidate reranked
+        params = SearchParams(
+            k=10, k_token=n_tokens, n_rerank=len(ids), nprobe=10_000, ef_search=n_tokens
+        ).with_(exact_threshold=0)
+    else:
+        params = SearchParams(k=10, exact_threshold=len(ids))
+    for Q in synthetic_queries(vectors, 3, seed=12):
+        ann_calls.clear()
+        hits = index.search(Q, params=params, filter={field: True})
+        assert (len(ann_calls) == 1) == (path == "ann")
+        assert [h.doc_id for h in hits] == _oracle_top(Q, vectors, allowed, 10)
+
+
+@pytest.mark.parametrize(("kind", "floor"), [("ivf-flat", 0.9), ("hnsw", 0.8)])
+def test_a_filtered_ann_search_finds_the_allowed_neighbours_at_default_settings(
+    grouped: Callable[[str], Any], ann_calls: list[int], kind: str, floor: float
+) -> None:
+    """The token ANN itself is filtered (a FAISS selector over allowed rows), so a
+    filter that leaves 2% of the documents still fills the candidate list."""
+    index, _, vectors, metas = grouped(kind)
+    allowed = [i for i, m in enumerate(metas) if m["n"] % 50 == 0]
+    flt = {"n": {"$in": [int(i) for i in allowed]}}
+    found = 0
+    for Q in synthetic_queries(vectors, 10, seed=13):
+        ann_calls.clear()
+        hits = index.search(Q, k=5, filter=flt, exact_threshold=0)
+        assert ann_calls == [1] and len(hits) == 5
+        found += len({h.doc_id for h in hits} & set(_oracle_top(Q, vectors, allowed, 5)))
+    assert found >= floor * 50
+
+
+# -- the command line and deletes ------------------------------------------------------
+
+
+def test_cli_where_ids_and_filter_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ids, vectors = synthetic_corpus(40, 8, seed=2)
+    metas = [{"section": "devel" if i % 4 == 0 else "libs", "year": 2000 + i} for i in range(40)]
+    path = tmp_path / "idx"
+    Index.from_vectors(path, ids, vectors, metadata=metas).close()
+
+    def ids_of(*args: str) -> set[str]:
+        with Index.open(path) as index:
+            from sie_index.cli import _filter_args, build_parser
+
+            ns = build_parser().parse_args(["search", str(path), "q", *args])
+            hits = index.search(vectors[0], k=40, **_filter_args(ns))
+            return {h.external_id for h in hits}
+
+    assert ids_of("--where", "section=devel") == {ids[i] for i in range(0, 40, 4)}
+    assert ids_of("--where", "section=devel", "--where", "year>=2020") == {
+        ids[i] for i in range(20, 40, 4)
+    }
+    assert ids_of("--ids", f"{ids[1]},{ids[2]}") == {ids[1], ids[2]}
+    assert ids_of("--filter-json", json.dumps({"$or": [{"year": 2001}, {"year": 2003}]})) == {
+        ids[1],
+        ids[3],
+    }
+    assert ids_of("--filter-sql", "doc_id < 3") == set(ids[:3])
+    # a bad filter is one line, not a traceback
+    capsys.readouterr()
+    assert cli_main(["search", str(path), "x", "--filter-json", "{not json"]) != 0
+    err = capsys.readouterr().err
+    assert "--filter-json" in err and "Traceback" not in err
+    # delete by a filter
+    assert cli_main(["delete", str(path), "--where", "section=libs", "--where", "year<2010"]) == 0
+    with Index.open(path) as index:
+        assert len(index) == 40 - len([i for i in range(10) if i % 4 != 0])
+        assert (
+            index.search(vectors[1], k=40, filter={"year": {"$lt": 2010}, "section": "libs"}) == []
+        )
+
+
+def test_delete_where_takes_the_filter_language(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(30, 8, seed=3)
+    metas = [{"g": i % 3, "tag": "keep" if i < 5 else "x"} for i in range(30)]
+    index = Index.from_vectors(tmp_path / "idx", ids, vectors, metadata=metas)
+    report = index.delete_where({"g": 0, "tag": {"$ne": "keep"}})
+    assert report.deleted == len([i for i in range(5, 30) if i % 3 == 0])
+    report = index.delete_where(ids=[ids[1], ids[2]])
+    assert report.deleted == 2
+    with pytest.raises(InvalidInput, match="needs a filter"):
+        index.delete_where()
+    with pytest.raises(InvalidInput, match="filter_sql"):
+        index.delete_where("g = 0")  # type: ignore[arg-type]
+    assert len(index) == 30 - 8 - 2
