@@ -10,7 +10,8 @@ size). Each phase runs in its own process, so its peak RSS is its own:
 1. build N/6 and N documents (peak RSS of each, and their ratio);
 2. add 5,000 documents to the N-document index in one commit (documents/s,
    excluding encoding: vectors, codes with the trained quantizer, rows, commit);
-3. 50 single deletes and 20 single upserts with one open writer (median and p95 ms);
+3. 50 single deletes and 20 single upserts with one open writer (median and p95 ms),
+   and 10 single deletes through ``Index.delete`` (a writer each, then a refresh);
 4. compaction (seconds);
 5. a writer process killed with SIGKILL in the middle of an add, then the time
    to open the index again (reader, and writer with its sweep).
@@ -116,6 +117,24 @@ def worker_changes(path: Path, n: int) -> dict[str, Any]:
                 "p50_ms": float(np.median(ms)),
                 "p95_ms": float(np.percentile(ms, 95)),
             }
+    out["peak_rss_mb_after_add"] = _rss_mb()
+    # the one-call API: each delete takes the lock, loads the writer, commits and
+    # refreshes the open Index onto the new generation
+    from sie_index.index import Index
+
+    with Index.open(path) as index:
+        api = []
+        for i in range(10):
+            t = time.perf_counter()
+            index.delete([f"d{i * 97 + 1}"])
+            api.append(time.perf_counter() - t)
+    ms = np.array(api) * 1000
+    out["delete_api"] = {
+        "n": len(api),
+        "p50_ms": float(np.median(ms)),
+        "p95_ms": float(np.percentile(ms, 95)),
+    }
+    with StoreWriter(path) as writer:
         t = time.perf_counter()
         writer.compact()
         out["compact"] = {"seconds": time.perf_counter() - t, "documents": len(writer.live)}
@@ -228,6 +247,10 @@ def table(r: dict[str, Any]) -> str:
         (
             "single delete",
             f"p50 {r['delete']['p50_ms']:.1f} ms, p95 {r['delete']['p95_ms']:.1f} ms",
+        ),
+        (
+            "single delete, Index.delete (lock, load, commit, refresh)",
+            f"p50 {r['delete_api']['p50_ms']:.1f} ms, p95 {r['delete_api']['p95_ms']:.1f} ms",
         ),
         (
             "single upsert",

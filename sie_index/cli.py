@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     encoder = _query_encoder(args, Path(args.index))
     index = Index.open(args.index, encoder=encoder, verify=not args.no_verify)
-    results = index.search_batch(args.queries, params=_params(args), text=True, metadata=True)
+    results = index.search_batch(
+        args.queries, params=_params(args), text=True, metadata=True, explain=args.explain
+    )
     if args.json:
         out = [
             {
@@ -262,6 +265,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                         "score": h.score,
                         "text": h.text,
                         "metadata": h.metadata,
+                        **({"explain": [asdict(m) for m in h.explain]} if h.explain else {}),
                     }
                     for i, h in enumerate(hits)
                 ],
@@ -277,6 +281,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             for i, h in enumerate(hits)
         ]
         print_table(rows, ("rank", "id", "score", "text"))
+        if args.explain:
+            for i, h in enumerate(hits):
+                print(f"\n#{i + 1} {h.external_id}: score {h.score:.3f} = sum of the best matches")
+                print_table(
+                    [
+                        (
+                            m.query_text or f"[{m.query_token}]",
+                            m.doc_text or f"[{m.doc_token}]",
+                            f"{m.similarity:.3f}",
+                        )
+                        for m in h.explain or ()
+                    ],
+                    ("query token", "document token", "similarity"),
+                )
     return 0
 
 
@@ -465,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="hits per query")
     _add_filter_options(p, "only documents")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="for each hit, the document token each query token matched, and how well",
+    )
     p.add_argument(
         "--no-verify",
         action="store_true",

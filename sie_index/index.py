@@ -7,6 +7,7 @@ encoder.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,9 +17,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from sie_index.corpus import Document
-from sie_index.encoders.base import Encoder, EncoderSpec
+from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
-from sie_index.errors import DimensionMismatch, InvalidInput
+from sie_index.errors import DimensionMismatch, EncoderError, InvalidInput
 from sie_index.params import Hit, SearchParams
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
@@ -268,7 +269,43 @@ class Index:
         ranked = searcher.rank(
             self._query_matrices(queries), params, explain=explain, threads=threads
         )
-        return [searcher.hits(r, text=text, metadata=metadata) for r in ranked]
+        results = [searcher.hits(r, text=text or explain, metadata=metadata) for r in ranked]
+        if explain:
+            results = [self._name_tokens(q, hits) for q, hits in zip(queries, results, strict=True)]
+        if explain and not text:
+            results = [[dataclasses.replace(h, text=None) for h in hits] for hits in results]
+        return results
+
+    def _name_tokens(self, query: Query, hits: list[Hit]) -> list[Hit]:
+        """Hits whose explanations name the query and document tokens, where the
+        encoder can tokenize (an encoder without a tokenizer leaves them None)."""
+        try:
+            encoder = self.encoder
+        except EncoderError:  # query vectors, and no encoder here to name tokens with
+            return hits
+        if not isinstance(encoder, TokenTexts):
+            return hits
+        q_texts = encoder.token_texts([query], is_query=True)[0] if isinstance(query, str) else None
+        docs = [h.text for h in hits]
+        d_texts = encoder.token_texts([t for t in docs if t], is_query=False)
+        by_hit = iter(d_texts)
+        out = []
+        for hit in hits:
+            tokens = next(by_hit) if hit.text else None
+            if tokens is not None and len(tokens) != self._searcher.token_count[hit.doc_id]:
+                tokens = None  # not the text that was encoded: say nothing rather than guess
+            if q_texts is not None and hit.explain and len(q_texts) != len(hit.explain):
+                q_texts = None
+            named = tuple(
+                dataclasses.replace(
+                    m,
+                    query_text=q_texts[m.query_token] if q_texts is not None else None,
+                    doc_text=tokens[m.doc_token] if tokens is not None else None,
+                )
+                for m in hit.explain or ()
+            )
+            out.append(dataclasses.replace(hit, explain=named))
+        return out
 
     # -- changing it -------------------------------------------------------------
 

@@ -79,6 +79,10 @@ class MatchedToken:
     query_token: int
     doc_token: int
     similarity: float
+    query_text: str | None = None
+    """The query token's text, where the encoder has a tokenizer and the query was text."""
+    doc_text: str | None = None
+    """The document token's text, where the encoder has a tokenizer and the text is stored."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -304,3 +304,15 @@ def test_pickled_or_missing_weights_are_refused(
         ColbertEncoder(folder)
     with pytest.raises(EncoderUnavailable, match="not a ColBERT checkpoint"):
         ColbertEncoder(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["pylate", "stanford", "pylate-noexp"])
+@pytest.mark.parametrize("is_query", [False, True])
+def test_token_texts_name_every_vector_row(
+    checkpoints: dict[str, Path], layout: str, is_query: bool
+) -> None:
+    enc = ColbertEncoder(checkpoints[layout])
+    texts = enc.token_texts(TEXTS, is_query=is_query)
+    ids = enc.token_ids(TEXTS, is_query=is_query)
+    for got, want in zip(texts, ids, strict=True):
+        assert got == enc.tokenizer.convert_ids_to_tokens(want)

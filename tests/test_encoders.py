@@ -171,3 +171,51 @@ def test_index_from_precomputed_folder(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="'p3'"):
         Index.build(tmp_path / "idx2", docs, encoder=PrecomputedEncoder(folder, dim=8))
     assert not (tmp_path / "idx2").exists()
+
+
+def test_token_texts_name_every_vector_row(minilm: TokenStatesEncoder) -> None:
+    texts = ["Tools to manage SSH keys!", "x"]
+    for is_query in (False, True):
+        names = minilm.token_texts(texts, is_query=is_query)
+        encode = minilm.encode_queries if is_query else minilm.encode_documents
+        assert [len(n) for n in names] == [len(v) for v in encode(texts)]
+    assert minilm.token_texts(["Tools to manage SSH keys!"], is_query=False)[0] == [
+        "tools",
+        "to",
+        "manage",
+        "ss",
+        "##h",
+        "keys",
+        "!",
+    ]
+
+
+def test_explain_names_the_tokens_on_the_api_and_the_cli(
+    minilm: TokenStatesEncoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sie_index import Document
+    from sie_index.cli import main
+
+    docs = [
+        Document(id="ssh", text="OpenSSH key management tools"),
+        Document(id="img", text="resize and crop photos"),
+        Document(id="web", text="a small web server"),
+    ]
+    index = Index.build(tmp_path / "idx", docs, encoder=minilm)
+    hit = index.search("manage ssh keys", k=1, explain=True)[0]
+    assert hit.external_id == "ssh" and hit.text is None  # explain does not add the text
+    assert hit.explain is not None
+    assert [m.query_text for m in hit.explain] == ["manage", "ss", "##h", "keys"]
+    doc_tokens = minilm.token_texts([docs[0].text], is_query=False)[0]
+    assert all(m.doc_text == doc_tokens[m.doc_token] for m in hit.explain)
+    assert dict((m.query_text, m.doc_text) for m in hit.explain)["##h"] == "##sh"
+    assert sum(m.similarity for m in hit.explain) == pytest.approx(hit.score, abs=1e-4)
+    # query vectors: no query text to name, the document side still named
+    Q = minilm.encode_queries(["manage ssh keys"])[0]
+    hit = index.search(Q, k=1, explain=True)[0]
+    assert hit.explain and all(m.query_text is None and m.doc_text for m in hit.explain)
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "manage ssh keys", "-k", "1", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "query token" in out and "document token" in out
+    assert any(line.split()[:2] == ["##h", "##sh"] for line in out.splitlines())

@@ -98,6 +98,15 @@ class Encoder(Protocol):
     def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
 
+@runtime_checkable
+class TokenTexts(Protocol):
+    """An encoder that can say which token each vector row stands for (for
+    explanations): ``token_texts(texts, is_query=...)`` gives, per text, one string
+    per row that encoding it returns, without running the model."""
+
+    def token_texts(self, texts: Sequence[str], *, is_query: bool) -> list[list[str]]: ...
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows divided by their L2 norm (float32)."""
     x = np.asarray(x, dtype=np.float32)

@@ -295,15 +295,7 @@ class ColbertEncoder:
             features = self._tokenize([stripped[i] for i in batch], is_query)
             emb = self._forward(features)
             input_ids = features["input_ids"]
-            if is_query:
-                keep = (
-                    self._torch.ones_like(input_ids, dtype=self._torch.bool)
-                    if self.settings.do_query_expansion
-                    else features["attention_mask"].bool()
-                )
-            else:
-                skip = self._torch.isin(input_ids, self._torch.tensor(self.skiplist_ids))
-                keep = features["attention_mask"].bool() & ~skip
+            keep = self._kept(features, is_query)
             for row, i in enumerate(batch):
                 mask = keep[row]
                 rows = emb[row][mask]
@@ -312,6 +304,30 @@ class ColbertEncoder:
                 ids[i] = input_ids[row][mask].tolist()
         who = f"colbert encoder {self._spec.model}"
         return check_encoder_output(vectors, len(texts), self._spec.dim, who=who), ids
+
+    def _kept(self, features: Mapping[str, Any], is_query: bool) -> Any:
+        """Which token positions become vector rows: every one of an expanded query,
+        else the attended ones, less the skiplist in documents."""
+        input_ids = features["input_ids"]
+        if is_query:
+            if self.settings.do_query_expansion:
+                return self._torch.ones_like(input_ids, dtype=self._torch.bool)
+            return features["attention_mask"].bool()
+        skip = self._torch.isin(input_ids, self._torch.tensor(self.skiplist_ids))
+        return features["attention_mask"].bool() & ~skip
+
+    def token_texts(self, texts: Sequence[str], *, is_query: bool) -> list[list[str]]:
+        """The token behind each vector row that encoding ``texts`` returns (markers and
+        [MASK] expansion included), without running the model."""
+        stripped = [t.strip() for t in texts]
+        if not stripped:
+            return []
+        features = self._tokenize(stripped, is_query)
+        keep = self._kept(features, is_query)
+        return [
+            list(self.tokenizer.convert_ids_to_tokens(row[mask].tolist()))
+            for row, mask in zip(features["input_ids"], keep, strict=True)
+        ]
 
     def _forward(self, features: Mapping[str, Any]) -> Any:
         torch = self._torch

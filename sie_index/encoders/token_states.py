@@ -156,12 +156,23 @@ class TokenStatesEncoder:
     def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
         return self._encode(texts, self.query_maxlen)
 
-    def _encode(self, texts: Sequence[str], maxlen: int) -> list[np.ndarray]:
+    def token_texts(self, texts: Sequence[str], *, is_query: bool) -> list[list[str]]:
+        """The word piece behind each vector row that encoding ``texts`` returns."""
+        ids, special = self._tokenize(texts, self.query_maxlen if is_query else self.doc_maxlen)
+        out = []
+        for row, mask in zip(ids, special, strict=True):
+            keep = [t for t, m in zip(row, mask, strict=True) if m == 0] or row[:1]
+            out.append(list(self.tokenizer.convert_ids_to_tokens(keep)))
+        return out
+
+    def _tokenize(
+        self, texts: Sequence[str], maxlen: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInput(f"text {i} is empty or not a string; nothing to encode")
         if not texts:
-            return []
+            return [], []
         enc: Any = self.tokenizer(
             list(texts),
             truncation=True,
@@ -170,8 +181,12 @@ class TokenStatesEncoder:
             return_attention_mask=False,
             return_token_type_ids=False,
         )
-        ids: list[list[int]] = enc["input_ids"]
-        special: list[list[int]] = enc["special_tokens_mask"]
+        return enc["input_ids"], enc["special_tokens_mask"]
+
+    def _encode(self, texts: Sequence[str], maxlen: int) -> list[np.ndarray]:
+        ids, special = self._tokenize(texts, maxlen)
+        if not ids:
+            return []
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[np.ndarray | None] = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):
