@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,13 @@ def rewrite_manifest(path: Path, change: Callable[[dict[str, Any]], Any]) -> Non
     raw = json.loads((gen_dir(path) / MANIFEST_NAME).read_text())
     change(raw)
     resign(path, json.dumps(raw).encode())
+
+
+def rest_of_output(child: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """What a child wrote after the lines already read with ``readline``, to its end.
+
+    ``communicate`` reads the raw pipe and would drop lines that ``readline`` pulled
+    into the text wrapper's buffer (a line acknowledging a change, say)."""
+    assert child.stdout is not None
+    child.wait(timeout=timeout)  # killed or done: it writes no more
+    return child.stdout.read(), child.stderr.read() if child.stderr is not None else ""

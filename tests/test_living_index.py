@@ -29,6 +29,7 @@ from storage.snapshot import StoreSnapshot
 from storage.store_writer import StoreWriter
 from storage.verify import verify_index
 from tests.ops_child import DIM, SPEC, apply, doc, draw, vectors
+from tests.storage_helpers import rest_of_output
 
 ROOT = Path(__file__).resolve().parents[1]
 N_BASE = 300
@@ -405,7 +406,7 @@ def _kill_loop(tmp_path: Path, kills: int, kind: str = "ivf-flat") -> dict[str, 
         first = child.stdout.readline()
         time.sleep(float(rng.uniform(0.0, 0.8)))
         child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=60)
+        out, err = rest_of_output(child)
         assert child.returncode == -signal.SIGKILL, err
         state, which = _settle(path, state, first + out)
         seen[which] += 1

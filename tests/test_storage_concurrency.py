@@ -25,6 +25,7 @@ from storage.lock import LOCK_NAME
 from storage.snapshot import StoreSnapshot
 from tests.conftest import synthetic_corpus, synthetic_queries
 from tests.crash_child import build, corpus
+from tests.storage_helpers import rest_of_output
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 600  # above the exact-path threshold (8 x 64): searches run the ANN
@@ -272,7 +273,7 @@ def _kill_loop(tmp_path: Path, kills: int) -> dict[str, int]:
         assert child.stdout.readline().strip() == "ready"
         time.sleep(float(rng.uniform(0.0, 1.2)))
         child.send_signal(signal.SIGKILL)
-        built = [int(s) for s in child.communicate(timeout=60)[0].split()[1::2]]
+        built = [int(s) for s in rest_of_output(child)[0].split()[1::2]]
         acknowledged = built[-1] if built else previous
         in_flight = seeds[len(built)] if len(built) < len(seeds) else None
         seed = _which_seed(path)
