@@ -79,6 +79,7 @@ def _params(args: argparse.Namespace) -> Any:
         n_rerank=args.n_rerank,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
+        exact_threshold=args.exact_threshold,
     )
 
 
@@ -87,6 +88,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-rerank", type=int, help="candidates rescored by exact MaxSim")
     p.add_argument("--nprobe", type=int, help="inverted lists visited per query token (IVF)")
     p.add_argument("--ef-search", type=int, help="HNSW search breadth")
+    p.add_argument(
+        "--exact-threshold",
+        type=int,
+        help="score every allowed document exactly when at most this many are allowed "
+        "(default 8 x max(n_rerank, k); 0: always the token ANN)",
+    )
 
 
 def _add_encoder_options(p: argparse.ArgumentParser, *, building: bool) -> None:
@@ -334,6 +341,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _sweep(
+    args: argparse.Namespace, index: Any, dataset: Any, name: str, out: Path, progress: bool
+) -> int:
+    from sie_index.sweep import grid_from_args, plot_sweep, sweep
+
+    grid = grid_from_args(args.sweep_k_token, args.sweep_nprobe, args.sweep_n_rerank)
+    report = sweep(
+        index,
+        dataset,
+        grid=grid,
+        base=_params(args),
+        max_queries=args.max_queries,
+        dataset_name=name,
+        progress=progress,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(report.to_json(), encoding="utf-8")
+    plot_sweep(report, out / "sweep.png")
+    rows = [
+        (
+            str(p.k_token),
+            str(p.nprobe),
+            str(p.n_rerank),
+            f"{p.metrics['MRR@10']:.4f}",
+            f"{p.metrics['R@100']:.4f}",
+            f"{p.latency_ms['p50']:.1f}",
+            f"{p.latency_ms['p95']:.1f}",
+        )
+        for p in report.points
+    ]
+    ex = report.exhaustive_metrics
+    rows.append(("exhaustive", "", "", f"{ex['MRR@10']:.4f}", f"{ex['R@100']:.4f}", "", ""))
+    print(f"{report.queries} queries")
+    print_table(rows, ("k_token", "nprobe", "n_rerank", "MRR@10", "R@100", "p50 ms", "p95 ms"))
+    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import evaluate
@@ -348,6 +393,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         encoder = _query_encoder(args, index_path)
         index = Index.open(index_path, encoder=encoder, verify=not args.no_verify)
     out = Path(args.out)
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.sweep:
+        return _sweep(args, index, dataset, folder.name, out, progress)
     report = evaluate(
         index,
         dataset,
@@ -358,6 +406,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report_path=out / "report.json",
         dataset_name=folder.name,
         split=args.split,
+        progress=progress,
     )
     rows = [
         (
@@ -522,6 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queries", type=int, default=None)
     p.add_argument("-k", type=int, default=100, help="run depth")
     p.add_argument("--out", default="runs/eval", help="folder for report.json and run.trec")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="evaluate a grid of k_token x nprobe x n_rerank; write sweep.json and sweep.png",
+    )
+    p.add_argument("--sweep-k-token", metavar="A,B,..", help="k_token values (16,32,64,128)")
+    p.add_argument("--sweep-nprobe", metavar="A,B,..", help="nprobe values (8,16)")
+    p.add_argument("--sweep-n-rerank", metavar="A,B,..", help="n_rerank values (32,64,128)")
     p.add_argument("--no-verify", action="store_true")
     _add_build_options(p)
     _add_search_options(p)

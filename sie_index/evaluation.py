@@ -23,13 +23,26 @@ from typing import Any
 import ir_measures
 import numpy as np
 from ir_measures import RR, R, nDCG
+from tqdm import tqdm
 
 from sie_index.corpus import BeirDataset
 from sie_index.exhaustive import ResidentScan, exhaustive_search
 from sie_index.index import Index
 from sie_index.params import SearchParams
 
-__all__ = ["EvalReport", "evaluate", "metrics_of_run", "write_trec_run"]
+__all__ = [
+    "EvalReport",
+    "Run",
+    "evaluate",
+    "exhaustive_metrics",
+    "external_ids",
+    "judged_queries",
+    "metrics_of_run",
+    "percentiles",
+    "run_one",
+    "run_params",
+    "write_trec_run",
+]
 
 MEASURES = {"nDCG@10": nDCG @ 10, "MRR@10": RR @ 10, "R@1": R @ 1, "R@10": R @ 10, "R@100": R @ 100}
 RUN_DEPTH = 100
@@ -78,7 +91,7 @@ def write_trec_run(path: Path, run: Run, name: str = "sie-index") -> None:
                 fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
 
 
-def _percentiles(values_s: list[float]) -> dict[str, float]:
+def percentiles(values_s: list[float]) -> dict[str, float]:
     if not values_s:
         return {"p50": 0.0, "p95": 0.0, "mean": 0.0}
     arr = np.asarray(values_s) * 1000.0
@@ -101,14 +114,12 @@ def evaluate(
     report_path: Path | None = None,
     dataset_name: str = "",
     split: str = "dev",
+    progress: bool = False,
 ) -> EvalReport:
     """Run every query of ``dataset`` against ``index`` and measure quality and latency."""
-    params = (params or SearchParams()).with_(k=max((params or SearchParams()).k, RUN_DEPTH))
-    external = _external_ids(index)
-    indexed = set(external)
-    # Judge only queries whose relevant documents the index holds (an index of a
-    # slice of the corpus cannot answer the others); the report says how many.
-    judged = [q for q in dataset.queries if any(d in indexed for d in dataset.qrels.get(q, {}))]
+    params = run_params(params)
+    external = external_ids(index)
+    judged = judged_queries(dataset, external)
     qids = judged[:max_queries]
     texts = [dataset.queries[q] for q in qids]
     qrels = {q: dataset.qrels[q] for q in qids}
@@ -117,26 +128,25 @@ def evaluate(
     Qs: list[np.ndarray] = []
     search_s: list[float] = []
     total_s: list[float] = []
-    for qid, text in zip(qids, texts, strict=True):
+    for qid, text in tqdm(
+        list(zip(qids, texts, strict=True)), desc="queries", unit="q", disable=not progress
+    ):
         t0 = time.perf_counter()
         Q = index.encode_queries([text])[0]
         t1 = time.perf_counter()
-        ranked = index.rank([Q], params, threads=1)[0]
+        run[qid] = run_one(index, Q, params, external)
         t2 = time.perf_counter()
         search_s.append(t2 - t1)
         total_s.append(t2 - t0)
         Qs.append(Q)
-        run[qid] = {
-            external[d]: float(s) for d, s in zip(ranked.doc_ids, ranked.scores, strict=True)
-        }
     metrics = metrics_of_run(qrels, run)
     latency = {
-        **{f"search_{k}": v for k, v in _percentiles(search_s).items()},
-        **{f"with_encoding_{k}": v for k, v in _percentiles(total_s).items()},
+        **{f"search_{k}": v for k, v in percentiles(search_s).items()},
+        **{f"with_encoding_{k}": v for k, v in percentiles(total_s).items()},
     }
     ex_metrics = ratio = ex_latency = None
     if exhaustive:
-        ex_metrics, ex_latency = _exhaustive(
+        ex_metrics, ex_latency = exhaustive_metrics(
             index, Qs, qids, qrels, external, exhaustive_latency_queries
         )
         ratio = {k: (metrics[k] / v if v else 0.0) for k, v in ex_metrics.items()}
@@ -161,12 +171,33 @@ def evaluate(
     return report
 
 
-def _external_ids(index: Index) -> list[str]:
+def run_params(params: SearchParams | None) -> SearchParams:
+    """``params`` with ``k`` at least the run depth (100)."""
+    params = params or SearchParams()
+    return params.with_(k=max(params.k, RUN_DEPTH))
+
+
+def external_ids(index: Index) -> list[str]:
     """Internal id -> external id, read once (evaluation maps every result)."""
     return index.snapshot.docs.external_ids()
 
 
-def _exhaustive(
+def judged_queries(dataset: BeirDataset, external: list[str]) -> list[str]:
+    """Queries whose relevant documents the index holds (an index of a slice of the
+    corpus cannot answer the others; reports say how many were left out)."""
+    indexed = set(external)
+    return [q for q in dataset.queries if any(d in indexed for d in dataset.qrels.get(q, {}))]
+
+
+def run_one(
+    index: Index, Q: np.ndarray, params: SearchParams, external: list[str]
+) -> dict[str, float]:
+    """One encoded query's results, as a run entry (external id -> score)."""
+    ranked = index.rank([Q], params, threads=1)[0]
+    return {external[d]: float(s) for d, s in zip(ranked.doc_ids, ranked.scores, strict=True)}
+
+
+def exhaustive_metrics(
     index: Index,
     Qs: list[np.ndarray],
     qids: list[str],
@@ -193,4 +224,4 @@ def _exhaustive(
             scan.scores(Q)
             timings.append(time.perf_counter() - t0)
         del scan
-    return metrics_of_run(qrels, run), _percentiles(timings)
+    return metrics_of_run(qrels, run), percentiles(timings)

@@ -49,6 +49,7 @@ def test_evaluate_writes_report_and_run(
 ) -> None:
     out = tmp_path / "eval"
     args = ["evaluate", "debian-pkgs", "--index", str(built), "--exhaustive", "--out", str(out)]
+    args += ["--exact-threshold", "0"]  # the token ANN, measured against exhaustive MaxSim
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "MRR@10" in printed and "ratio" in printed
@@ -65,6 +66,34 @@ def test_evaluate_writes_report_and_run(
     lines = (out / "run.trec").read_text().splitlines()
     qid, q0, _doc, rank, _score, name = lines[0].split()
     assert q0 == "Q0" and rank == "1" and name == "sie-index" and qid.startswith("q-")
+
+
+def test_evaluate_sweep_writes_a_table_and_a_plot(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    args = ["evaluate", "debian-pkgs", "--index", str(built), "--sweep", "--out", str(out)]
+    args += ["--sweep-k-token", "2,64", "--sweep-nprobe", "1,16", "--sweep-n-rerank", "4"]
+    args += ["--exact-threshold", "0", "--max-queries", "40"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "exhaustive" in printed and "p50 ms" in printed
+    report = json.loads((out / "sweep.json").read_text())
+    assert 0 < report["queries"] <= 40
+    points = {(p["k_token"], p["nprobe"]): p for p in report["points"]}
+    assert sorted(points) == [(2, 1), (2, 16), (64, 1), (64, 16)]
+    assert all(p["n_rerank"] == 4 for p in points.values())
+    # each point measures what evaluate measures at its settings
+    one = tmp_path / "one"
+    settings = ["--k-token", "2", "--nprobe", "1", "--n-rerank", "4", "--exact-threshold", "0"]
+    assert main([*args[:4], "--max-queries", "40", "--out", str(one), *settings]) == 0
+    alone = json.loads((one / "report.json").read_text())["metrics"]
+    assert points[(2, 1)]["metrics"] == pytest.approx(alone)
+    png = (out / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    bad = ["evaluate", "debian-pkgs", "--index", str(built), "--sweep", "--sweep-k-token", "a,b"]
+    assert main([*bad, "--out", str(out)]) == 2
+    assert "k_token grid" in capsys.readouterr().err
 
 
 def test_a_bad_corpus_line_is_named_and_nothing_is_built(
