@@ -59,9 +59,11 @@ class CompiledFilter:
 
 def plain_value(value: Any, where: str) -> Any:
     """A filter value as a plain JSON scalar (NumPy scalars become Python values);
-    NaN, Inf, integers past 64 bits, lists and non-JSON types raise
-    :class:`InvalidInput`. The same check as stored metadata gets."""
+    NaN, Inf, lists and non-JSON types raise :class:`InvalidInput` (the check
+    stored metadata gets), and so do integers past SQLite's 64 bits."""
     out = plain_json(value, where)
+    if isinstance(out, int) and not -(2**63) <= out < 2**63:
+        raise InvalidInput(f"{where}: {out} does not fit in 64 bits (SQLite's integers)")
     if isinstance(out, dict | list):
         kind = type(out).__name__
         raise InvalidInput(f"{where}: a filter value is one JSON scalar, not a {kind}")

@@ -55,6 +55,10 @@ _DOCUMENTS = """CREATE TABLE documents (
     doc_sum INTEGER NOT NULL
 )"""
 _LIVE_IDS = "CREATE UNIQUE INDEX live_external_id ON documents (external_id) WHERE deleted = 0"
+_INSERT = (
+    "INSERT INTO documents (doc_id, external_id, text, metadata, token_start, token_count, "
+    "deleted, generation, span_sum, doc_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"
 _SCHEMA = {
     ("table", "documents", _DOCUMENTS),
@@ -93,7 +97,7 @@ def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int | Non
 
 def plain_json(value: Any, where: str, doc_id: str | None = None, depth: int = 0) -> Any:
     """``value`` as plain JSON data: objects with string keys, lists (tuples too),
-    strings, finite numbers that fit in 64 bits, booleans and null; NumPy scalars
+    strings, finite numbers, booleans and null; NumPy scalars
     become their Python values. Anything else raises :class:`InvalidInput` naming
     the document and where in the value it is."""
     if isinstance(value, np.generic):
@@ -101,8 +105,6 @@ def plain_json(value: Any, where: str, doc_id: str | None = None, depth: int = 0
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            raise InvalidInput(f"{where} is {value}, which does not fit in 64 bits", doc_id=doc_id)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -192,25 +194,25 @@ class DocWriter:
         for r in rows:
             meta = None if r.metadata is None else _metadata_json(r.metadata, r.external_id)
             records.append(
-                {
-                    "doc_id": r.doc_id,
-                    "external_id": r.external_id,
-                    "text": r.text,
-                    "metadata": meta,
-                    "token_start": r.token_start,
-                    "token_count": r.token_count,
-                    "deleted": 0,
-                    "generation": generation,
-                    "span_sum": span_digest(
+                (
+                    r.doc_id,
+                    r.external_id,
+                    r.text,
+                    meta,
+                    r.token_start,
+                    r.token_count,
+                    0,
+                    generation,
+                    span_digest(
                         r.doc_id, r.external_id, r.token_start, r.token_count, 0, generation
                     ),
-                    "doc_sum": doc_digest(r.doc_id, r.text, meta),
-                }
+                    doc_digest(r.doc_id, r.text, meta),
+                )
             )
         db = self.db
         try:
-            with db.atomic():
-                db.table("documents").insert_all(records, batch_size=1000)
+            with db.atomic():  # one transaction; a plain executemany, not row dicts
+                db.conn.executemany(_INSERT, records)
         except sqlite3.IntegrityError as exc:
             dup = self.first_existing([r.external_id for r in rows])
             raise InvalidInput(

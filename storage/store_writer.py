@@ -122,6 +122,7 @@ class StoreWriter:
         self.deleted: set[int] = set(deleted.tolist())
         self.live: dict[str, int] = {}
         """External id -> internal id of every live document."""
+        self._ext_of: dict[int, str] = {}  # the reverse, so a delete costs what it deletes
         for reader in self._docs.values():
             with contextlib.suppress(Exception):
                 reader.close()
@@ -137,6 +138,7 @@ class StoreWriter:
                 if ext in self.live:
                     raise CorruptIndex(f"{self.target}: document {ext!r} is live twice")
                 self.live[ext] = doc_id
+                self._ext_of[doc_id] = ext
 
     def _reader(self, name: str) -> DocReader:
         if name not in self._docs:
@@ -236,6 +238,7 @@ class StoreWriter:
         self._commit(manifest, deleted)
         for offset, ext in enumerate(added):
             self.live[ext] = record.doc_base + offset
+            self._ext_of[record.doc_base + offset] = ext
         return self._report(
             number, added=len(added) - len(replaced), replaced=len(replaced), tokens=record.tokens
         )
@@ -351,9 +354,11 @@ class StoreWriter:
                 raise
             raise
         self.plan = TokenIndexPlan.from_dict(self.manifest.token_index, str(self.target))
+        for doc_id in deleted - self.deleted:
+            ext = self._ext_of.pop(doc_id, None)
+            if ext is not None and self.live.get(ext) == doc_id:
+                del self.live[ext]
         self.deleted = deleted
-        for ext in [e for e, d in self.live.items() if d in deleted]:
-            del self.live[ext]
         names = {s.name for s in self.manifest.segments}
         for name in [n for n in self._docs if n not in names]:
             with contextlib.suppress(Exception):

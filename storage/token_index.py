@@ -196,6 +196,7 @@ class TokenIndex:
         self.parts: list[tuple[faiss.Index, int]] = [(index, 0)]
         self._selectors: list[Any] = [None]
         self._bitmaps: list[np.ndarray | None] = [None]
+        self._empty: faiss.Index | None = None
 
     @property
     def ntotal(self) -> int:
@@ -230,14 +231,21 @@ class TokenIndex:
                 sample = tokens.sample_rows(rows, ADD_CHUNK_ROWS)
                 index.train(sample)
                 del sample
+        # the empty trained copy, made before the codes go in: a copy of the filled
+        # index would hold every code twice at the build's peak
+        empty = faiss.clone_index(index)
         for start, stop in tokens.chunks(ADD_CHUNK_ROWS):
             index.add(tokens.read_rows(start, stop).astype(np.float32))
             if progress is not None:
                 progress(stop - start)
-        return cls(index, plan)
+        built = cls(index, plan)
+        built._empty = empty
+        return built
 
     def trained_copy(self) -> faiss.Index:
         """An empty copy of the (first part's) index: its trained quantizer and codebooks."""
+        if self._empty is not None:
+            return self._empty
         copy = faiss.clone_index(self.index)
         copy.reset()
         return copy

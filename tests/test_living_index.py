@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,9 +134,22 @@ def _random_changes(path: Path, seeds: list[int]) -> None:
             )
 
 
+def _copy_of_base(tmp: Path, kind: str) -> Path:
+    """A copy of the base index of ``kind``, built (and its quantizer trained) once a
+    session: training dominated the property tests when every example built its own."""
+    base = tmp.parent / f"base-{kind}"
+    if not base.exists():
+        build_base(tmp / "building", kind)
+        (tmp / "building").rename(base)
+    path = tmp / "idx"
+    shutil.copytree(base, path)
+    (path / LOCK_NAME).unlink(missing_ok=True)
+    return path
+
+
 def _check_against_fresh(tmp: Path, kind: str, seeds: list[int], ann_calls: list[int]) -> None:
-    path, fresh = tmp / "idx", tmp / "fresh"
-    build_base(path, kind)
+    fresh = tmp / "fresh"
+    path = _copy_of_base(tmp, kind)
     _random_changes(path, seeds)
     _fresh_build(fresh, path)
     qs = queries(6, seed=seeds[0] if seeds else 0)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sie_index import Index, SearchParams
 from sie_index.errors import DimensionMismatch, EncoderUnavailable, InvalidInput
-from tests.conftest import synthetic_queries
+from sie_index.exhaustive import exhaustive_search
+from tests.conftest import synthetic_corpus, synthetic_queries
 
 MakeIndex = Callable[..., tuple[Index, list[str], list[np.ndarray]]]
 
@@ -103,8 +107,6 @@ def test_k_larger_than_the_corpus_returns_every_document(make_index: MakeIndex) 
 def test_filters_restrict_results_and_never_silently_empty_them(
     tmp_path: Path, selective: bool
 ) -> None:
-    from tests.conftest import synthetic_corpus
-
     ids, vectors = synthetic_corpus(600, 32, seed=2)
     share = 60 if selective else 2  # every 60th document, or every second one
     metadata = [{"group": "a" if i % share == 0 else "b", "n": i} for i in range(len(ids))]
@@ -155,3 +157,69 @@ def test_from_vectors_rejects_repeated_ids_and_builds_nothing(tmp_path: Path) ->
     with pytest.raises(InvalidInput, match="'b'"):
         Index.from_vectors(tmp_path / "idx", ["a", "b", "b"], [v, v, v])
     assert not (tmp_path / "idx").exists()
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    """One index of 700 documents per kind, built on first use."""
+    ids, vectors = synthetic_corpus(700, 16, seed=21)
+    built: dict[str, Index] = {}
+
+    def get(kind: str) -> tuple[Index, list[np.ndarray]]:
+        if kind not in built:
+            path = tmp_path_factory.mktemp(kind) / "idx"
+            built[kind] = Index.from_vectors(path, ids, vectors, index_kind=kind)
+        return built[kind], vectors
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw"])
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**16), k=st.integers(1, 30), n_tokens=st.integers(1, 12))
+def test_the_ann_path_equals_exhaustive_maxsim_when_it_reaches_every_token(
+    kinds: Callable[[str], Any], ann_calls: list[int], kind: str, seed: int, k: int, n_tokens: int
+) -> None:
+    """With every token reachable and every candidate reranked, the ANN path's top k is
+    the oracle's (tie-tolerant: equal scores may swap)."""
+    index, vectors = kinds(kind)
+    snap = index.snapshot
+    Q = synthetic_queries(vectors, 1, seed=seed, n_tokens=n_tokens)[0]
+    want_scores, want_ids = exhaustive_search(
+        [Q], snap.tokens, snap.spans.token_start, snap.spans.token_count, k
+    )
+    everything = snap.manifest.tokens
+    ann_calls.clear()
+    hits = index.search(
+        Q,
+        k=k,
+        k_token=everything,
+        n_rerank=len(vectors),
+        nprobe=10_000,
+        ef_search=everything,
+        exact_threshold=0,
+    )
+    assert ann_calls == [1]
+    # the oracle's top-k scores, each hit scored as the oracle scores it: equal up to ties
+    np.testing.assert_allclose([h.score for h in hits], want_scores[0], atol=1e-4)
+    exact = oracle(Q, vectors)
+    assert all(h.score == pytest.approx(float(exact[h.doc_id]), abs=1e-4) for h in hits)
+    assert len({h.doc_id for h in hits}) == len(hits) == len(want_ids[0])
+
+
+@pytest.mark.parametrize(
+    ("kind", "floor"),
+    [("flat", 1.0), ("ivf-flat", 0.9), ("ivf-sq8", 0.9), ("ivf-pq", 0.75), ("hnsw", 0.9)],
+)
+def test_the_ann_path_at_default_settings_keeps_a_recall_floor(
+    kinds: Callable[[str], Any], ann_calls: list[int], kind: str, floor: float
+) -> None:
+    index, vectors = kinds(kind)
+    recalls = []
+    for Q in synthetic_queries(vectors, 20, seed=31):
+        exact = oracle(Q, vectors)
+        ann_calls.clear()
+        hits = index.search(Q, k=10, exact_threshold=0)
+        assert ann_calls == [1]
+        recalls.append(tie_tolerant_recall([h.score for h in hits], exact, 10))
+    assert np.mean(recalls) >= floor
