@@ -48,7 +48,7 @@ TOKEN_INDEX_NAME = "tokens.faiss"  # noqa: S105 (a file name)
 INDEX_KINDS = ("auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
 AUTO_FLAT_MAX_TOKENS = 100_000
 TRAIN_SAMPLE_MAX = 262_144
-ADD_CHUNK_ROWS = 131_072
+ADD_CHUNK_ROWS = 32_768  # rows read and added at a time: bounds the build's peak memory
 MIN_POINTS_PER_LIST = 39
 
 
