@@ -124,6 +124,7 @@ def plot_sweep(report: SweepReport, path: Path) -> None:
 
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, metric in zip(axes, ("MRR@10", "R@100"), strict=True):
@@ -144,6 +145,8 @@ def plot_sweep(report: SweepReport, path: Path) -> None:
                 )
         ax.axhline(report.exhaustive_metrics[metric], color="k", ls="--", label="exhaustive")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no crowded minor labels
         ax.set_xlabel("search latency p50 (ms, log scale)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} vs latency (labels: k_token/nprobe)")
