@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.errors import CorruptIndex, DimensionMismatch, InvalidInput
-from sie_index.scoring import token_blocks
+from sie_index.scoring import token_blocks, top_k
 from storage.segmented import SegmentedTokens
 from storage.vectors import TokenReader
 
@@ -85,7 +85,7 @@ def exhaustive_search(
             [Qs[i] for i in group], reader, starts[doc_ids], counts[doc_ids], chunk_tokens
         )
         for row, i in enumerate(group):
-            top_scores[i], top_ids[i] = _top_k(scores[row], doc_ids, k_out)
+            top_scores[i], top_ids[i] = top_k(scores[row], doc_ids, k_out)
     return top_scores, top_ids
 
 
@@ -155,18 +155,6 @@ def _query_groups(
         rows += len(Q)
     if group:
         yield group
-
-
-def _top_k(scores: np.ndarray, doc_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best of ``scores``; ties go to the smaller doc id (``doc_ids`` ascending)."""
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    if k < len(scores):
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        candidates = np.flatnonzero(scores >= kth)  # every tie at the cut stays in
-    else:
-        candidates = np.arange(len(scores))
-    order = candidates[np.lexsort((doc_ids[candidates], -scores[candidates]))[:k]]
-    return scores[order], doc_ids[order]
 
 
 def _scan(

@@ -33,6 +33,7 @@ __all__ = [
     "segment_maxsim",
     "segment_maxsim_explain",
     "segment_maxsim_torch",
+    "top_k",
 ]
 
 # Elements of one similarity block (query tokens x document tokens): 32 MiB of float32.
@@ -195,6 +196,19 @@ def maxsim_batch(queries: Sequence[Any], documents: Sequence[Any]) -> np.ndarray
         for i, (q0, q1) in enumerate(zip(q_starts, q_ends, strict=True)):
             scores[i, start:stop] = best[:, q0:q1].sum(axis=1)
     return scores
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ``(scores, ids)``, best first, ties to the smaller id; NaN ranks
+    last. The one top-k of search and of the exhaustive oracle."""
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    if k < len(scores):
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        candidates = np.flatnonzero(scores >= kth)  # every tie at the cut stays in
+    else:
+        candidates = np.arange(len(scores))
+    order = candidates[np.lexsort((ids[candidates], -scores[candidates]))[:k]]
+    return scores[order], ids[order]
 
 
 def segment_maxsim(Q: np.ndarray, D: np.ndarray, counts: np.ndarray) -> np.ndarray:

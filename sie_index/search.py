@@ -34,7 +34,7 @@ import numpy as np
 
 from sie_index.filters import CompiledFilter
 from sie_index.params import Hit, MatchedToken, SearchParams
-from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks
+from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks, top_k
 from storage.snapshot import StoreSnapshot
 from storage.token_index import RowFilter
 
@@ -51,18 +51,6 @@ class Ranked:
     doc_ids: np.ndarray  # int64 [n]
     scores: np.ndarray  # float32 [n]
     explain: list[tuple[MatchedToken, ...]] | None = None
-
-
-def _top(doc_ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best by score, ties by ascending id."""
-    if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        # keep every candidate tied with the k-th score so the tie-break is by id
-        kth = scores[part].min()
-        part = np.flatnonzero(scores >= kth)
-        doc_ids, scores = doc_ids[part], scores[part]
-    order = np.lexsort((doc_ids, -scores))[:k]
-    return doc_ids[order], scores[order]
 
 
 class Searcher:
@@ -228,7 +216,7 @@ class Searcher:
         for start, stop in token_blocks(counts, EXACT_CHUNK_TOKENS):
             D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
             scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
-        doc_ids, top_scores = _top(cand.astype(np.int64), scores, k)
+        top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
         matched = None
         if explain:
             matched = self._explain(Q, doc_ids)
