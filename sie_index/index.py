@@ -324,7 +324,7 @@ class Index:
         return self._searcher.snapshot
 
     def _refresh(self) -> bool:
-        fresh = StoreSnapshot.open(self.path, verify_vectors=False)
+        fresh = StoreSnapshot.open(self.path, verify_vectors=False, previous=self._snapshot)
         if fresh.manifest == self._snapshot.manifest:
             fresh.close()
             return False

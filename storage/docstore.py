@@ -295,6 +295,10 @@ class DocReader:
     def spans(self, n_docs: int, doc_base: int = 0) -> DocSpans:
         """Spans of documents ``doc_base .. doc_base + n_docs - 1`` (every document of
         the file), every row's checksum verified."""
+        return self.spans_and_ids(n_docs, doc_base)[0]
+
+    def spans_and_ids(self, n_docs: int, doc_base: int = 0) -> tuple[DocSpans, list[str]]:
+        """:meth:`spans` and every document's external id, from one checked pass."""
         rows = self._query(f"SELECT {_SPAN_COLS} FROM documents ORDER BY doc_id")  # noqa: S608
         if len(rows) != n_docs:
             raise CorruptIndex(
@@ -307,11 +311,12 @@ class DocReader:
             or not np.isin(arr[:, 3], (0, 1)).all()
         ):
             raise CorruptIndex(f"{self.path}: document ids are not dense")
-        return DocSpans(
+        spans = DocSpans(
             token_start=np.ascontiguousarray(arr[:, 1]),
             token_count=np.ascontiguousarray(arr[:, 2]),
             deleted=arr[:, 3].astype(bool),
         )
+        return spans, [r[1] for r in rows]
 
     def fetch(
         self, doc_ids: Iterable[int], *, text: bool = False, metadata: bool = False

@@ -175,29 +175,45 @@ class StoreSnapshot:
         self.spans = spans
         """Spans of every document; ``spans.deleted`` marks the deleted ones."""
         self._lease = lease
+        self.verified_spans: dict[str, tuple[SegmentRecord, DocSpans]] = {}
+        """Each segment's spans as read and checked at open (a refresh reuses those of
+        segments it keeps: a segment never changes, and they are already in memory)."""
 
     @property
     def plan(self) -> TokenIndexPlan:
         return self.token_index.plan
 
     @classmethod
-    def open(cls, folder: Path, *, verify_vectors: bool = True) -> StoreSnapshot:
+    def open(
+        cls,
+        folder: Path,
+        *,
+        verify_vectors: bool = True,
+        previous: StoreSnapshot | None = None,
+    ) -> StoreSnapshot:
         """Open the committed generation of ``folder``.
 
         Every file but the vector files is verified now; the vector files now when
-        ``verify_vectors``, else each block the first time a read needs it.
+        ``verify_vectors``, else each block the first time a read needs it. With
+        ``previous`` (an open snapshot of the same folder), the document spans of
+        segments both name, already checked row by row, are taken from it.
         """
         folder = Path(folder)
         pointer, lease = hold_current(folder)
         try:
-            return cls._open_generation(folder, pointer, lease, verify_vectors)
+            return cls._open_generation(folder, pointer, lease, verify_vectors, previous)
         except BaseException:
             lease.release()
             raise
 
     @classmethod
     def _open_generation(
-        cls, folder: Path, pointer: Pointer, lease: Lease, verify_vectors: bool
+        cls,
+        folder: Path,
+        pointer: Pointer,
+        lease: Lease,
+        verify_vectors: bool,
+        previous: StoreSnapshot | None = None,
     ) -> StoreSnapshot:
         where = str(folder / pointer.dirname)
         manifest, manifest_bytes = read_manifest_of(folder, pointer, lease)
@@ -216,7 +232,11 @@ class StoreSnapshot:
                 token_index = cls._open_segment(
                     folder, manifest, plan, seg, position, token_index, opened, verify_vectors
                 )
-                spans.append(opened.docs[-1].spans(seg.documents, seg.doc_base))
+                known = previous.verified_spans.get(seg.name) if previous else None
+                if known is not None and known[0] == seg and previous is not None:
+                    spans.append(known[1])
+                else:
+                    spans.append(opened.docs[-1].spans(seg.documents, seg.doc_base))
                 cls._check_spans(f"{folder}/{seg.name}", seg, spans[-1], opened.tokens[-1])
                 for name, record in seg.files.items():
                     sizes[f"{seg.name}/{name}"] = record.bytes
@@ -240,7 +260,7 @@ class StoreSnapshot:
         )
         if len(deleted):
             token_index.mask_rows(np.repeat(~is_deleted, doc_spans.token_count))
-        return cls(
+        snapshot = cls(
             folder,
             manifest,
             docs,
@@ -250,6 +270,11 @@ class StoreSnapshot:
             lease,
             dict(sorted(sizes.items())),
         )
+        snapshot.verified_spans = {
+            seg.name: (seg, seg_spans)
+            for seg, seg_spans in zip(manifest.segments, spans, strict=True)
+        }
+        return snapshot
 
     @staticmethod
     def _open_segment(

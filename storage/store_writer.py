@@ -130,8 +130,8 @@ class StoreWriter:
         self._trained = None
         for seg in manifest.segments:
             reader = self._reader(seg.name)
-            reader.spans(seg.documents, seg.doc_base)  # every row's checksum
-            for offset, ext in enumerate(reader.external_ids()):
+            _, ids = reader.spans_and_ids(seg.documents, seg.doc_base)  # rows checked
+            for offset, ext in enumerate(ids):
                 doc_id = seg.doc_base + offset
                 if doc_id in self.deleted:
                     continue
