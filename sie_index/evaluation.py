@@ -155,7 +155,7 @@ def evaluate(
         split=split,
         queries=len(qids),
         queries_without_indexed_answer=len(dataset.queries) - len(judged),
-        params={k: v for k, v in asdict(params).items() if k != "filter"},
+        params={k: v for k, v in asdict(params).items() if k not in ("filter", "_compiled")},
         metrics=metrics,
         latency_ms=latency,
         exhaustive_metrics=ex_metrics,

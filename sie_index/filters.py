@@ -115,7 +115,7 @@ class _Compiler:
         sql = f"SELECT j{last}.{column} FROM {', '.join(joins)} WHERE {' AND '.join(conds)}"  # noqa: S608
         return f"({sql})"
 
-    def _typed(self, segments: list[str], value: Any, op: str, where: str) -> str:
+    def _typed(self, segments: list[str], value: Any, op: str) -> str:
         """``field <op> value`` where the field's JSON type is that of ``value``."""
         if value is None or isinstance(value, bool):  # only ever "=" (ranges refuse them)
             name = "null" if value is None else "true" if value else "false"
@@ -144,18 +144,18 @@ class _Compiler:
                 parts.append(f"({t} IN {types} AND {v} IN (SELECT value FROM json_each(?)))")  # noqa: S608
         for special in (None, True, False):
             if any(v is special for v in plain):
-                parts.append(self._typed(segments, special, "=", where))
+                parts.append(self._typed(segments, special, "="))
         return "(" + " OR ".join(parts) + ")" if parts else "0"
 
     def _field(self, field: str, cond: Any, depth: int) -> str:
         segments = self._segments(field)
         where = f"filter field {field!r}"
         if not isinstance(cond, Mapping):
-            if isinstance(cond, list | tuple | set | dict):
+            if isinstance(cond, list | tuple | set):
                 raise InvalidInput(
                     f"{where}: equality takes one value; use {{'$in': [...]}} for several"
                 )
-            return self._leaf(self._typed(segments, plain_value(cond, where), "=", where))
+            return self._leaf(self._typed(segments, plain_value(cond, where), "="))
         if not cond:
             raise InvalidInput(f"{where}: an empty condition")
         parts = []
@@ -168,7 +168,7 @@ class _Compiler:
                     "nested fields are reached with dotted paths, 'a.b')"
                 )
             if op in ("$eq", "$ne"):
-                sql = self._leaf(self._typed(segments, plain_value(value, at), "=", at))
+                sql = self._leaf(self._typed(segments, plain_value(value, at), "="))
                 parts.append(sql if op == "$eq" else f"NOT {sql}")
             elif op in ("$in", "$nin"):
                 sql = self._leaf(self._in(segments, value, at))
@@ -182,7 +182,7 @@ class _Compiler:
                 v = plain_value(value, at)
                 if not isinstance(v, str) and type(v) not in (int, float):
                     raise InvalidInput(f"{at}: ranges compare numbers or strings")
-                parts.append(self._leaf(self._typed(segments, v, _RANGE_OPS[op], at)))
+                parts.append(self._leaf(self._typed(segments, v, _RANGE_OPS[op])))
         return "(" + " AND ".join(parts) + ")"
 
     @staticmethod

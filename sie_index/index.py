@@ -271,12 +271,15 @@ class Index:
         )
         results = [searcher.hits(r, text=text or explain, metadata=metadata) for r in ranked]
         if explain:
-            results = [self._name_tokens(q, hits) for q, hits in zip(queries, results, strict=True)]
+            results = [
+                self._name_tokens(searcher, q, hits)
+                for q, hits in zip(queries, results, strict=True)
+            ]
         if explain and not text:
             results = [[dataclasses.replace(h, text=None) for h in hits] for hits in results]
         return results
 
-    def _name_tokens(self, query: Query, hits: list[Hit]) -> list[Hit]:
+    def _name_tokens(self, searcher: Searcher, query: Query, hits: list[Hit]) -> list[Hit]:
         """Hits whose explanations name the query and document tokens, where the
         encoder can tokenize (an encoder without a tokenizer leaves them None)."""
         try:
@@ -286,16 +289,14 @@ class Index:
         if not isinstance(encoder, TokenTexts):
             return hits
         q_texts = encoder.token_texts([query], is_query=True)[0] if isinstance(query, str) else None
-        docs = [h.text for h in hits]
-        d_texts = encoder.token_texts([t for t in docs if t], is_query=False)
-        by_hit = iter(d_texts)
+        if q_texts is not None and hits and len(q_texts) != len(hits[0].explain or ()):
+            q_texts = None  # not the rows the query encoded to: say nothing rather than guess
+        by_hit = iter(encoder.token_texts([h.text for h in hits if h.text], is_query=False))
         out = []
         for hit in hits:
             tokens = next(by_hit) if hit.text else None
-            if tokens is not None and len(tokens) != self._searcher.token_count[hit.doc_id]:
+            if tokens is not None and len(tokens) != searcher.token_count[hit.doc_id]:
                 tokens = None  # not the text that was encoded: say nothing rather than guess
-            if q_texts is not None and hit.explain and len(q_texts) != len(hit.explain):
-                q_texts = None
             named = tuple(
                 dataclasses.replace(
                     m,

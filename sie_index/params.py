@@ -44,6 +44,7 @@ class SearchParams:
     ids: tuple[str, ...] | None = None
     filter_sql: str | None = None
     exact_threshold: int | None = None
+    _compiled: CompiledFilter | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("k", "k_token", "n_rerank", "nprobe", "ef_search"):
@@ -55,11 +56,13 @@ class SearchParams:
             raise InvalidInput(f"SearchParams.exact_threshold must be None or >= 0, got {t!r}")
         if self.ids is not None and not isinstance(self.ids, str):
             object.__setattr__(self, "ids", tuple(self.ids))
-        self.compiled_filter()  # a bad filter fails here, naming what is wrong
+        # compiled once: a bad filter fails here, naming what is wrong
+        compiled = compile_filter(self.filter, ids=self.ids, filter_sql=self.filter_sql)
+        object.__setattr__(self, "_compiled", compiled)
 
     def compiled_filter(self) -> CompiledFilter | None:
         """The filter, ids and raw predicate as one SQL predicate (None: no filter)."""
-        return compile_filter(self.filter, ids=self.ids, filter_sql=self.filter_sql)
+        return self._compiled
 
     def exact_below(self) -> int:
         """Allowed documents up to which search scores every one exactly."""

@@ -53,6 +53,15 @@ class Ranked:
     explain: list[tuple[MatchedToken, ...]] | None = None
 
 
+class _Allowed:
+    """The documents a filter allows in one snapshot, and the FAISS selectors of their
+    token rows (made on the first ANN search that needs them)."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.rows: RowFilter | None = None
+
+
 class Searcher:
     """Runs queries against one :class:`StoreSnapshot`. Safe to share between threads."""
 
@@ -65,20 +74,16 @@ class Searcher:
         self.token_count = spans.token_count
         self.live = ~spans.deleted
         self.n_docs = len(spans.token_start)
-        self._masks: OrderedDict[str, tuple[np.ndarray, list[RowFilter | None]]] = OrderedDict()
+        self._masks: OrderedDict[str, _Allowed] = OrderedDict()
         self._masks_lock = threading.Lock()
 
     # -- filters -------------------------------------------------------------
 
-    def allowed_mask(self, flt: CompiledFilter | None) -> np.ndarray:
-        """Boolean mask over documents: live, and matching the filter if any."""
-        return self._filtered(flt)[0]
-
-    def _filtered(self, flt: CompiledFilter | None) -> tuple[np.ndarray, list[RowFilter | None]]:
-        """The allowed-document mask of a filter and a slot for its token-row
-        selectors, kept for the snapshot's life (the last ``FILTER_CACHE`` filters)."""
+    def _filtered(self, flt: CompiledFilter | None) -> _Allowed:
+        """The documents a filter allows, kept for the snapshot's life (the last
+        ``FILTER_CACHE`` filters)."""
         if flt is None:
-            return self.live, [None]
+            return _Allowed(self.live)
         with self._masks_lock:
             if flt.key in self._masks:
                 self._masks.move_to_end(flt.key)
@@ -88,26 +93,24 @@ class Searcher:
         mask[ids[ids < self.n_docs]] = True
         mask &= self.live
         mask.flags.writeable = False
-        entry: tuple[np.ndarray, list[RowFilter | None]] = (mask, [None])
+        entry = _Allowed(mask)
         with self._masks_lock:
             self._masks[flt.key] = entry
             while len(self._masks) > FILTER_CACHE:
                 self._masks.popitem(last=False)
         return entry
 
-    def _row_filter(self, allowed: np.ndarray, slot: list[RowFilter | None]) -> RowFilter:
+    def _row_filter(self, allowed: _Allowed) -> RowFilter:
         """Selectors for the token rows of allowed documents, made once per filter: a
         filtered ANN returns the nearest allowed tokens, not the nearest tokens of
         which a filter then leaves few."""
-        if slot[0] is None:
+        if allowed.rows is None:
             docs = self.token_doc
             rows = np.zeros(len(docs), dtype=bool)
             ok = docs >= 0
-            rows[ok] = allowed[docs[ok]]
-            slot[0] = self.snapshot.token_index.row_filter(rows)
-        made = slot[0]
-        assert made is not None
-        return made
+            rows[ok] = allowed.mask[docs[ok]]
+            allowed.rows = self.snapshot.token_index.row_filter(rows)
+        return allowed.rows
 
     # -- the pipeline ----------------------------------------------------------
 
@@ -123,7 +126,8 @@ class Searcher:
         if not queries:
             return []
         flt = params.compiled_filter()
-        allowed, slot = self._filtered(flt)
+        filtered = self._filtered(flt)
+        allowed = filtered.mask
         n_allowed = int(allowed.sum())
         if n_allowed == 0:
             empty = Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), [] if explain else None)
@@ -140,7 +144,7 @@ class Searcher:
             params.k_token,
             nprobe=params.nprobe,
             ef_search=params.ef_search,
-            rows=None if flt is None else self._row_filter(allowed, slot),
+            rows=None if flt is None else self._row_filter(filtered),
         )
         bounds = np.cumsum([0, *lengths])
         jobs = [

@@ -71,8 +71,8 @@ _DAMAGE_CODES = {10, 11, 26}  # SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB
 _SPAN_COLS = "doc_id, external_id, token_start, token_count, deleted, generation, span_sum"
 _CHUNK = 900  # ids per IN (...) list, under SQLite's default variable limit
 FILTER_BUDGET_S = 10.0
-MAX_METADATA_DEPTH = 64
 """How long a filter may run before it is interrupted."""
+MAX_METADATA_DEPTH = 64
 
 
 def _digest(data: str) -> int:
@@ -102,9 +102,7 @@ def plain_json(value: Any, where: str, doc_id: str | None = None, depth: int = 0
     the document and where in the value it is."""
     if isinstance(value, np.generic):
         value = value.item()
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
+    if value is None or isinstance(value, bool | str | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

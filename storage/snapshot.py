@@ -233,7 +233,7 @@ class StoreSnapshot:
                     folder, manifest, plan, seg, position, token_index, opened, verify_vectors
                 )
                 known = previous.verified_spans.get(seg.name) if previous else None
-                if known is not None and known[0] == seg and previous is not None:
+                if known is not None and known[0] == seg:
                     spans.append(known[1])
                 else:
                     spans.append(opened.docs[-1].spans(seg.documents, seg.doc_base))

@@ -194,8 +194,7 @@ class TokenIndex:
         self.index = index
         self.plan = plan
         self.parts: list[tuple[faiss.Index, int]] = [(index, 0)]
-        self._selectors: list[Any] = [None]
-        self._bitmaps: list[np.ndarray | None] = [None]
+        self._live: RowFilter | None = None  # the rows of deleted documents masked out
         self._empty: faiss.Index | None = None
 
     @property
@@ -318,28 +317,27 @@ class TokenIndex:
 
     def add_part(self, index: faiss.Index, first_row: int) -> None:
         """Add another segment's own index (``hnsw``), its ids starting at ``first_row``."""
+        assert self._live is None, "mask rows after every part is added"
         self.parts.append((index, first_row))
-        self._selectors.append(None)
-        self._bitmaps.append(None)
 
     def mask_rows(self, live: np.ndarray | None) -> None:
         """Search only rows whose ``live`` flag is set (None: every row)."""
-        for i, (part, base) in enumerate(self.parts):
-            if live is None or live[base : base + part.ntotal].all():
-                self._selectors[i] = self._bitmaps[i] = None
-                continue
-            bits = np.packbits(live[base : base + part.ntotal], bitorder="little")
-            self._bitmaps[i] = bits  # the selector reads this buffer: keep it alive
-            self._selectors[i] = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        self._live = None if live is None else self.row_filter(live)
 
     def row_filter(self, allowed: np.ndarray) -> RowFilter:
         """Selectors that let a search return only rows whose ``allowed`` flag is set
-        (for a filtered search: the rows of allowed, live documents)."""
-        bits: list[np.ndarray] = []
+        (the live rows, or for a filtered search the rows of allowed documents); a
+        part whose rows are all allowed gets none."""
+        bits: list[np.ndarray | None] = []
         selectors: list[Any] = []
         for part, base in self.parts:
-            packed = np.packbits(allowed[base : base + part.ntotal], bitorder="little")
-            bits.append(packed)
+            flags = allowed[base : base + part.ntotal]
+            if flags.all():
+                bits.append(None)
+                selectors.append(None)
+                continue
+            packed = np.packbits(flags, bitorder="little")
+            bits.append(packed)  # the selector reads this buffer: the RowFilter keeps it
             selectors.append(faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)))
         return RowFilter(bits, selectors)
 
@@ -355,7 +353,8 @@ class TokenIndex:
             params.efSearch = max(ef_search, k)
         else:
             params = faiss.SearchParameters()
-        selector = rows.selectors[i] if rows is not None else self._selectors[i]
+        chosen = rows if rows is not None else self._live
+        selector = chosen.selectors[i] if chosen is not None else None
         if selector is not None:
             params.sel = selector
         return params
@@ -404,7 +403,7 @@ class TokenIndex:
 class RowFilter:
     """FAISS selectors, one a part, and the bit buffers they read (kept alive here)."""
 
-    bits: list[np.ndarray]
+    bits: list[np.ndarray | None]
     selectors: list[Any]
 
 

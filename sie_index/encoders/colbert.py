@@ -245,14 +245,36 @@ class ColbertEncoder:
         return self._spec
 
     def encode_documents(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return self._encode(texts, is_query=False)[0]
+        return self._encode(texts, is_query=False)
 
     def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return self._encode(texts, is_query=True)[0]
+        return self._encode(texts, is_query=True)
 
     def token_ids(self, texts: Sequence[str], *, is_query: bool) -> list[list[int]]:
-        """The token ids behind each returned vector row (markers, [MASK]s included)."""
-        return self._encode(texts, is_query=is_query)[1]
+        """The token ids behind each returned vector row (markers, [MASK]s included),
+        from the tokenizer alone: the rows :meth:`_kept` picks, as encoding does."""
+        stripped = self._stripped(texts)
+        if not stripped:
+            return []
+        features = self._tokenize(stripped, is_query)
+        keep = self._kept(features, is_query)
+        return [row[mask].tolist() for row, mask in zip(features["input_ids"], keep, strict=True)]
+
+    def token_texts(self, texts: Sequence[str], *, is_query: bool) -> list[list[str]]:
+        """The token behind each vector row that encoding ``texts`` returns (markers and
+        [MASK] expansion included), without running the model."""
+        return [
+            list(self.tokenizer.convert_ids_to_tokens(ids))
+            for ids in self.token_ids(texts, is_query=is_query)
+        ]
+
+    @staticmethod
+    def _stripped(texts: Sequence[str]) -> list[str]:
+        """The texts stripped, as sentence-transformers does; empty ones refused."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInput(f"text {i} is empty or not a string; nothing to encode")
+        return [t.strip() for t in texts]
 
     def _tokenize(self, texts: list[str], is_query: bool) -> dict[str, Any]:
         s = self.settings
@@ -280,30 +302,21 @@ class ColbertEncoder:
             features["attention_mask"].fill_(1)
         return features
 
-    def _encode(
-        self, texts: Sequence[str], *, is_query: bool
-    ) -> tuple[list[np.ndarray], list[list[int]]]:
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise InvalidInput(f"text {i} is empty or not a string; nothing to encode")
-        stripped = [t.strip() for t in texts]  # as sentence-transformers does
+    def _encode(self, texts: Sequence[str], *, is_query: bool) -> list[np.ndarray]:
+        stripped = self._stripped(texts)
         order = sorted(range(len(stripped)), key=lambda i: len(stripped[i]))
         vectors: list[np.ndarray | None] = [None] * len(texts)
-        ids: list[list[int]] = [[] for _ in texts]
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             features = self._tokenize([stripped[i] for i in batch], is_query)
             emb = self._forward(features)
-            input_ids = features["input_ids"]
             keep = self._kept(features, is_query)
             for row, i in enumerate(batch):
-                mask = keep[row]
-                rows = emb[row][mask]
+                rows = emb[row][keep[row]]
                 rows = self._torch.nn.functional.normalize(rows, p=2, dim=1)
                 vectors[i] = rows.numpy()
-                ids[i] = input_ids[row][mask].tolist()
         who = f"colbert encoder {self._spec.model}"
-        return check_encoder_output(vectors, len(texts), self._spec.dim, who=who), ids
+        return check_encoder_output(vectors, len(texts), self._spec.dim, who=who)
 
     def _kept(self, features: Mapping[str, Any], is_query: bool) -> Any:
         """Which token positions become vector rows: every one of an expanded query,
@@ -315,19 +328,6 @@ class ColbertEncoder:
             return features["attention_mask"].bool()
         skip = self._torch.isin(input_ids, self._torch.tensor(self.skiplist_ids))
         return features["attention_mask"].bool() & ~skip
-
-    def token_texts(self, texts: Sequence[str], *, is_query: bool) -> list[list[str]]:
-        """The token behind each vector row that encoding ``texts`` returns (markers and
-        [MASK] expansion included), without running the model."""
-        stripped = [t.strip() for t in texts]
-        if not stripped:
-            return []
-        features = self._tokenize(stripped, is_query)
-        keep = self._kept(features, is_query)
-        return [
-            list(self.tokenizer.convert_ids_to_tokens(row[mask].tolist()))
-            for row, mask in zip(features["input_ids"], keep, strict=True)
-        ]
 
     def _forward(self, features: Mapping[str, Any]) -> Any:
         torch = self._torch

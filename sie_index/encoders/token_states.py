@@ -89,6 +89,13 @@ def _bf16_supported() -> bool:
         return False
 
 
+def _kept(special: list[int]) -> np.ndarray:
+    """Positions that become vector rows: every token but the special ones (and
+    [CLS] alone for a text the tokenizer reduced to nothing)."""
+    keep = np.flatnonzero(np.asarray(special) == 0)
+    return keep if keep.size else np.array([0])
+
+
 class TokenStatesEncoder:
     """Last hidden states of a local transformer encoder, one normalized vector per token.
 
@@ -159,11 +166,10 @@ class TokenStatesEncoder:
     def token_texts(self, texts: Sequence[str], *, is_query: bool) -> list[list[str]]:
         """The word piece behind each vector row that encoding ``texts`` returns."""
         ids, special = self._tokenize(texts, self.query_maxlen if is_query else self.doc_maxlen)
-        out = []
-        for row, mask in zip(ids, special, strict=True):
-            keep = [t for t, m in zip(row, mask, strict=True) if m == 0] or row[:1]
-            out.append(list(self.tokenizer.convert_ids_to_tokens(keep)))
-        return out
+        return [
+            list(self.tokenizer.convert_ids_to_tokens([row[j] for j in _kept(mask)]))
+            for row, mask in zip(ids, special, strict=True)
+        ]
 
     def _tokenize(
         self, texts: Sequence[str], maxlen: int
@@ -193,10 +199,7 @@ class TokenStatesEncoder:
             batch = order[start : start + self.batch_size]
             states = self._forward([ids[i] for i in batch])
             for row, i in enumerate(batch):
-                keep = np.flatnonzero(np.asarray(special[i]) == 0)
-                if keep.size == 0:  # text the tokenizer reduced to nothing: keep [CLS]
-                    keep = np.array([0])
-                vecs = states[row, keep]
+                vecs = states[row, _kept(special[i])]
                 out[i] = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return check_encoder_output(out, len(texts), self._spec.dim, who="token-states encoder")
 
