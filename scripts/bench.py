@@ -5,6 +5,7 @@
     python scripts/bench.py --reuse              # keep an index built by an earlier run
     python scripts/bench.py --encoding           # encoding speed only (scripts/bench_encoding.py)
     python scripts/bench.py --living             # changes in place (scripts/bench_living.py)
+    python scripts/bench.py --codecs             # codec x dim on this index (bench_codecs.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -48,6 +49,7 @@ def worker_build(args: argparse.Namespace) -> dict[str, Any]:
         on_error="skip",
         overwrite=True,
         index_kind=args.index_kind,
+        codec=args.codec,
         progress=False,
     )
     r = index.build_report
@@ -199,6 +201,11 @@ def main() -> int:
     parser.add_argument("--index", default="runs/bench/index")
     parser.add_argument("--index-kind", default="auto")
     parser.add_argument(
+        "--codec",
+        default="f16",
+        help="f16 by default: its vectors are the exhaustive oracle's and --codecs's source",
+    )
+    parser.add_argument(
         "--queries", type=int, default=None, help="dev queries to run (default all)"
     )
     parser.add_argument("--exhaustive-latency-queries", type=int, default=50)
@@ -212,6 +219,11 @@ def main() -> int:
         "--living", action="store_true", help="measure changes in place only (bench_living.py)"
     )
     parser.add_argument("--living-docs", type=int, default=60_000, help="documents (--living)")
+    parser.add_argument(
+        "--codecs",
+        action="store_true",
+        help="codec x dim variants of the index an earlier run built (bench_codecs.py)",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,6 +241,13 @@ def main() -> int:
         (out / "encoding.json").write_text(json.dumps(result, indent=2))
         print(bench_encoding.table(result))
         return 0
+    if args.codecs:
+        import bench_codecs
+
+        codec_args = ["--base", args.index, "--bench-out", str(out)]
+        if args.queries:
+            codec_args += ["--queries", str(args.queries)]
+        return bench_codecs.main(codec_args)
     if args.living:
         import bench_living
 
@@ -238,6 +257,8 @@ def main() -> int:
         args.index,
         "--index-kind",
         args.index_kind,
+        "--codec",
+        args.codec,
         "--limit",
         str(args.limit),
         "--exhaustive-latency-queries",

@@ -123,6 +123,19 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--index-kind", default="auto", help="auto, flat, ivf-flat, ivf-sq8, ivf-pq, hnsw"
     )
+    p.add_argument(
+        "--codec",
+        default="auto",
+        choices=("auto", "f16", "sq8", "pq"),
+        help="how token vectors are stored: f16 (exact), sq8 (8-bit), pq (residual product "
+        "codes shared with the ivf-pq index); auto picks by corpus size",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="keep this many dimensions (a projection fitted at build time; queries follow it)",
+    )
     p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
@@ -143,6 +156,8 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
             sie_format=args.sie_format,
         ),
         index_kind=args.index_kind,
+        codec=args.codec,
+        dim=args.dim,
         limit=args.limit or None,
         batch_size=args.batch_size,
         on_error="skip" if args.skip_bad_lines else "raise",

@@ -72,7 +72,7 @@ def exhaustive_search(
             raise InvalidInput(f"live mask has shape {live.shape}, expected {scorable.shape}")
         scorable &= live
     doc_ids = np.flatnonzero(scorable).astype(np.int64)
-    Qs = [_as_query(query, f"queries[{i}]", reader.dim) for i, query in enumerate(queries)]
+    Qs = [_as_query(query, f"queries[{i}]", reader) for i, query in enumerate(queries)]
     k_out = min(k, len(doc_ids))
     top_scores = np.zeros((len(Qs), k_out), dtype=np.float32)
     top_ids = np.zeros((len(Qs), k_out), dtype=np.int64)
@@ -105,7 +105,7 @@ def exhaustive_scores(
     if chunk_tokens < 1:
         raise InvalidInput("chunk_tokens must be positive")
     starts, counts = _check_spans(token_start, token_count, reader.n_tokens)
-    query = _as_query(Q, "Q", reader.dim)
+    query = _as_query(Q, "Q", reader)
     scores = np.full(len(starts), -np.inf, dtype=np.float32)
     has_tokens = counts > 0
     scores[has_tokens] = _scan(
@@ -130,13 +130,16 @@ def _check_spans(
     return starts, counts
 
 
-def _as_query(query: Any, label: str, dim: int) -> np.ndarray:
+def _as_query(query: Any, label: str, reader: TokenReader | SegmentedTokens) -> np.ndarray:
+    """A query as float32 ``[nq, dim]`` in the store's space: of the encoder's
+    dimension, then through the store's projection if it has one."""
     Q = np.asarray(query, dtype=np.float32)
     if Q.ndim != 2 or Q.shape[0] == 0:
         raise InvalidInput(f"{label} must be a [num_tokens, dim] array with tokens, got {Q.shape}")
+    dim = reader.codec.input_dim
     if Q.shape[1] != dim:
         raise DimensionMismatch(f"{label} has dim {Q.shape[1]}, the token store has {dim}")
-    return Q
+    return reader.codec.project(Q)
 
 
 def _query_groups(
@@ -184,7 +187,11 @@ def _scan(
     q_ends = np.cumsum([len(q) for q in Qs])
     q_bounds = list(zip((q_ends - [len(q) for q in Qs]).tolist(), q_ends.tolist(), strict=True))
     chunk_tokens = min(chunk_tokens, int(ends[-1] - starts[0]))
-    rows = _Float32Rows(reader.vectors, chunk_tokens)
+    rows: _Float32Rows | _DecodedRows = (
+        _Float32Rows(reader.vectors, chunk_tokens)
+        if reader.codec.name == "f16"
+        else _DecodedRows(reader)
+    )
     similarities = np.empty(len(Q) * chunk_tokens, dtype=np.float32)  # reused, C-order
     carry_doc, carry = -1, np.empty(0, dtype=np.float32)
     s, hi = int(starts[0]), int(ends[-1])
@@ -260,6 +267,16 @@ class _Float32Rows:
         return self._buffer[:n]
 
 
+class _DecodedRows:
+    """Rows of a compressed store, decoded chunk by chunk (never all at once)."""
+
+    def __init__(self, reader: TokenReader | SegmentedTokens) -> None:
+        self._reader = reader
+
+    def load(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._reader.read_rows(start, stop), dtype=np.float32)
+
+
 def _writable_alias(vectors: np.ndarray) -> np.ndarray | None:
     """``vectors`` itself if writable, else a private copy-on-write map of the same file.
 
@@ -310,6 +327,7 @@ class ResidentScan:
             raise InvalidInput("ResidentScan needs contiguous document spans in doc-id order")
         self._torch = torch
         self.dim = reader.dim
+        self._reader = reader
         self.n_docs = len(counts)
         self.vectors = torch.empty(
             (int(ends[-1]) if len(ends) else 0, reader.dim), dtype=getattr(torch, dtype)
@@ -327,7 +345,7 @@ class ResidentScan:
     def scores(self, Q: np.ndarray) -> np.ndarray:
         """Exact MaxSim of ``Q [nq, dim]`` against every document: float32 ``[n_docs]``."""
         torch = self._torch
-        Qt = torch.from_numpy(_as_query(Q, "query", self.dim)).to(self.vectors.dtype)
+        Qt = torch.from_numpy(_as_query(Q, "query", self._reader)).to(self.vectors.dtype)
         out = np.empty(self.n_docs, np.float32)
         for doc0, doc1, row0, row1, offsets in self.blocks:
             S = (Qt @ self.vectors[row0:row1].T).float().numpy()

@@ -72,6 +72,8 @@ class Index:
         encoder: Encoder | None = None,
         index_kind: str = "auto",
         index_options: Mapping[str, Any] | None = None,
+        codec: str = "auto",
+        dim: int | None = None,
         limit: int | None = None,
         batch_size: int = 256,
         on_error: Literal["raise", "skip"] = "raise",
@@ -84,8 +86,11 @@ class Index:
         ``corpus``: a JSONL or JSONL.gz file, a BEIR folder, or Documents.
         ``encoder``: defaults to the embedded all-MiniLM-L6-v2 token-state encoder.
         ``index_kind``: ``auto``, ``flat``, ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``
-        or ``hnsw`` (see :mod:`storage.token_index`). The report of the build is
-        on the returned index's ``build_report``.
+        or ``hnsw`` (see :mod:`storage.token_index`). ``codec``: how token vectors
+        are stored, ``f16``, ``sq8`` or ``pq``, or ``auto`` by corpus size; ``dim``:
+        keep that many dimensions through a projection fitted at build time (see
+        :mod:`storage.codec`). The report of the build is on the returned index's
+        ``build_report``.
         """
         if encoder is None:
             from sie_index.encoders.token_states import TokenStatesEncoder
@@ -97,6 +102,8 @@ class Index:
             encoder,
             index_kind=index_kind,
             index_options=index_options,
+            codec=codec,
+            dim=dim,
             limit=limit,
             batch_size=batch_size,
             on_error=on_error,
@@ -122,6 +129,8 @@ class Index:
         normalize: bool = True,
         index_kind: str = "auto",
         index_options: Mapping[str, Any] | None = None,
+        codec: str = "auto",
+        dim: int | None = None,
         overwrite: bool = False,
         query_encoder: Encoder | None = None,
     ) -> Index:
@@ -156,6 +165,8 @@ class Index:
             encoder=encoder,
             index_kind=index_kind,
             index_options=index_options,
+            codec=codec,
+            dim=dim,
             overwrite=overwrite,
             store_text=texts is not None,
             progress=False,
@@ -192,7 +203,7 @@ class Index:
             encoded = self.encode_queries([q for _, q in texts])
             for (i, _), Q in zip(texts, encoded, strict=True):
                 out[i] = Q
-        dim = self._snapshot.manifest.dim
+        dim = self._snapshot.codec.input_dim
         for i, q in enumerate(queries):
             if out[i] is not None:
                 continue
@@ -410,6 +421,7 @@ class Index:
             "encoder": m.encoder,
             "token_index": m.token_index,
             "codec": m.codec,
+            "vector_bytes_per_token": self._snapshot.codec.row_bytes,
             "created_at": m.created_at,
             "files_bytes": files,
             "total_bytes": total,

@@ -125,6 +125,9 @@ class Searcher:
         """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``)."""
         if not queries:
             return []
+        codec = self.snapshot.codec
+        if codec.projection is not None:  # queries go where the stored vectors are
+            queries = [codec.project(Q) for Q in queries]
         flt = params.compiled_filter()
         filtered = self._filtered(flt)
         allowed = filtered.mask
@@ -203,13 +206,9 @@ class Searcher:
         return self._exact(Q, cand, params.k, explain)
 
     def _vectors(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Stored vectors of whole documents as float32 (torch converts float16 about
-        ten times faster than NumPy, which would dominate the rerank)."""
-        import torch
-
-        D16 = self.snapshot.tokens.read_spans(starts, counts)
-        D: np.ndarray = torch.from_numpy(D16).float().numpy()
-        return D
+        """Stored vectors of whole documents as float32, decoded by the codec: only
+        the candidates the rerank scores are ever decoded."""
+        return self.snapshot.tokens.spans(starts, counts)
 
     def _exact(self, Q: np.ndarray, cand: np.ndarray, k: int, explain: bool) -> Ranked:
         """Exact MaxSim of ``cand`` documents, top ``k``."""

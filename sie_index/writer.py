@@ -27,7 +27,7 @@ from tqdm import tqdm
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
-from storage.builder import PendingDoc, StoreBuilder
+from storage.builder import CodecChoice, PendingDoc, StoreBuilder
 
 __all__ = [
     "BuildReport",
@@ -225,6 +225,8 @@ def build_index(
     *,
     index_kind: str = "auto",
     index_options: Mapping[str, Any] | None = None,
+    codec: str = "auto",
+    dim: int | None = None,
     limit: int | None = None,
     batch_size: int = 256,
     on_error: Literal["raise", "skip"] = "raise",
@@ -237,7 +239,8 @@ def build_index(
     ``corpus`` is a JSONL / JSONL.gz file, a BEIR folder, or Documents.
     ``on_error="skip"`` leaves bad corpus lines out and reports them; ``"raise"``
     fails on the first one, naming file and line, before anything is encoded.
-    ``progress`` None shows bars only on a terminal.
+    ``progress`` None shows bars only on a terminal. ``codec`` and ``dim``: how the
+    vectors are stored (:mod:`storage.codec`; ``auto`` picks by corpus size).
     """
     t0 = time.perf_counter()
     feed = open_corpus(corpus, on_error=on_error, limit=limit)
@@ -245,7 +248,9 @@ def build_index(
     timing = Timing()
     disable = None if progress is None else not progress
     with (
-        StoreBuilder(Path(path), spec.dim, overwrite=overwrite) as builder,
+        StoreBuilder(
+            Path(path), spec.dim, overwrite=overwrite, codec=CodecChoice(codec, dim)
+        ) as builder,
         EncodeAhead(batched(feed.documents, batch_size), encoder_for(encoder)) as encoded,
     ):
         bar = tqdm(total=feed.total, desc="encoding", unit="doc", disable=disable)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,22 +25,134 @@ from typing import Any
 import faiss
 import numpy as np
 
+from storage.codec import (
+    CODEC_INDEX_NAME,
+    PROJECTION_NAME,
+    VectorCodec,
+    auto_codec,
+    check_codec,
+    fit_projection,
+    projection_bytes,
+    train_sq8,
+)
 from storage.commit import commit_generation, next_number
 from storage.errors import InvalidInput, StorageError
+from storage.fsio import atomic_replace
 from storage.generations import CURRENT_NAME, read_pointer, remove_debris
 from storage.lock import LOCK_NAME, WriteLock
-from storage.manifest import CODEC, MANIFEST_NAME, FileRecord, Manifest
-from storage.segment import TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
+from storage.manifest import MANIFEST_NAME, FileRecord, Manifest
+from storage.segment import (
+    SCRATCH_NAME,
+    TOKENS_NAME,
+    TRAINED_NAME,
+    PendingDoc,
+    SegmentWriter,
+    check_vectors,
+)
 from storage.token_index import (
+    ADD_CHUNK_ROWS,
     TOKEN_INDEX_NAME,
+    TRAIN_SAMPLE_MAX,
     TokenIndex,
     TokenIndexPlan,
     plan_token_index,
     takes_codes,
+    training_rows,
 )
 from storage.vectors import TokenReader
 
-__all__ = ["PendingDoc", "StoreBuilder", "check_vectors", "write_first_segment_index"]
+__all__ = [
+    "CodecChoice",
+    "PendingDoc",
+    "StoreBuilder",
+    "check_vectors",
+    "write_codec_files",
+    "write_first_segment_index",
+]
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """The codec a build asked for (:mod:`storage.codec`): its name, and the stored
+    dimension (None: the encoder's, no projection)."""
+
+    name: str = "f16"
+    dim: int | None = None
+
+    def exact(self, input_dim: int) -> bool:
+        return self.name == "f16" and self.dim in (None, input_dim)
+
+
+class _Projected:
+    """A float16 scratch store seen through a projection (what training samples)."""
+
+    def __init__(self, scratch: TokenReader, projection: np.ndarray | None) -> None:
+        self.scratch = scratch
+        self.projection = projection
+        self.n_tokens = scratch.n_tokens
+        self.dim = scratch.dim if projection is None else projection.shape[0]
+
+    def sample_rows(self, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
+        sample = self.scratch.sample_rows(rows, chunk_rows)
+        return sample if self.projection is None else sample @ self.projection.T
+
+
+def _train_codec(
+    scratch: TokenReader,
+    choice: CodecChoice,
+    plan: TokenIndexPlan,
+    *,
+    input_dim: int,
+    projection: np.ndarray | None,
+    trained: faiss.Index | None,
+) -> tuple[VectorCodec, faiss.Index | None]:
+    """Fit the projection (unless given) and the quantizer on bounded seeded samples
+    of the scratch vectors; returns the codec and, for ``pq``, the trained IVF-PQ."""
+    dim = choice.dim or input_dim
+    n = scratch.n_tokens
+    if projection is None and dim != input_dim:
+        rows = training_rows(n, min(n, TRAIN_SAMPLE_MAX), plan.seed)
+        sample = scratch.sample_rows(rows, ADD_CHUNK_ROWS)
+        projection = fit_projection(sample, dim)
+        del sample
+    view = _Projected(scratch, projection if scratch.dim != dim else None)
+    quantizer: Any = None
+    if choice.name == "sq8":
+        rows = training_rows(n, min(n, TRAIN_SAMPLE_MAX), plan.seed)
+        quantizer = train_sq8(view.sample_rows(rows, ADD_CHUNK_ROWS))
+    elif choice.name == "pq":
+        quantizer = trained if trained is not None else TokenIndex.train(plan, view)
+        trained = quantizer
+    codec = VectorCodec(choice.name, dim, input_dim, projection=projection, quantizer=quantizer)
+    return codec, trained
+
+
+def _transcode(segment: SegmentWriter, scratch: TokenReader, codec: VectorCodec) -> None:
+    """Write the segment's vector file from its float16 scratch, then drop the scratch."""
+    project = scratch.dim != codec.dim
+    with open(segment.folder / codec.file_name, "wb") as out:
+        for start, stop in scratch.chunks(ADD_CHUNK_ROWS):
+            rows = scratch.read_rows(start, stop).astype(np.float32)
+            encoded = codec.encode(rows) if project else codec.encode_projected(rows)
+            out.write(np.ascontiguousarray(encoded).tobytes())
+        out.flush()
+        os.fsync(out.fileno())
+    scratch.close()
+    (segment.folder / SCRATCH_NAME).unlink()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def write_codec_files(folder: Path, codec: VectorCodec) -> None:
+    """The first segment's files that say how vectors are coded: the projection, and
+    the ``sq8`` quantizer (the ``pq`` quantizer is ``trained.faiss``)."""
+    if codec.projection is not None:
+        data = projection_bytes(codec.projection)
+        atomic_replace(folder / PROJECTION_NAME, lambda tmp: _write(tmp, data))
+    if codec.name == "sq8":
+        TokenIndex.save_index(codec.quantizer, folder / CODEC_INDEX_NAME)
 
 
 def write_first_segment_index(
@@ -48,12 +161,56 @@ def write_first_segment_index(
     progress: Callable[[int], None] | None = None,
     *,
     trained: faiss.Index | None = None,
-) -> None:
-    """Build the FAISS files of a build's or a compaction's segment from its stored
-    vectors: the index over its rows, and for a trained kind the emptied copy
-    later adds encode with (``trained``: reuse that trained index, no training)."""
+    choice: CodecChoice | None = None,
+    input_dim: int | None = None,
+    projection: np.ndarray | None = None,
+) -> VectorCodec:
+    """Write the FAISS and codec files of a build's or a compaction's segment.
+
+    A segment that stored its vectors with a codec already (a compaction copying
+    rows) keeps it. Otherwise its vectors are float16 of ``input_dim`` (or with
+    ``projection``, already projected) and ``choice`` says what to keep: beyond
+    exact float16, the projection and the quantizer are trained on samples and the
+    scratch is transcoded. Then the token index is built over the decoded stored
+    vectors (so an add, which encodes what it stores, equals a build), with
+    ``trained`` (reuse that trained index, no training); for the ``pq`` codec the
+    stored codes are the index, and only its trained copy is written.
+    Returns the segment's codec.
+    """
     segment.close_data()
-    reader = TokenReader(segment.folder, segment.dim, segment.n_tokens)
+    choice = choice or CodecChoice()
+    codec = segment.codec
+    if codec is None:
+        in_dim = input_dim or segment.dim
+        if choice.exact(in_dim) and projection is None:
+            codec = VectorCodec("f16", segment.dim, segment.dim)
+            if segment.tokens.file_name == SCRATCH_NAME:  # ``auto`` chose to keep float16
+                os.replace(segment.folder / SCRATCH_NAME, segment.folder / codec.file_name)
+        else:
+            scratch_dim = segment.dim
+            scratch = TokenReader(
+                segment.folder, scratch_dim, segment.n_tokens, file_name=SCRATCH_NAME
+            )
+            try:
+                codec, trained = _train_codec(
+                    scratch,
+                    choice,
+                    plan,
+                    input_dim=in_dim,
+                    projection=projection,
+                    trained=trained,
+                )
+                _transcode(segment, scratch, codec)
+            finally:
+                scratch.close()
+    write_codec_files(segment.folder, codec)
+    if codec.name == "pq":
+        assert trained is not None
+        TokenIndex.save_index(trained, segment.folder / TRAINED_NAME)
+        if progress is not None:
+            progress(segment.n_tokens)
+        return codec
+    reader = TokenReader(segment.folder, codec.dim, segment.n_tokens, codec=codec)
     try:
         token_index = TokenIndex.build(plan, reader, progress, trained=trained)
     finally:
@@ -61,6 +218,7 @@ def write_first_segment_index(
     token_index.save(segment.folder / TOKEN_INDEX_NAME)
     if takes_codes(plan):
         TokenIndex.save_index(token_index.trained_copy(), segment.folder / TRAINED_NAME)
+    return codec
 
 
 def _claim_folder(target: Path) -> bool:
@@ -86,10 +244,26 @@ class StoreBuilder:
     use as a context manager, so that a failure throws the unfinished work away and
     frees the lock."""
 
-    def __init__(self, target: Path, dim: int, *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        target: Path,
+        dim: int,
+        *,
+        overwrite: bool = False,
+        codec: CodecChoice | VectorCodec | None = None,
+    ) -> None:
+        """``dim`` is the encoder's dimension. ``codec``: what to store (a
+        :class:`CodecChoice`, trained at :meth:`finish`), or a trained codec to
+        encode with as documents arrive (a fresh build equal to another index)."""
         self.target = Path(target)
         if dim <= 0:
             raise InvalidInput(f"dimension must be positive, got {dim}")
+        codec = codec if codec is not None else CodecChoice()
+        if isinstance(codec, CodecChoice):
+            check_codec(codec.name, codec.dim, dim)
+        elif codec.input_dim != dim:
+            raise InvalidInput(f"the codec encodes {codec.input_dim} dimensions, not {dim}")
+        self.codec = codec
         self._made_folder = _claim_folder(self.target)
         self.lock = WriteLock(self.target)
         try:
@@ -107,6 +281,7 @@ class StoreBuilder:
             # a rebuild keeps the old index whole until its commit: sweep only debris
             remove_debris(self.target, current, committed=committed)
             self.generation = next_number(self.target, current)
+            choice = codec if isinstance(codec, CodecChoice) else None
             self.segment = SegmentWriter(
                 self.target,
                 self.generation,
@@ -114,6 +289,8 @@ class StoreBuilder:
                 doc_base=0,
                 token_base=0,
                 generation=self.generation,
+                codec=None if choice is not None else codec,  # type: ignore[arg-type]
+                file_name=TOKENS_NAME if choice is None or choice.exact(dim) else SCRATCH_NAME,
             )
         except BaseException:
             self._release()
@@ -168,21 +345,33 @@ class StoreBuilder:
 
         ``plan`` and ``trained`` (another index's plan and its empty trained FAISS
         index) replace ``index_kind`` and training: a fresh build with the quantizer
-        of another index.
+        of another index (and with the codec it was given, that index's codec).
         """
         assert self.segment is not None
+        choice = self.codec if isinstance(self.codec, CodecChoice) else None
+        if choice is not None and choice.name == "auto":
+            choice = CodecChoice(auto_codec(self.n_tokens), choice.dim)
         if plan is None:
+            stored_dim = self.codec.dim if not isinstance(self.codec, CodecChoice) else None
             plan = plan_token_index(
-                index_kind, self.n_tokens, self.dim, **dict(index_options or {})
+                index_kind,
+                self.n_tokens,
+                stored_dim or (choice.dim if choice else None) or self.dim,
+                codec=choice.name if choice else self.codec.name,
+                **dict(index_options or {}),
             )
-        write_first_segment_index(self.segment, plan, progress, trained=trained)
+        if self.segment.codec is not None and self.segment.codec.name == "pq" and trained is None:
+            trained = self.segment.codec.quantizer
+        codec = write_first_segment_index(
+            self.segment, plan, progress, trained=trained, choice=choice, input_dim=self.dim
+        )
         record = self.segment.finish()
         manifest = Manifest(
             generation=self.generation,
             encoder=dict(encoder_spec),
-            dim=self.dim,
+            dim=codec.dim,
             token_index=plan.to_dict(),
-            codec=CODEC,
+            codec=codec.name,
             documents=record.documents,
             live_documents=record.documents,
             tokens=record.tokens,

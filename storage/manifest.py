@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.codec import CODECS
 from storage.errors import CorruptIndex, FormatVersionMismatch
 from storage.fsio import block_lengths
 
 __all__ = [
-    "CODEC",
     "DELETED_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
@@ -50,7 +50,6 @@ FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 DELETED_NAME = "deleted.i64"
 _SEGMENT_NAME = re.compile(r"seg-\d{6,}\Z")
-CODEC = "f16"
 MAX_DIM = 65_536
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _FIELDS = {
@@ -98,6 +97,7 @@ class Manifest:
     generation: int
     encoder: dict[str, Any]
     dim: int
+    """The stored vectors' dimension: ``encoder["dim"]``, or less with a projection."""
     token_index: dict[str, Any]
     codec: str
     documents: int
@@ -156,10 +156,11 @@ class Manifest:
         for key in ("kind", "model"):
             check.string(encoder, key, "encoder.")
         check.obj(encoder, "options", "encoder.")
-        if check.integer(encoder, "dim", 1, MAX_DIM, "encoder.") != dim:
-            raise CorruptIndex(f"{where}: encoder.dim disagrees with dim {dim}")
+        # the stored dimension is the encoder's, or below it with a projection
+        if check.integer(encoder, "dim", 1, MAX_DIM, "encoder.") < dim:
+            raise CorruptIndex(f"{where}: encoder.dim is below the stored dim {dim}")
         codec = check.string(raw, "codec")
-        if codec != CODEC:
+        if codec not in CODECS:
             raise CorruptIndex(f"{where}: unknown vector codec {codec!r}")
         documents = check.integer(raw, "documents", 0)
         live = check.integer(raw, "live_documents", 0, documents)

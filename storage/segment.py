@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.codec import CODEC_INDEX_NAME, CODECS, PROJECTION_NAME, VectorCodec, vector_file
 from storage.docstore import DOCS_NAME, DocRow, DocWriter
 from storage.errors import DimensionMismatch, InvalidInput
 from storage.fsio import block_checksums, fsync_dir, fsync_file
@@ -48,6 +49,7 @@ from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, VECTOR_DTYPE, TokenWrit
 __all__ = [
     "CODES_NAME",
     "REQUIRED_FILES",
+    "SCRATCH_NAME",
     "SEGMENT_FILES",
     "TRAINED_NAME",
     "PendingDoc",
@@ -60,8 +62,19 @@ __all__ = [
 F16_MAX = 65504.0
 TRAINED_NAME = "trained.faiss"
 CODES_NAME = "tokens.codes"
-REQUIRED_FILES = (TOKENS_NAME, TOKEN_DOC_NAME)
-SEGMENT_FILES = (TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME, TRAINED_NAME, CODES_NAME)
+SCRATCH_NAME = "scratch.f16"
+"""A build's float16 vectors of the encoder's dimension, kept until a codec or a
+projection trained on them has transcoded them into the segment's vector file."""
+REQUIRED_FILES = (TOKEN_DOC_NAME,)
+SEGMENT_FILES = (
+    *(vector_file(c) for c in CODECS),
+    TOKEN_DOC_NAME,
+    TOKEN_INDEX_NAME,
+    TRAINED_NAME,
+    CODES_NAME,
+    CODEC_INDEX_NAME,
+    PROJECTION_NAME,
+)
 """The files of a segment that the manifest checksums block by block (``docs.sqlite``
 checks itself row by row)."""
 _SEG_DIR = re.compile(r"seg-(\d{6,})\Z")
@@ -83,7 +96,8 @@ class PendingDoc:
     external_id: str
     text: str | None
     metadata: Any
-    vectors: np.ndarray
+    vectors: np.ndarray | None
+    """None where the stored rows come separately (:meth:`SegmentWriter.add_rows`)."""
 
 
 def check_vectors(vectors: Any, dim: int, *, doc_id: str | None = None) -> np.ndarray:
@@ -125,8 +139,13 @@ def file_record(path: Path) -> FileRecord:
 class SegmentWriter:
     """Writes one new segment folder; nothing in it counts until a generation commits it.
 
+    With a ``codec`` (an add, a compaction), vectors are stored encoded by it in its
+    vector file. Without one (a build), they are stored as float16 in
+    ``file_name``: ``tokens.f16`` when that is what the index keeps, else
+    :data:`SCRATCH_NAME`, which the build transcodes once its codec is trained.
     ``encode_codes`` (the trained index's ``sa_encode``) makes the ``tokens.codes``
-    of an added segment; a build or compaction writes the FAISS files itself.
+    of an added segment from the stored (decoded) vectors; a build or compaction
+    writes the FAISS files itself.
     """
 
     def __init__(
@@ -138,6 +157,8 @@ class SegmentWriter:
         doc_base: int,
         token_base: int,
         generation: int,
+        codec: VectorCodec | None = None,
+        file_name: str = TOKENS_NAME,
         encode_codes: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.name = segment_dirname(number)
@@ -150,8 +171,14 @@ class SegmentWriter:
         self.n_docs = 0
         self._encode_codes = encode_codes
         self._codes = None
+        self.codec = codec
         self.docs = DocWriter.create(self.folder / DOCS_NAME)
-        self.tokens = TokenWriter(self.folder, dim)
+        if codec is None:
+            self.tokens = TokenWriter(self.folder, dim, file_name=file_name)
+        else:
+            self.tokens = TokenWriter(
+                self.folder, codec.row_width, file_name=codec.file_name, dtype=codec.row_dtype
+            )
         if encode_codes is not None:
             self._codes = open(self.folder / CODES_NAME, "ab")  # noqa: SIM115
 
@@ -166,33 +193,44 @@ class SegmentWriter:
         """
         if not batch:
             return
+        vectors = np.concatenate(checked)
+        rows = vectors.astype(VECTOR_DTYPE) if self.codec is None else self.codec.encode(vectors)
+        self.add_rows(batch, rows, [len(v) for v in checked])
+
+    def add_rows(
+        self, batch: Sequence[PendingDoc], rows: np.ndarray, counts: Sequence[int]
+    ) -> None:
+        """Store one batch whose tokens are already stored rows (``counts`` a document):
+        what :meth:`add` stores after encoding, or what a compaction copies unchanged."""
+        if not batch:
+            return
         first_doc = self.doc_base + self.n_docs
         start = self.token_base + self.tokens.rows
-        rows: list[DocRow] = []
-        for offset, (doc, vecs) in enumerate(zip(batch, checked, strict=True)):
-            rows.append(
+        doc_rows: list[DocRow] = []
+        for offset, (doc, count) in enumerate(zip(batch, counts, strict=True)):
+            doc_rows.append(
                 DocRow(
                     doc_id=first_doc + offset,
                     external_id=doc.external_id,
                     text=doc.text,
                     metadata=doc.metadata,
                     token_start=start,
-                    token_count=len(vecs),
+                    token_count=count,
                 )
             )
-            start += len(vecs)
-        vectors = np.concatenate(checked).astype(VECTOR_DTYPE)
-        doc_ids = np.repeat(np.arange(first_doc, first_doc + len(batch)), [len(v) for v in checked])
-        self.tokens.append(vectors, doc_ids)
+            start += count
+        doc_ids = np.repeat(np.arange(first_doc, first_doc + len(batch)), counts)
+        self.tokens.append(rows, doc_ids)
         if self._codes is not None:
             assert self._encode_codes is not None
-            # the codes of what is stored (float16), as a build adds what it reads back
-            codes = self._encode_codes(vectors.astype(np.float32))
+            # the codes of what is stored (decoded), as a build adds what it reads back
+            stored = rows.astype(np.float32) if self.codec is None else self.codec.decode(rows)
+            codes = self._encode_codes(stored)
             self._codes.write(np.ascontiguousarray(codes, dtype=np.uint8).tobytes())
             self._codes.flush()
             os.fsync(self._codes.fileno())
         self.tokens.sync()
-        self.docs.insert_batch(rows, self.generation)
+        self.docs.insert_batch(doc_rows, self.generation)
         self.n_docs += len(batch)
 
     def close_data(self) -> None:

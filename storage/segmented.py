@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.codec import VectorCodec
 from storage.docstore import FILTER_BUDGET_S, DocReader, StoredDoc
 from storage.errors import CorruptIndex
 from storage.vectors import VECTOR_DTYPE, TokenReader
@@ -29,6 +30,7 @@ class SegmentedTokens:
         self.readers = list(readers)
         self.bases = np.asarray(bases, dtype=np.int64)
         self.dim = dim
+        self.codec = readers[0].codec if readers else VectorCodec("f16", dim, dim)
         self.n_tokens = int(sum(r.n_tokens for r in readers))
         maps = [r.token_doc for r in readers]
         # one segment: the mapped file itself; more: one int32 copy (4 bytes a token)
@@ -45,8 +47,8 @@ class SegmentedTokens:
 
     @property
     def vectors(self) -> np.ndarray:
-        """All rows as one read-only float16 array (the file's map with one segment;
-        a copy in memory with several), verified."""
+        """All vectors as one read-only array (float16: the file's map with one
+        segment, a copy in memory with several; another codec: decoded), verified."""
         if len(self.readers) == 1:
             return self.readers[0].vectors
         if not self.readers:
@@ -55,19 +57,20 @@ class SegmentedTokens:
         out.flags.writeable = False
         return out
 
-    def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Float16 vectors of the concatenated spans ``[start, start + count)``; a span
-        lies in one segment (a document's tokens are never split)."""
+    def _gather(self, read: str, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """What each segment's reader ``read`` (a method name) gives for the spans, in
+        span order; a span lies in one segment (a document's tokens are never split)."""
         starts = np.asarray(starts, dtype=np.int64)
         counts = np.asarray(counts, dtype=np.int64)
         if len(self.readers) == 1:
-            return self.readers[0].read_spans(starts, counts)
+            out_one: np.ndarray = getattr(self.readers[0], read)(starts, counts)
+            return out_one
         if len(starts) and (
             (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
         ):
             raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
         seg = self._segment_of(starts)
-        out = np.empty((int(counts.sum()), self.dim), VECTOR_DTYPE)
+        out: np.ndarray | None = None
         offsets = np.cumsum(counts) - counts
         for s in np.unique(seg).tolist():
             pick = np.flatnonzero(seg == s)
@@ -75,16 +78,29 @@ class SegmentedTokens:
             reader = self.readers[s]
             if (starts[pick] + counts[pick] > base + reader.n_tokens).any():
                 raise CorruptIndex("a token span crosses the end of its segment")
-            part = reader.read_spans(starts[pick] - base, counts[pick])
+            part = getattr(reader, read)(starts[pick] - base, counts[pick])
+            if out is None:
+                out = np.empty((int(counts.sum()), part.shape[1]), part.dtype)
             # where each picked span's rows go in ``out``
             lengths = counts[pick]
             dest = np.repeat(offsets[pick] - (np.cumsum(lengths) - lengths), lengths)
             out[dest + np.arange(len(part))] = part
+        if out is None:  # no spans: the first reader's empty answer has the right shape
+            empty: np.ndarray = getattr(self.readers[0], read)(starts, counts)
+            return empty
         return out
 
+    def read_raw(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Stored rows (see :meth:`TokenReader.read_raw`) of the concatenated spans."""
+        return self._gather("read_raw", starts, counts)
+
+    def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Vectors (float16 as stored, or decoded float32) of the concatenated spans."""
+        return self._gather("read_spans", starts, counts)
+
     def spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Vectors of the concatenated spans as float32."""
-        return self.read_spans(starts, counts).astype(np.float32)
+        """Vectors of the concatenated spans as float32 (decoded by the codec)."""
+        return self._gather("spans", starts, counts)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Float16 rows ``start .. stop-1`` (read, not mapped), across segments."""

@@ -26,9 +26,18 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from storage.codec import (
+    CODEC_INDEX_NAME,
+    PROJECTION_NAME,
+    VectorCodec,
+    load_sq8,
+    projection_from_bytes,
+    vector_file,
+)
 from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader, DocSpans
 from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex
@@ -38,9 +47,17 @@ from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest, 
 from storage.segment import CODES_NAME, REQUIRED_FILES, SEGMENT_FILES, TRAINED_NAME
 from storage.segmented import SegmentedDocs, SegmentedTokens
 from storage.token_index import TOKEN_INDEX_NAME, TokenIndex, TokenIndexPlan, takes_codes
-from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, TokenReader
+from storage.vectors import TOKEN_DOC_NAME, TokenReader
 
-__all__ = ["StoreSnapshot", "hold_current", "read_manifest", "read_manifest_of", "segment_files"]
+__all__ = [
+    "StoreSnapshot",
+    "hold_current",
+    "load_codec",
+    "manifest_segment_files",
+    "read_manifest",
+    "read_manifest_of",
+    "segment_files",
+]
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _OPEN_ATTEMPTS = 100
@@ -112,13 +129,74 @@ def read_manifest(folder: Path) -> Manifest:
         lease.release()
 
 
-def segment_files(plan: TokenIndexPlan, position: int) -> set[str]:
-    """The data files segment ``position`` of an index with ``plan`` must hold."""
+def segment_files(
+    plan: TokenIndexPlan, position: int, *, codec: str = "f16", projected: bool = False
+) -> set[str]:
+    """The data files segment ``position`` of an index with ``plan`` must hold.
+
+    Every segment holds its vectors (the codec's file) and its token map. The
+    first holds the FAISS index (for the ``pq`` codec only its trained copy: the
+    vector file holds the index's codes) and what the codec was trained on; a
+    later one holds its ANN codes or its own graph, unless its vector file already
+    is its ANN codes (``pq``).
+    """
+    files = {vector_file(codec), TOKEN_DOC_NAME}
     if position == 0:
-        extra = {TOKEN_INDEX_NAME} | ({TRAINED_NAME} if takes_codes(plan) else set())
-    else:
-        extra = {CODES_NAME} if takes_codes(plan) else {TOKEN_INDEX_NAME}
-    return set(REQUIRED_FILES) | extra
+        if codec == "pq":
+            files.add(TRAINED_NAME)
+        else:
+            files |= {TOKEN_INDEX_NAME} | ({TRAINED_NAME} if takes_codes(plan) else set())
+        if codec == "sq8":
+            files.add(CODEC_INDEX_NAME)
+        if projected:
+            files.add(PROJECTION_NAME)
+    elif codec != "pq":
+        files.add(CODES_NAME if takes_codes(plan) else TOKEN_INDEX_NAME)
+    return files
+
+
+def manifest_segment_files(manifest: Manifest, plan: TokenIndexPlan, position: int) -> set[str]:
+    """:func:`segment_files` for a segment of ``manifest``."""
+    return segment_files(
+        plan,
+        position,
+        codec=manifest.codec,
+        projected=manifest.dim != manifest.encoder["dim"],
+    )
+
+
+def load_codec(
+    fd: int, manifest: Manifest, plan: TokenIndexPlan, seg: SegmentRecord, where: str
+) -> tuple[VectorCodec, Any]:
+    """The index's codec, from its first segment's files (verified before FAISS or
+    NumPy reads a byte), and the trained FAISS index when that is the codec's."""
+    input_dim = manifest.encoder["dim"]
+    projection = None
+    if PROJECTION_NAME in seg.files:
+        raw = _read_verified(fd, PROJECTION_NAME, seg.files[PROJECTION_NAME], where)
+        projection = projection_from_bytes(
+            raw, manifest.dim, input_dim, f"{where}/{PROJECTION_NAME}"
+        )
+    quantizer: Any = None
+    trained: Any = None
+    if manifest.codec == "sq8":
+        raw = _read_verified(fd, CODEC_INDEX_NAME, seg.files[CODEC_INDEX_NAME], where)
+        quantizer = load_sq8(raw, manifest.dim, f"{where}/{CODEC_INDEX_NAME}")
+    elif manifest.codec == "pq":
+        raw = _read_verified(fd, TRAINED_NAME, seg.files[TRAINED_NAME], where)
+        trained = TokenIndex.load_faiss(
+            raw, plan, dim=manifest.dim, ntotal=0, where=f"{where}/{TRAINED_NAME}"
+        )
+        quantizer = trained
+    elif TRAINED_NAME in seg.files:
+        _read_verified(fd, TRAINED_NAME, seg.files[TRAINED_NAME], where)
+    try:
+        codec = VectorCodec(
+            manifest.codec, manifest.dim, input_dim, projection=projection, quantizer=quantizer
+        )
+    except CorruptIndex as exc:
+        raise CorruptIndex(f"{where}: {exc}") from exc
+    return codec, trained
 
 
 def _read_verified(dir_fd: int, name: str, record: FileRecord, where: str) -> bytes:
@@ -183,6 +261,11 @@ class StoreSnapshot:
     def plan(self) -> TokenIndexPlan:
         return self.token_index.plan
 
+    @property
+    def codec(self) -> VectorCodec:
+        """How the vectors are stored, and the projection queries go through."""
+        return self.tokens.codec
+
     @classmethod
     def open(
         cls,
@@ -227,10 +310,19 @@ class StoreSnapshot:
         opened = _Opened()
         try:
             token_index: TokenIndex | None = None
+            codec: VectorCodec | None = None
             spans = []
             for position, seg in enumerate(manifest.segments):
-                token_index = cls._open_segment(
-                    folder, manifest, plan, seg, position, token_index, opened, verify_vectors
+                token_index, codec = cls._open_segment(
+                    folder,
+                    manifest,
+                    plan,
+                    seg,
+                    position,
+                    token_index,
+                    codec,
+                    opened,
+                    verify_vectors,
                 )
                 known = previous.verified_spans.get(seg.name) if previous else None
                 if known is not None and known[0] == seg:
@@ -284,37 +376,47 @@ class StoreSnapshot:
         seg: SegmentRecord,
         position: int,
         token_index: TokenIndex | None,
+        codec: VectorCodec | None,
         opened: _Opened,
         verify_vectors: bool,
-    ) -> TokenIndex:
+    ) -> tuple[TokenIndex, VectorCodec]:
         where = f"{folder}/{seg.name}"
-        want = segment_files(plan, position)
+        want = manifest_segment_files(manifest, plan, position)
         if set(seg.files) != want:
             raise CorruptIndex(
                 f"{where}: the manifest names files {sorted(seg.files)}, a segment at "
-                f"position {position} of a {plan.kind} index holds {sorted(want)}"
+                f"position {position} of a {plan.kind} index with codec {manifest.codec} "
+                f"holds {sorted(want)}"
             )
-        for name, size in (
-            (TOKENS_NAME, seg.tokens * manifest.dim * 2),
-            (TOKEN_DOC_NAME, seg.tokens * 4),
-        ):
-            if seg.files[name].bytes != size:
-                raise CorruptIndex(
-                    f"{where}: the manifest records {seg.files[name].bytes} bytes for {name}, "
-                    f"and {seg.tokens} tokens of dimension {manifest.dim} take {size}"
-                )
         try:
             fd = os.open(folder / seg.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise CorruptIndex(f"{where}, a segment of the index, cannot be opened: {exc}") from exc
         opened.fds.append(fd)
         if position == 0:
+            codec, trained = load_codec(fd, manifest, plan, seg, where)
+        assert codec is not None
+        for name, size in (
+            (codec.file_name, seg.tokens * codec.row_bytes),
+            (TOKEN_DOC_NAME, seg.tokens * 4),
+        ):
+            if seg.files[name].bytes != size:
+                raise CorruptIndex(
+                    f"{where}: the manifest records {seg.files[name].bytes} bytes for {name}, "
+                    f"and {seg.tokens} tokens of {codec.row_bytes} bytes take {size}"
+                )
+        if codec.name == "pq":
+            # the stored codes are the IVF-PQ index's own: fill the trained copy
+            if position == 0:
+                token_index = TokenIndex(trained, plan)
+            assert token_index is not None
+            raw = _read_verified(fd, codec.file_name, seg.files[codec.file_name], where)
+            token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{codec.file_name}")
+        elif position == 0:
             raw = _read_verified(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where)
             token_index = TokenIndex.from_bytes(
                 raw, plan, dim=manifest.dim, ntotal=seg.tokens, where=f"{where}/{TOKEN_INDEX_NAME}"
             )
-            if TRAINED_NAME in seg.files and verify_vectors:
-                _read_verified(fd, TRAINED_NAME, seg.files[TRAINED_NAME], where)
         elif takes_codes(plan):
             assert token_index is not None
             raw = _read_verified(fd, CODES_NAME, seg.files[CODES_NAME], where)
@@ -327,19 +429,21 @@ class StoreSnapshot:
             )
             token_index.add_part(part, seg.token_base)
         del raw
+        assert token_index is not None
         opened.tokens.append(
             TokenReader(
                 Path(where),
                 manifest.dim,
                 seg.tokens,
+                codec=codec,
                 dir_fd=fd,
-                vector_blocks=seg.files[TOKENS_NAME].sha256_blocks,
+                vector_blocks=seg.files[codec.file_name].sha256_blocks,
                 doc_blocks=seg.files[TOKEN_DOC_NAME].sha256_blocks,
-                verify=verify_vectors,
+                verify=verify_vectors and codec.name != "pq",  # pq codes: verified above
             )
         )
         opened.docs.append(DocReader(Path(where) / DOCS_NAME))
-        return token_index
+        return token_index, codec
 
     @staticmethod
     def _check_spans(where: str, seg: SegmentRecord, spans: DocSpans, tokens: TokenReader) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +38,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from storage.builder import write_first_segment_index
+from storage.builder import CodecChoice, write_first_segment_index
+from storage.codec import VectorCodec
 from storage.commit import commit_generation, next_number
 from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader
@@ -46,8 +48,14 @@ from storage.fsio import read_at, verify_bytes
 from storage.generations import remove_debris
 from storage.lock import WriteLock
 from storage.manifest import DELETED_NAME, Manifest
-from storage.segment import TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
-from storage.snapshot import StoreSnapshot, hold_current, read_manifest_of, segment_files
+from storage.segment import SCRATCH_NAME, TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
+from storage.snapshot import (
+    StoreSnapshot,
+    hold_current,
+    load_codec,
+    manifest_segment_files,
+    read_manifest_of,
+)
 from storage.token_index import (
     TOKEN_INDEX_NAME,
     TokenIndex,
@@ -55,7 +63,7 @@ from storage.token_index import (
     plan_token_index,
     takes_codes,
 )
-from storage.vectors import TokenReader
+from storage.vectors import VECTOR_DTYPE, TokenReader
 
 __all__ = ["ChangeReport", "StoreWriter"]
 
@@ -86,6 +94,7 @@ class StoreWriter:
         self.lock.acquire()
         self._docs: dict[str, DocReader] = {}
         self._trained: faiss.Index | None = None
+        self._codec: VectorCodec | None = None
         self._broken = False
         try:
             self._load()
@@ -108,7 +117,7 @@ class StoreWriter:
         self.manifest = manifest
         self.plan = TokenIndexPlan.from_dict(manifest.token_index, str(self.target))
         for position, seg in enumerate(manifest.segments):
-            if set(seg.files) != segment_files(self.plan, position):
+            if set(seg.files) != manifest_segment_files(manifest, self.plan, position):
                 raise CorruptIndex(
                     f"{self.target}/{pointer.dirname}/manifest.json: segment {seg.name} "
                     f"names files {sorted(seg.files)}, not those of its place in the index"
@@ -128,6 +137,7 @@ class StoreWriter:
                 reader.close()
         self._docs = {}
         self._trained = None
+        self._codec = None
         for seg in manifest.segments:
             reader = self._reader(seg.name)
             _, ids = reader.spans_and_ids(seg.documents, seg.doc_base)  # rows checked
@@ -164,9 +174,29 @@ class StoreWriter:
             )
         return self._trained
 
+    def codec(self) -> VectorCodec:
+        """How the index stores vectors (from its first segment's files, verified)."""
+        if self._codec is None:
+            seg = self.manifest.segments[0]
+            fd = os.open(self.target / seg.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._codec, _ = load_codec(
+                    fd, self.manifest, self.plan, seg, f"{self.target}/{seg.name}"
+                )
+            finally:
+                os.close(fd)
+        return self._codec
+
     @property
     def dim(self) -> int:
+        """The stored vectors' dimension."""
         return self.manifest.dim
+
+    @property
+    def input_dim(self) -> int:
+        """The dimension of the vectors the index takes (its encoder's)."""
+        dim: int = self.manifest.encoder["dim"]
+        return dim
 
     # -- changes -----------------------------------------------------------------
 
@@ -183,7 +213,9 @@ class StoreWriter:
         self._check_usable()
         m = self.manifest
         number = next_number(self.target, m.generation)
-        encode = self.trained_index().sa_encode if takes_codes(self.plan) else None
+        codec = self.codec()
+        # the pq codec's stored codes are the ANN codes: nothing more to encode
+        ann_codes = takes_codes(self.plan) and codec.name != "pq"
         segment = SegmentWriter(
             self.target,
             number,
@@ -191,14 +223,17 @@ class StoreWriter:
             doc_base=m.documents,
             token_base=m.tokens,
             generation=number,
-            encode_codes=encode,
+            codec=codec,
+            encode_codes=self.trained_index().sa_encode if ann_codes else None,
         )
         added: list[str] = []
         seen: set[str] = set()
         replaced: list[int] = []
         try:
             for batch in batches:
-                checked = [check_vectors(d.vectors, m.dim, doc_id=d.external_id) for d in batch]
+                checked = [
+                    check_vectors(d.vectors, self.input_dim, doc_id=d.external_id) for d in batch
+                ]
                 for doc in batch:
                     ext = doc.external_id
                     if ext in seen:
@@ -246,7 +281,7 @@ class StoreWriter:
     def _write_own_graph(self, segment: SegmentWriter) -> None:
         """An ``hnsw`` segment's own graph over its rows."""
         segment.close_data()
-        reader = TokenReader(segment.folder, segment.dim, segment.n_tokens)
+        reader = TokenReader(segment.folder, segment.dim, segment.n_tokens, codec=segment.codec)
         try:
             index = TokenIndex.build(self.plan, reader)
         finally:
@@ -288,9 +323,20 @@ class StoreWriter:
         self._check_usable()
         number = next_number(self.target, self.manifest.generation)
         plan = self.plan
+        codec = self.codec()
         trained = self.trained_index() if takes_codes(plan) and not retrain else None
+        # stored rows are copied as they are, unless the pq codec is retrained: its
+        # codes are the old quantizer's, so they are decoded and coded again
+        recode = retrain and codec.name == "pq"
         segment = SegmentWriter(
-            self.target, number, self.dim, doc_base=0, token_base=0, generation=number
+            self.target,
+            number,
+            self.dim,
+            doc_base=0,
+            token_base=0,
+            generation=number,
+            codec=None if recode else codec,
+            file_name=SCRATCH_NAME,
         )
         try:
             with StoreSnapshot.open(self.target, verify_vectors=True) as snap:
@@ -299,18 +345,20 @@ class StoreWriter:
                     chunk = live[lo : lo + COMPACT_CHUNK_DOCS]
                     stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
                     counts = snap.spans.token_count[chunk]
-                    vectors = snap.tokens.read_spans(snap.spans.token_start[chunk], counts)
-                    parts = np.split(vectors.astype(np.float32), np.cumsum(counts)[:-1])
+                    starts = snap.spans.token_start[chunk]
                     batch = [
                         PendingDoc(
                             external_id=stored[d].external_id,
                             text=stored[d].text,
                             metadata=stored[d].metadata,
-                            vectors=v,
+                            vectors=None,
                         )
-                        for d, v in zip(chunk.tolist(), parts, strict=True)
+                        for d in chunk.tolist()
                     ]
-                    segment.add(batch, parts)
+                    rows = snap.tokens.read_raw(starts, counts)
+                    if recode:
+                        rows = codec.decode(rows).astype(VECTOR_DTYPE)
+                    segment.add_rows(batch, rows, counts.tolist())
             if retrain:
                 plan = plan_token_index(
                     plan.kind,
@@ -319,8 +367,17 @@ class StoreWriter:
                     pq_m=plan.pq_m or None,
                     hnsw_m=plan.hnsw_m or 32,
                     seed=plan.seed,
+                    codec=codec.name,
                 )
-            write_first_segment_index(segment, plan, progress, trained=trained)
+            write_first_segment_index(
+                segment,
+                plan,
+                progress,
+                trained=trained,
+                choice=CodecChoice(codec.name, codec.dim),
+                input_dim=codec.input_dim,
+                projection=codec.projection,
+            )
             record = segment.finish()
         except BaseException:
             segment.abort()

@@ -50,6 +50,7 @@ AUTO_FLAT_MAX_TOKENS = 100_000
 TRAIN_SAMPLE_MAX = 262_144
 ADD_CHUNK_ROWS = 32_768  # rows read and added at a time: bounds the build's peak memory
 MIN_POINTS_PER_LIST = 39
+PQ_CODEC_MAX_M = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,9 +109,11 @@ class TokenIndexPlan:
         return plan
 
 
-def _pq_subquantizers(dim: int) -> int:
-    """The largest divisor of ``dim`` that is at most ``dim / 8`` (8+ dims a sub-vector)."""
-    return max(m for m in range(1, max(dim // 8, 1) + 1) if dim % m == 0)
+def _pq_subquantizers(dim: int, most: int | None = None) -> int:
+    """The largest divisor of ``dim`` that is at most ``dim / 8`` (8+ dims a sub-vector),
+    or with ``most``, the largest divisor of ``dim`` up to ``most``."""
+    top = most if most is not None else max(dim // 8, 1)
+    return max(m for m in range(1, top + 1) if dim % m == 0)
 
 
 def plan_token_index(
@@ -122,10 +125,24 @@ def plan_token_index(
     pq_m: int | None = None,
     hnsw_m: int = 32,
     seed: int = 0,
+    codec: str = "f16",
 ) -> TokenIndexPlan:
-    """Resolve ``kind`` (maybe ``auto``) and derive its parameters from the token count."""
+    """Resolve ``kind`` (maybe ``auto``) and derive its parameters from the token count.
+
+    The ``pq`` codec stores the IVF-PQ index's own codes, so it needs ``ivf-pq``
+    (``auto`` picks it at any size), and its default product code is at most
+    :data:`PQ_CODEC_MAX_M` bytes: it is the only copy of each vector.
+    """
     if kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    if codec == "pq":
+        if kind not in ("auto", "ivf-pq"):
+            raise InvalidInput(
+                f"codec 'pq' stores the ivf-pq index's own codes; index kind {kind!r} has "
+                "none (use index kind 'ivf-pq' or 'auto', or codec 'sq8')"
+            )
+        kind = "ivf-pq"
+        pq_m = pq_m or _pq_subquantizers(dim, PQ_CODEC_MAX_M)
     if kind == "auto":
         kind = "flat" if n_tokens <= AUTO_FLAT_MAX_TOKENS else "ivf-pq"
     if kind == "flat":
@@ -150,7 +167,8 @@ def plan_token_index(
         if n_tokens < 256 * MIN_POINTS_PER_LIST:
             raise InvalidInput(
                 f"ivf-pq needs at least {256 * MIN_POINTS_PER_LIST} tokens to train its codebooks "
-                f"and the corpus has {n_tokens}; use index kind 'flat' or 'ivf-flat'"
+                f"and the corpus has {n_tokens}; use index kind 'flat' or 'ivf-flat' "
+                "(with codec 'f16' or 'sq8')"
             )
     sample = min(n_tokens, max(64 * nlist, 256 * 64 if m else 0), TRAIN_SAMPLE_MAX)
     return TokenIndexPlan(kind=kind, nlist=nlist, pq_m=m, train_sample=sample, seed=seed)
@@ -216,20 +234,7 @@ class TokenIndex:
             index = faiss.clone_index(trained)
             index.reset()
         else:
-            index = faiss.index_factory(
-                tokens.dim, plan.factory_string(), faiss.METRIC_INNER_PRODUCT
-            )
-            if plan.kind.startswith("ivf"):
-                ivf = faiss.extract_index_ivf(index)
-                ivf.cp.seed = plan.seed
-                ivf.cp.niter = 10
-                if plan.kind == "ivf-pq":
-                    faiss.downcast_index(index).pq.cp.seed = plan.seed  # type: ignore[attr-defined]
-            if not index.is_trained:
-                rows = training_rows(tokens.n_tokens, plan.train_sample, plan.seed)
-                sample = tokens.sample_rows(rows, ADD_CHUNK_ROWS)
-                index.train(sample)
-                del sample
+            index = cls.train(plan, tokens)
         # the empty trained copy, made before the codes go in: a copy of the filled
         # index would hold every code twice at the build's peak
         empty = faiss.clone_index(index)
@@ -240,6 +245,24 @@ class TokenIndex:
         built = cls(index, plan)
         built._empty = empty
         return built
+
+    @staticmethod
+    def train(plan: TokenIndexPlan, tokens: Any) -> faiss.Index:
+        """An empty FAISS index of ``plan``, trained on a bounded, seeded sample of the
+        rows of ``tokens`` (anything with ``n_tokens``, ``dim`` and ``sample_rows``)."""
+        index = faiss.index_factory(tokens.dim, plan.factory_string(), faiss.METRIC_INNER_PRODUCT)
+        if plan.kind.startswith("ivf"):
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed = plan.seed
+            ivf.cp.niter = 10
+            if plan.kind == "ivf-pq":
+                faiss.downcast_index(index).pq.cp.seed = plan.seed  # type: ignore[attr-defined]
+        if not index.is_trained:
+            rows = training_rows(tokens.n_tokens, plan.train_sample, plan.seed)
+            sample = tokens.sample_rows(rows, ADD_CHUNK_ROWS)
+            index.train(sample)
+            del sample
+        return index
 
     def trained_copy(self) -> faiss.Index:
         """An empty copy of the (first part's) index: its trained quantizer and codebooks."""

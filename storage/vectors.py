@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.codec import VectorCodec
 from storage.errors import CorruptIndex
 from storage.fsio import BLOCK_SIZE, block_lengths, open_at, verify_block, verify_bytes
 
@@ -42,21 +43,34 @@ DOC_DTYPE = np.dtype("<i4")
 
 
 class TokenWriter:
-    """Appends token vectors and their document ids; :meth:`sync` makes them durable."""
+    """Appends stored token rows and their document ids; :meth:`sync` makes them durable.
 
-    def __init__(self, folder: Path, dim: int) -> None:
+    Rows are ``width`` values of ``dtype`` (float16 vectors, or a codec's byte
+    codes) written to ``file_name``.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        width: int,
+        *,
+        file_name: str = TOKENS_NAME,
+        dtype: np.dtype = VECTOR_DTYPE,
+    ) -> None:
         self.folder = Path(folder)
-        self.dim = dim
-        self._vec = open(self.folder / TOKENS_NAME, "ab")  # noqa: SIM115
+        self.dim = width
+        self.dtype = np.dtype(dtype)
+        self.file_name = file_name
+        self._vec = open(self.folder / file_name, "ab")  # noqa: SIM115
         self._doc = open(self.folder / TOKEN_DOC_NAME, "ab")  # noqa: SIM115
-        self.rows = self._vec.tell() // (dim * VECTOR_DTYPE.itemsize)
+        self.rows = self._vec.tell() // (width * self.dtype.itemsize)
 
     def append(self, vectors: np.ndarray, doc_ids: np.ndarray) -> int:
         """Append rows; returns the row number of the first one."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(doc_ids):
             raise ValueError("vectors and doc_ids do not line up")  # a programming error
         first = self.rows
-        self._vec.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
+        self._vec.write(np.ascontiguousarray(vectors, dtype=self.dtype).tobytes())
         self._doc.write(np.ascontiguousarray(doc_ids, dtype=DOC_DTYPE).tobytes())
         self.rows += len(vectors)
         return first
@@ -93,11 +107,18 @@ def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.nd
 class TokenReader:
     """Read-only access to the committed token rows of one folder.
 
-    ``dir_fd`` opens the files relative to a folder descriptor (``folder`` then
-    only names it in errors). ``vector_blocks`` and ``doc_blocks`` are the
-    manifest's block checksums of the two files: the token map is verified at
-    once, the vectors lazily, or at once with ``verify``. Without checksums
-    (a build reading back its own files) nothing is verified.
+    ``codec`` says how rows are stored (by default float16 vectors of ``dim``;
+    see :mod:`storage.codec`) and ``file_name`` overrides its file (a build
+    reading back its float16 scratch). ``dir_fd`` opens the files relative to a
+    folder descriptor (``folder`` then only names it in errors). ``vector_blocks``
+    and ``doc_blocks`` are the manifest's block checksums of the two files: the
+    token map is verified at once, the vectors lazily, or at once with
+    ``verify``. Without checksums (a build reading back its own files) nothing is
+    verified.
+
+    :meth:`read_raw` returns stored rows as they are; :meth:`read_spans`,
+    :meth:`read_rows` and :meth:`spans` return vectors (decoded by the codec; the
+    float16 codec's rows are already vectors).
     """
 
     def __init__(
@@ -106,21 +127,27 @@ class TokenReader:
         dim: int,
         n_tokens: int,
         *,
+        codec: VectorCodec | None = None,
+        file_name: str | None = None,
         dir_fd: int | None = None,
         vector_blocks: Sequence[str] | None = None,
         doc_blocks: Sequence[str] | None = None,
         verify: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.codec = codec if codec is not None else VectorCodec("f16", dim, dim)
+        if self.codec.dim != dim:
+            raise ValueError("the codec's dimension is not the reader's")  # a programming error
         self.dim = dim
         self.n_tokens = n_tokens
-        self._row_bytes = dim * VECTOR_DTYPE.itemsize
-        self._fd = _open(self.folder, TOKENS_NAME, dir_fd)
+        self.file_name = file_name or self.codec.file_name
+        self._row_bytes = self.codec.row_bytes
+        self._fd = _open(self.folder, self.file_name, dir_fd)
         doc_fd = -1
         try:
             doc_fd = _open(self.folder, TOKEN_DOC_NAME, dir_fd)
             for fd, name, need in (
-                (self._fd, TOKENS_NAME, n_tokens * self._row_bytes),
+                (self._fd, self.file_name, n_tokens * self._row_bytes),
                 (doc_fd, TOKEN_DOC_NAME, n_tokens * DOC_DTYPE.itemsize),
             ):
                 size = os.fstat(fd).st_size
@@ -132,7 +159,12 @@ class TokenReader:
             self.token_doc = _map(doc_fd, n_tokens * DOC_DTYPE.itemsize, DOC_DTYPE, (n_tokens,))
             if doc_blocks is not None:
                 verify_bytes(self.token_doc.view(np.uint8).data, doc_blocks, TOKEN_DOC_NAME)
-            self._map = _map(self._fd, n_tokens * self._row_bytes, VECTOR_DTYPE, (n_tokens, dim))
+            self._map = _map(
+                self._fd,
+                n_tokens * self._row_bytes,
+                self.codec.row_dtype,
+                (n_tokens, self.codec.row_width),
+            )
         except BaseException:
             os.close(self._fd)
             raise
@@ -143,7 +175,7 @@ class TokenReader:
         self._blocks = list(vector_blocks) if vector_blocks is not None else None
         self._lengths = block_lengths(size)
         if self._blocks is not None and len(self._blocks) != len(self._lengths):
-            raise CorruptIndex(f"{TOKENS_NAME}: the manifest's checksums do not cover it")
+            raise CorruptIndex(f"{self.file_name}: the manifest's checksums do not cover it")
         self._verified = np.full(len(self._lengths), self._blocks is None)
         self._verify_lock = threading.Lock()
         if verify:
@@ -159,7 +191,7 @@ class TokenReader:
         with self._verify_lock:
             for b in todo.tolist():
                 if not self._verified[b]:
-                    verify_block(self._fd, b, self._lengths[b], self._blocks[b], TOKENS_NAME)
+                    verify_block(self._fd, b, self._lengths[b], self._blocks[b], self.file_name)
                     self._verified[b] = True
 
     def verify_all(self) -> None:
@@ -177,15 +209,27 @@ class TokenReader:
         self._verify_blocks(np.unique(np.concatenate(blocks)).astype(np.int64))
 
     @property
-    def vectors(self) -> np.ndarray:
-        """All committed rows as a read-only float16 map ``[n_tokens, dim]`` (verified)."""
+    def raw(self) -> np.ndarray:
+        """All committed rows as stored, a read-only map ``[n_tokens, width]`` (verified)."""
         self.verify_all()
         return self._map
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """All committed vectors: the float16 file's read-only map itself, or for a
+        compressed codec every row decoded into memory (float32, verified)."""
+        if self.codec.name == "f16":
+            return self.raw
+        out = np.empty((self.n_tokens, self.dim), np.float32)
+        for start, stop in self.chunks(65_536):
+            out[start:stop] = self.read_rows(start, stop)
+        out.flags.writeable = False
+        return out
+
     # -- reads ---------------------------------------------------------------------
 
-    def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Float16 vectors of the concatenated spans ``[start, start + count)``."""
+    def read_raw(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Stored rows of the concatenated spans ``[start, start + count)``."""
         starts = np.asarray(starts, dtype=np.int64)
         counts = np.asarray(counts, dtype=np.int64)
         if len(starts) and (
@@ -193,7 +237,7 @@ class TokenReader:
         ):
             raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
         self._verify_spans(starts, counts)
-        out = np.empty((int(np.sum(counts)), self.dim), VECTOR_DTYPE)
+        out = np.empty((int(np.sum(counts)), self.codec.row_width), self.codec.row_dtype)
         buf = memoryview(out.data).cast("B")
         pos = 0
         for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
@@ -201,12 +245,18 @@ class TokenReader:
             while pos < end:  # preadv may return less than asked for very large reads
                 got = os.preadv(self._fd, [buf[pos:end]], offset)
                 if got <= 0:
-                    raise CorruptIndex(f"{TOKENS_NAME} ended before row {start + count}")
+                    raise CorruptIndex(f"{self.file_name} ended before row {start + count}")
                 pos, offset = pos + got, offset + got
         return out
 
+    def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Vectors of the concatenated spans: float16 as stored for the ``f16`` codec,
+        else decoded float32."""
+        raw = self.read_raw(starts, counts)
+        return raw if self.codec.name == "f16" else self.codec.decode(raw)
+
     def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Float16 rows ``start .. stop-1``, read (not mapped), so a full pass over the
+        """Vectors of rows ``start .. stop-1``, read (not mapped), so a full pass over the
         store leaves no mapped pages behind in the reader's memory."""
         return self.read_spans(np.array([start]), np.array([stop - start]))
 
@@ -221,7 +271,7 @@ class TokenReader:
 
     def spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Vectors of the concatenated spans as float32."""
-        return self.read_spans(starts, counts).astype(np.float32)
+        return self.codec.decode(self.read_raw(starts, counts))
 
     def close(self) -> None:
         if self._fd >= 0:

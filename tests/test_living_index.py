@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from sie_index import Index, IndexLocked, InvalidInput, SearchParams
 from sie_index.cli import main as cli_main
 from sie_index.filters import compile_filter
-from storage.builder import StoreBuilder
+from storage.builder import CodecChoice, StoreBuilder
 from storage.lock import LOCK_NAME
 from storage.snapshot import StoreSnapshot
 from storage.store_writer import StoreWriter
@@ -40,9 +40,21 @@ KIND_OPTIONS: dict[str, dict[str, Any]] = {
     "ivf-sq8": {"nlist": 8},
     "ivf-pq": {"nlist": 8, "pq_m": 4},
     "hnsw": {},
+    # with a compressed codec (and a projection to 8 dims): KIND+CODEC[+DIM]
+    "ivf-pq+pq": {"nlist": 8, "pq_m": 4},
+    "hnsw+sq8": {},
+    "ivf-flat+sq8+8": {"nlist": 8},
 }
 # ivf-pq trains 256 centroids per sub-quantizer: its base corpus must be larger
-BASE_DOCS = {"ivf-pq": 2000}
+BASE_DOCS = {"ivf-pq": 2000, "ivf-pq+pq": 2000}
+
+
+def variant(name: str) -> tuple[str, CodecChoice]:
+    """The index kind and the codec of a ``KIND_OPTIONS`` key."""
+    kind, codec, dim = (name + "+f16+0").split("+")[:3]
+    return kind, CodecChoice(codec, int(dim) or None)
+
+
 # k=5, n_rerank=5: more than 8 x 5 live documents run the ANN path, not the exact one
 PARAMS = SearchParams(k=5, n_rerank=5, k_token=16, nprobe=2, ef_search=32)
 
@@ -50,10 +62,11 @@ PARAMS = SearchParams(k=5, n_rerank=5, k_token=16, nprobe=2, ef_search=32)
 def build_base(path: Path, kind: str, n_docs: int | None = None) -> None:
     n = n_docs if n_docs is not None else BASE_DOCS.get(kind, N_BASE)
     docs = [doc(f"b{i}", "v0") for i in range(n)]
-    with StoreBuilder(path, DIM) as builder:
+    index_kind, codec = variant(kind)
+    with StoreBuilder(path, DIM, codec=codec) as builder:
         for lo in range(0, len(docs), 500):
             builder.add(docs[lo : lo + 500])
-        builder.finish(encoder_spec=SPEC, index_kind=kind, index_options=KIND_OPTIONS[kind])
+        builder.finish(encoder_spec=SPEC, index_kind=index_kind, index_options=KIND_OPTIONS[kind])
 
 
 def live_state(path: Path) -> dict[str, str]:
@@ -111,15 +124,16 @@ def queries(n: int, seed: int) -> list[np.ndarray]:
 
 
 def _fresh_build(path: Path, source: Path) -> None:
-    """A new index of ``source``'s live documents, with its trained quantizer."""
+    """A new index of ``source``'s live documents, with its trained quantizer and codec."""
     with StoreWriter(source) as writer:
         trained = writer.trained_index() if writer.plan.kind != "hnsw" else None
         plan = writer.plan
+        codec = writer.codec()
     with StoreSnapshot.open(source) as snap:
         live = np.flatnonzero(~snap.spans.deleted)
         stored = snap.docs.fetch(live.tolist(), text=True, metadata=True)
         docs = [stored[d] for d in live.tolist()]
-    with StoreBuilder(path, DIM) as builder:
+    with StoreBuilder(path, DIM, codec=None if codec.exact else codec) as builder:
         builder.add([doc(*d.text.split("|")) for d in docs if d.text])
         builder.finish(encoder_spec=SPEC, plan=plan, trained=trained)
 
@@ -154,7 +168,9 @@ def _check_against_fresh(tmp: Path, kind: str, seeds: list[int], ann_calls: list
     _fresh_build(fresh, path)
     qs = queries(6, seed=seeds[0] if seeds else 0)
     # hnsw graphs depend on insertion order: compare it where the ANN is exhaustive
-    params = PARAMS if kind != "hnsw" else PARAMS.with_(k_token=100_000, ef_search=100_000)
+    params = (
+        PARAMS if not kind.startswith("hnsw") else PARAMS.with_(k_token=100_000, ef_search=100_000)
+    )
     with Index.open(path) as a, Index.open(fresh) as b:
         assert len(a) == len(b) > 8 * PARAMS.n_rerank
         ann_calls.clear()
