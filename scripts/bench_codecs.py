@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(cmd, check=True)
     search = json.loads(search_path.read_text())
     report = {
-        "command": "python scripts/bench.py --codecs",
+        "command": "python " + " ".join(sys.argv),
         "queries": search["queries"],
         "exhaustive_metrics": exhaustive["exhaustive_metrics"],
         "builds": builds,

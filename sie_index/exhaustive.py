@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from sie_index.errors import CorruptIndex, DimensionMismatch, InvalidInput
-from sie_index.scoring import token_blocks, top_k
+from sie_index.errors import CorruptIndex, InvalidInput
+from sie_index.scoring import check_query, segment_max, token_blocks, top_k
 from storage.segmented import SegmentedTokens
 from storage.vectors import TokenReader
 
@@ -133,13 +133,7 @@ def _check_spans(
 def _as_query(query: Any, label: str, reader: TokenReader | SegmentedTokens) -> np.ndarray:
     """A query as float32 ``[nq, dim]`` in the store's space: of the encoder's
     dimension, then through the store's projection if it has one."""
-    Q = np.asarray(query, dtype=np.float32)
-    if Q.ndim != 2 or Q.shape[0] == 0:
-        raise InvalidInput(f"{label} must be a [num_tokens, dim] array with tokens, got {Q.shape}")
-    dim = reader.codec.input_dim
-    if Q.shape[1] != dim:
-        raise DimensionMismatch(f"{label} has dim {Q.shape[1]}, the token store has {dim}")
-    return reader.codec.project(Q)
+    return reader.codec.project(check_query(query, label, reader.codec.input_dim))
 
 
 def _query_groups(
@@ -204,7 +198,7 @@ def _scan(
         np.matmul(Q, rows.load(s, e).T, out=S)  # [query tokens, e - s]
         seg_start = np.maximum(starts[a:b], s) - s
         seg_end = np.minimum(ends[a:b], e) - s
-        best = _segment_max(S, seg_start, seg_end)  # [b - a, query tokens], C-order
+        best = segment_max(S, seg_start, seg_end)  # [b - a, query tokens], C-order
         if carry_doc == a:
             np.maximum(best[0], carry, out=best[0])
         finished = b if ends[b - 1] <= e else b - 1
@@ -216,21 +210,6 @@ def _scan(
             result[row, a:finished] = best[: finished - a, q0:q1].sum(axis=1)
         s = e
     return result
-
-
-def _segment_max(S: np.ndarray, seg_start: np.ndarray, seg_end: np.ndarray) -> np.ndarray:
-    """Column maxima of ``S`` over each ``[seg_start, seg_end)``, as ``[n_segments, rows]``.
-
-    Segments are sorted and disjoint; gaps between them become extra segments of
-    the reduction that are then dropped.
-    """
-    bounds = np.empty(2 * len(seg_start), dtype=np.int64)
-    bounds[0::2], bounds[1::2] = seg_start, seg_end
-    keep = bounds < S.shape[1]
-    keep[1:] &= bounds[1:] != bounds[:-1]
-    position = np.cumsum(keep)[0::2] - 1  # where each segment's start lands in bounds[keep]
-    reduced = np.maximum.reduceat(S, bounds[keep], axis=1)
-    return np.ascontiguousarray(reduced[:, position].T)
 
 
 class _Float32Rows:

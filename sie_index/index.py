@@ -19,8 +19,9 @@ import numpy as np
 from sie_index.corpus import Document
 from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
-from sie_index.errors import DimensionMismatch, EncoderError, InvalidInput
+from sie_index.errors import EncoderError, InvalidInput
 from sie_index.params import Hit, SearchParams
+from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
 from sie_index.writer import BuildReport, build_index
@@ -207,16 +208,7 @@ class Index:
         for i, q in enumerate(queries):
             if out[i] is not None:
                 continue
-            Q = np.asarray(q, dtype=np.float32)
-            if Q.ndim != 2 or Q.shape[0] == 0:
-                raise InvalidInput(f"query {i} has shape {Q.shape}; expected [n_tokens >= 1, dim]")
-            if Q.shape[1] != dim:
-                raise DimensionMismatch(
-                    f"query {i} has dimension {Q.shape[1]}, the index has {dim}"
-                )
-            if not np.isfinite(Q).all():
-                raise InvalidInput(f"query {i} holds NaN or Inf values")
-            out[i] = Q
+            out[i] = check_query(q, f"query {i}", dim)
         return [Q for Q in out if Q is not None]
 
     def rank(

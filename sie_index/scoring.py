@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sie_index.errors import InvalidInput
+from sie_index.errors import DimensionMismatch, InvalidInput
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "check_query",
     "maxsim",
     "maxsim_batch",
+    "segment_max",
     "segment_maxsim",
     "segment_maxsim_explain",
     "segment_maxsim_torch",
@@ -63,6 +65,18 @@ def _as_multivector(array: object, *, label: str) -> np.ndarray:
             "MaxSim is undefined with no tokens to match."
         )
     return coerced
+
+
+def check_query(query: object, label: str, dim: int) -> np.ndarray:
+    """A query multivector as float32 ``[n_tokens >= 1, dim]`` with finite values, or
+    a typed error naming ``label``: the one query validator of search, the exhaustive
+    oracle and the SDK helpers (which share its shape checks)."""
+    Q = _f32(_as_multivector(query, label=label))
+    if Q.shape[1] != dim:
+        raise DimensionMismatch(f"{label} has dimension {Q.shape[1]}, the index has {dim}")
+    if not np.isfinite(Q).all():
+        raise InvalidInput(f"{label} holds NaN or Inf values")
+    return Q
 
 
 def _dim_mismatch(query_dim: int, doc_dim: int, index: int) -> InvalidInput:
@@ -120,6 +134,21 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.cumsum(counts) - counts
 
 
+def segment_max(S: np.ndarray, seg_start: np.ndarray, seg_end: np.ndarray) -> np.ndarray:
+    """Column maxima of ``S`` over each ``[seg_start, seg_end)``, as ``[n_segments, rows]``.
+
+    Segments are sorted and disjoint; gaps between them become extra segments of
+    the reduction that are then dropped.
+    """
+    bounds = np.empty(2 * len(seg_start), dtype=np.int64)
+    bounds[0::2], bounds[1::2] = seg_start, seg_end
+    keep = bounds < S.shape[1]
+    keep[1:] &= bounds[1:] != bounds[:-1]
+    position = np.cumsum(keep)[0::2] - 1  # where each segment's start lands in bounds[keep]
+    reduced = np.maximum.reduceat(S, bounds[keep], axis=1)
+    return np.ascontiguousarray(reduced[:, position].T)
+
+
 def _segment_max(Q: np.ndarray, D: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per document and query token, the best similarity: float32 ``[n, nq]``, C-order.
 
@@ -127,7 +156,8 @@ def _segment_max(Q: np.ndarray, D: np.ndarray, offsets: np.ndarray) -> np.ndarra
     row sum adds them in the same (pairwise) order as the SDK's ``np.sum``.
     """
     S = Q @ D.T  # [nq, T]: reducing along the contiguous axis is the fast reduceat
-    return np.ascontiguousarray(np.maximum.reduceat(S, offsets, axis=1).T)
+    ends = np.append(offsets[1:], D.shape[0])
+    return segment_max(S, offsets, ends)
 
 
 def _f32(array: np.ndarray) -> np.ndarray:
@@ -244,7 +274,7 @@ def segment_maxsim_explain(
             np.zeros((0, nq), dtype=np.float32),
         )
     S = Q @ D.T  # [nq, T]
-    best = np.maximum.reduceat(S, offsets, axis=1)  # [nq, n]
+    best = segment_max(S, offsets, np.append(offsets[1:], D.shape[0])).T  # [nq, n]
     spread = np.repeat(best, np.asarray(counts, dtype=np.int64), axis=1)  # [nq, T]
     rows = np.where(spread == S, np.arange(D.shape[0], dtype=np.int64), D.shape[0])
     best_row = np.minimum.reduceat(rows, offsets, axis=1)

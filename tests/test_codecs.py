@@ -143,7 +143,7 @@ def test_queries_of_the_encoder_dimension_go_through_the_projection(
             exhaustive_search(
                 [Q[:, :16]], snap.tokens, snap.spans.token_start, snap.spans.token_count, 5
             )
-        with pytest.raises(InvalidInput, match="dimension 16, the index has 32"):
+        with pytest.raises(DimensionMismatch, match="dimension 16, the index has 32"):
             index.search(Q[:, :16])
 
 

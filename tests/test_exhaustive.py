@@ -240,9 +240,9 @@ def test_bad_input(tmp_path: Path) -> None:
     query = integer_queries(rng, 1)
     with pytest.raises(InvalidInput, match="k must be"):
         exhaustive_search(query, reader, starts, counts, 0)
-    with pytest.raises(DimensionMismatch, match=r"queries\[1\] has dim 5"):
+    with pytest.raises(DimensionMismatch, match=r"queries\[1\] has dimension 5"):
         exhaustive_search([query[0], np.ones((2, 5))], reader, starts, counts, 2)
-    with pytest.raises(InvalidInput, match=r"queries\[0\] must be"):
+    with pytest.raises(InvalidInput, match=r"queries\[0\] has 0 tokens"):
         exhaustive_search([np.zeros((0, DIM))], reader, starts, counts, 2)
     with pytest.raises(InvalidInput, match="live mask"):
         exhaustive_search(query, reader, starts, counts, 2, live=np.ones(3, dtype=bool))
