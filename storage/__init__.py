@@ -5,8 +5,9 @@ One folder per index (:mod:`storage.generations`): the commit pointer
 ``manifest.json`` (:mod:`storage.manifest`) and ``deleted.i64``
 (:mod:`storage.deletions`), and immutable segment folders
 (:mod:`storage.segment`) holding ``docs.sqlite`` (:mod:`storage.docstore`),
-``tokens.f16`` and ``token_doc.i32`` (:mod:`storage.vectors`) and FAISS data
-(:mod:`storage.token_index`). :mod:`storage.builder` writes a new index,
+the token vectors, coded as :mod:`storage.codec` says (``tokens.f16``,
+``tokens.sq8`` or ``tokens.pq``), and ``token_doc.i32`` (:mod:`storage.vectors`)
+and FAISS data (:mod:`storage.token_index`). :mod:`storage.builder` writes a new index,
 :mod:`storage.store_writer` changes one in place, :mod:`storage.commit` commits
 either, :mod:`storage.snapshot` opens one (:mod:`storage.segmented` reads across
 its segments), :mod:`storage.verify` checks one. Its errors are in
