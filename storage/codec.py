@@ -189,8 +189,11 @@ class VectorCodec:
         return codes
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """Stored rows of vectors of the encoder's dimension."""
-        return self.encode_projected(self.project(x))
+        """Stored rows of vectors of the encoder's dimension. They are rounded to
+        float16 first, as a build's scratch holds them, so an add codes exactly what
+        a build of the same vectors codes."""
+        x16 = np.ascontiguousarray(x, dtype=np.float32).astype(np.float16)
+        return self.encode_projected(self.project(x16.astype(np.float32)))
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         """Float32 vectors ``[n, dim]`` of stored rows (float16 widened by torch, about ten

@@ -51,8 +51,9 @@ BASE_DOCS = {"ivf-pq": 2000, "ivf-pq+pq": 2000}
 
 def variant(name: str) -> tuple[str, CodecChoice]:
     """The index kind and the codec of a ``KIND_OPTIONS`` key."""
-    kind, codec, dim = (name + "+f16+0").split("+")[:3]
-    return kind, CodecChoice(codec, int(dim) or None)
+    parts = name.split("+")
+    codec = parts[1] if len(parts) > 1 else "f16"
+    return parts[0], CodecChoice(codec, int(parts[2]) if len(parts) > 2 else None)
 
 
 # k=5, n_rerank=5: more than 8 x 5 live documents run the ANN path, not the exact one
