@@ -201,15 +201,13 @@ class VectorCodec:
         return self.encode_projected(self.project(x16.astype(np.float32)))
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
-        """Float32 vectors ``[n, dim]`` of stored rows (float16 widened by torch, about ten
-        times faster than NumPy, which would dominate the rerank)."""
+        """Float32 vectors ``[n, dim]`` of stored rows. Float16 rows are widened by
+        NumPy: storage loads no torch (a writer process would pay seconds of import
+        for a few rows); the searcher widens its float16 candidates itself."""
         if len(rows) == 0:
             return np.zeros((0, self.dim), np.float32)
         if self.quantizer is None:
-            import torch
-
-            out: np.ndarray = torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
-            return out
+            return np.asarray(rows, dtype=np.float32)
         decoded: np.ndarray = self.quantizer.sa_decode(np.ascontiguousarray(rows, dtype=np.uint8))
         return decoded
 
