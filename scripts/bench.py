@@ -6,6 +6,7 @@
     python scripts/bench.py --encoding           # encoding speed only (scripts/bench_encoding.py)
     python scripts/bench.py --living             # changes in place (scripts/bench_living.py)
     python scripts/bench.py --codecs             # codec x dim on this index (bench_codecs.py)
+    python scripts/bench.py --phases             # ms a phase, single vs batch (bench_phases.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -224,6 +225,11 @@ def main() -> int:
         action="store_true",
         help="codec x dim variants of the index an earlier run built (bench_codecs.py)",
     )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="where a query's time goes, one at a time and batched (bench_phases.py)",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,6 +254,12 @@ def main() -> int:
         if args.queries:
             codec_args += ["--queries", str(args.queries)]
         return bench_codecs.main(codec_args)
+    if args.phases:
+        import bench_phases
+
+        return bench_phases.main(
+            ["--index", args.index, "--bench-out", str(out), "--queries", str(args.queries or 1000)]
+        )
     if args.living:
         import bench_living
 

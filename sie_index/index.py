@@ -21,6 +21,7 @@ from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import EncoderError, InvalidInput
 from sie_index.params import Hit, SearchParams
+from sie_index.phases import PhaseTimes
 from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
@@ -218,14 +219,17 @@ class Index:
         *,
         explain: bool = False,
         threads: int | None = None,
+        timings: PhaseTimes | None = None,
     ) -> list[Ranked]:
-        """Internal ids and scores, without reading documents (for evaluation loops)."""
+        """Internal ids and scores, without reading documents (for evaluation loops).
+        ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`)."""
         searcher = self._searcher
         return searcher.rank(
             self._query_matrices(queries),
             params or SearchParams(),
             explain=explain,
             threads=threads,
+            timings=timings,
         )
 
     def search(
@@ -237,16 +241,25 @@ class Index:
         text: bool = False,
         metadata: bool = False,
         explain: bool = False,
+        timings: PhaseTimes | None = None,
         **overrides: Any,
     ) -> list[Hit]:
         """Search with one query: text, or a query multivector ``[n_tokens, dim]``.
 
         ``params`` (or keyword overrides such as ``k_token=128, filter={...}``)
         tune the pipeline; ``text``/``metadata`` add the stored fields to hits;
-        ``explain`` adds, per query token, the best-matching document token.
+        ``explain`` adds, per query token, the best-matching document token;
+        ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
         """
         return self.search_batch(
-            [query], k, params=params, text=text, metadata=metadata, explain=explain, **overrides
+            [query],
+            k,
+            params=params,
+            text=text,
+            metadata=metadata,
+            explain=explain,
+            timings=timings,
+            **overrides,
         )[0]
 
     def search_batch(
@@ -259,20 +272,22 @@ class Index:
         metadata: bool = False,
         explain: bool = False,
         threads: int | None = None,
+        timings: PhaseTimes | None = None,
         **overrides: Any,
     ) -> list[list[Hit]]:
         """Search with many queries at once, on all cores; one hit list per query.
 
-        ``k`` (default: ``params.k``, 10) is the number of hits per query.
+        ``k`` (default: ``params.k``, 10) is the number of hits per query;
+        ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
         """
         if isinstance(queries, str | np.ndarray):
             raise InvalidInput("search_batch takes a sequence of queries; use search for one")
         params = (params or SearchParams()).with_(k=k, **overrides)
         searcher = self._searcher  # one snapshot for the whole call, whatever refresh does
         ranked = searcher.rank(
-            self._query_matrices(queries), params, explain=explain, threads=threads
+            self._query_matrices(queries), params, explain=explain, threads=threads, timings=timings
         )
-        results = [searcher.hits(r, text=text or explain, metadata=metadata) for r in ranked]
+        results = searcher.hits(ranked, text=text or explain, metadata=metadata, timings=timings)
         if explain:
             results = [
                 self._name_tokens(searcher, q, hits)

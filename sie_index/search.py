@@ -27,13 +27,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from sie_index.filters import CompiledFilter
 from sie_index.params import Hit, MatchedToken, SearchParams
+from sie_index.phases import PhaseTimes
 from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks, top_k
 from storage.snapshot import StoreSnapshot
 from storage.token_index import RowFilter
@@ -60,6 +63,37 @@ class _Allowed:
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = mask
         self.rows: RowFilter | None = None
+
+
+KEEP_BLAS_ENV = "SIE_INDEX_KEEP_BLAS_THREADS"
+_blas_lock = threading.Lock()
+_blas_done = False
+
+
+def limit_numpy_blas() -> None:
+    """Limit NumPy's own BLAS (OpenBLAS on pthreads) to one thread, once a process.
+
+    Its threads busy-wait for a while after each product: the exact MaxSim's small
+    products left them spinning on the cores FAISS's threads needed next, which
+    doubled the ANN's time (8 -> 15 ms a query on 2 cores). One thread loses little
+    on products this size, and a batch runs its queries on threads of its own. A
+    scoped limit does not help: restoring the thread count wakes the threads, which
+    spin again. So the limit stays for the process (the first search sets it) unless
+    the environment variable ``SIE_INDEX_KEEP_BLAS_THREADS`` is set. FAISS's BLAS
+    (OpenMP, waiting passively) is left alone."""
+    global _blas_done
+    with _blas_lock:
+        if _blas_done or os.environ.get(KEEP_BLAS_ENV):
+            return
+        controller = ThreadpoolController()
+        for info in controller.info():
+            if info["user_api"] == "blas" and f"{os.sep}numpy" in info["filepath"]:
+                controller.select(filepath=info["filepath"]).limit(limits=1)
+        _blas_done = True
+
+
+def _phase(timings: PhaseTimes | None, name: str) -> AbstractContextManager[None]:
+    return nullcontext() if timings is None else timings.phase(name)
 
 
 class Searcher:
@@ -121,10 +155,23 @@ class Searcher:
         *,
         explain: bool = False,
         threads: int | None = None,
+        timings: PhaseTimes | None = None,
     ) -> list[Ranked]:
-        """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``)."""
+        """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``);
+        ``timings`` gathers the seconds of each phase."""
         if not queries:
             return []
+        limit_numpy_blas()
+        return self._rank(queries, params, explain, threads, timings)
+
+    def _rank(
+        self,
+        queries: Sequence[np.ndarray],
+        params: SearchParams,
+        explain: bool,
+        threads: int | None,
+        timings: PhaseTimes | None,
+    ) -> list[Ranked]:
         codec = self.snapshot.codec
         if codec.projection is not None:  # queries go where the stored vectors are
             queries = [codec.project(Q) for Q in queries]
@@ -138,24 +185,25 @@ class Searcher:
         if n_allowed <= params.exact_below():
             candidates = np.flatnonzero(allowed)
             return self._map(
-                lambda Q: self._exact(Q, candidates, params.k, explain), queries, threads
+                lambda Q: self._exact(Q, candidates, params.k, explain, timings), queries, threads
             )
         lengths = [len(Q) for Q in queries]
         stacked = np.concatenate(queries).astype(np.float32, copy=False)
-        sims, rows = self.snapshot.token_index.search(
-            stacked,
-            params.k_token,
-            nprobe=params.nprobe,
-            ef_search=params.ef_search,
-            rows=None if flt is None else self._row_filter(filtered),
-        )
+        with _phase(timings, "ann"):
+            sims, rows = self.snapshot.token_index.search(
+                stacked,
+                params.k_token,
+                nprobe=params.nprobe,
+                ef_search=params.ef_search,
+                rows=None if flt is None else self._row_filter(filtered),
+            )
         bounds = np.cumsum([0, *lengths])
         jobs = [
             (queries[i], sims[bounds[i] : bounds[i + 1]], rows[bounds[i] : bounds[i + 1]])
             for i in range(len(queries))
         ]
         return self._map(
-            lambda job: self._rerank(job[0], job[1], job[2], allowed, params, explain),
+            lambda job: self._rerank(job[0], job[1], job[2], allowed, params, explain, timings),
             jobs,
             threads,
         )
@@ -201,9 +249,11 @@ class Searcher:
         allowed: np.ndarray,
         params: SearchParams,
         explain: bool,
+        timings: PhaseTimes | None,
     ) -> Ranked:
-        cand = self.candidates(sims, rows, allowed, max(params.n_rerank, params.k))
-        return self._exact(Q, cand, params.k, explain)
+        with _phase(timings, "candidates"):
+            cand = self.candidates(sims, rows, allowed, max(params.n_rerank, params.k))
+        return self._exact(Q, cand, params.k, explain, timings)
 
     def _vectors(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Stored vectors of whole documents as float32, decoded by the codec: only
@@ -217,16 +267,26 @@ class Searcher:
         widened: np.ndarray = torch.from_numpy(np.ascontiguousarray(D)).float().numpy()
         return widened
 
-    def _exact(self, Q: np.ndarray, cand: np.ndarray, k: int, explain: bool) -> Ranked:
+    def _exact(
+        self,
+        Q: np.ndarray,
+        cand: np.ndarray,
+        k: int,
+        explain: bool,
+        timings: PhaseTimes | None = None,
+    ) -> Ranked:
         """Exact MaxSim of ``cand`` documents, top ``k``."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         scores = np.empty(len(cand), np.float32)
         counts = self.token_count[cand]
         # bounded memory: score candidates in groups of about EXACT_CHUNK_TOKENS tokens
         for start, stop in token_blocks(counts, EXACT_CHUNK_TOKENS):
-            D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
-            scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
-        top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
+            with _phase(timings, "reads"):
+                D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
+            with _phase(timings, "maxsim"):
+                scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
+        with _phase(timings, "maxsim"):
+            top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
         matched = None
         if explain:
             matched = self._explain(Q, doc_ids)
@@ -253,22 +313,32 @@ class Searcher:
 
     # -- hits ------------------------------------------------------------------
 
-    def hits(self, ranked: Ranked, *, text: bool = False, metadata: bool = False) -> list[Hit]:
-        """Turn a ranking into hits, reading ids (and text, metadata) from SQLite."""
-        stored = self.snapshot.docs.fetch(ranked.doc_ids.tolist(), text=text, metadata=metadata)
-        out = []
-        for i, (doc_id, score) in enumerate(
-            zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)
-        ):
-            doc = stored[doc_id]
-            out.append(
+    def hits(
+        self,
+        rankings: Sequence[Ranked],
+        *,
+        text: bool = False,
+        metadata: bool = False,
+        timings: PhaseTimes | None = None,
+    ) -> list[list[Hit]]:
+        """Turn rankings into hit lists, reading ids (and text, metadata) from SQLite
+        once for all of them (a document several queries found is read once)."""
+        with _phase(timings, "sqlite"):
+            wanted = {d for ranked in rankings for d in ranked.doc_ids.tolist()}
+            stored = self.snapshot.docs.fetch(sorted(wanted), text=text, metadata=metadata)
+        return [
+            [
                 Hit(
                     doc_id=doc_id,
-                    external_id=doc.external_id,
+                    external_id=stored[doc_id].external_id,
                     score=float(score),
-                    text=doc.text if text else None,
-                    metadata=doc.metadata if metadata else None,
+                    text=stored[doc_id].text if text else None,
+                    metadata=stored[doc_id].metadata if metadata else None,
                     explain=ranked.explain[i] if ranked.explain is not None else None,
                 )
-            )
-        return out
+                for i, (doc_id, score) in enumerate(
+                    zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)
+                )
+            ]
+            for ranked in rankings
+        ]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sie_index import Index, SearchParams
 from sie_index.errors import DimensionMismatch, EncoderUnavailable, InvalidInput
 from sie_index.exhaustive import exhaustive_search
+from sie_index.phases import PHASES, PhaseTimes
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 MakeIndex = Callable[..., tuple[Index, list[str], list[np.ndarray]]]
@@ -246,3 +247,54 @@ def test_the_ann_path_at_default_settings_keeps_a_recall_floor(
         assert ann_calls == [1]
         recalls.append(tie_tolerant_recall([h.score for h in hits], exact, 10))
     assert np.mean(recalls) >= floor
+
+
+@pytest.mark.parametrize("kind", ["ivf-flat", "hnsw", "ivf-pq/pq/0"])
+def test_timings_count_each_phase_of_the_path_a_search_took(
+    kinds: Callable[[str], Any], ann_calls: list[int], kind: str
+) -> None:
+    index, vectors = kinds(kind)
+    queries = synthetic_queries(vectors, 6, seed=9)
+    ann, exact = PhaseTimes(), PhaseTimes()
+    hits = index.search_batch(queries, k=5, exact_threshold=0, timings=ann)
+    assert ann_calls == [1]
+    assert hits == index.search_batch(queries, k=5, exact_threshold=0)
+    assert all(ann.seconds[p] > 0 for p in PHASES), ann
+    index.search(queries[0], k=5, exact_threshold=10_000, timings=exact)
+    assert ann_calls == [1, 1]  # the second batch; the exact search ran no ANN
+    assert exact.seconds["ann"] == exact.seconds["candidates"] == 0.0
+    assert exact.seconds["maxsim"] > 0 and exact.seconds["sqlite"] > 0
+    assert set(exact.per_query_ms(1)) == set(PHASES)
+
+
+def test_search_leaves_numpy_blas_one_thread_unless_told_to_keep_it(tmp_path: Path) -> None:
+    """A search limits NumPy's BLAS to one thread for the process (its spinning
+    threads slowed FAISS); SIE_INDEX_KEEP_BLAS_THREADS keeps the user's setting."""
+    import os
+    import subprocess
+    import sys
+
+    ids, vectors = synthetic_corpus(50, 8, seed=1)
+    Index.from_vectors(tmp_path / "idx", ids, vectors).close()
+    code = (
+        "import sys, numpy as np; from threadpoolctl import threadpool_limits, threadpool_info\n"
+        "from sie_index import Index\n"
+        "threadpool_limits(2, user_api='blas')\n"
+        "def numpy_threads():\n"
+        "    return [i['num_threads'] for i in threadpool_info() if 'numpy' in i['filepath']]\n"
+        "before = numpy_threads()\n"
+        f"Index.open({str(tmp_path / 'idx')!r}).search(np.ones((3, 8), np.float32))\n"
+        "print(before, numpy_threads())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    for keep, after in (("", "[1]"), ("1", "[2]")):
+        env = {**os.environ, "SIE_INDEX_KEEP_BLAS_THREADS": keep}
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env=env,
+        ).stdout.strip()
+        assert out == f"[2] {after}", out

@@ -1,0 +1,109 @@
+"""Where a query's milliseconds go, one query at a time against one batch.
+
+    python scripts/bench.py --phases --index runs/bench/base/index --queries 1000
+
+On an index an earlier ``bench.py`` run built: encodes the first ``--queries`` dev
+queries once, then, ``--runs`` times, searches them one ``search`` call at a time
+and all in one ``search_batch`` call (default settings, ids only), timing each
+phase of the pipeline (``sie_index.phases``: ANN, candidates, vector reads,
+exact MaxSim, SQLite). Reports the medians over the runs: queries a second each
+way, their ratio (measured in the same run), the single query's p50, and the
+milliseconds a query in each phase. A batch runs its queries on threads side by
+side, so its phase times add up the threads' seconds (the work, not the wall).
+Writes phases.json and phases.md next to the other reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def run(index_path: str, queries: int, runs: int) -> dict[str, Any]:
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import external_ids, judged_queries
+    from sie_index.index import Index
+    from sie_index.phases import PHASES, PhaseTimes
+
+    dataset = BeirDataset.load("debian-pkgs")
+    with Index.open(index_path, verify=False) as index:
+        qids = judged_queries(dataset, external_ids(index))[:queries]
+        Qs = index.encode_queries([dataset.queries[q] for q in qids])
+        index.search_batch(Qs[:20])  # warm the page cache and FAISS
+        rounds = []
+        for _ in range(runs):
+            single, latencies = PhaseTimes(), []
+            t0 = time.perf_counter()
+            for Q in Qs:
+                t = time.perf_counter()
+                index.search(Q, timings=single)
+                latencies.append(time.perf_counter() - t)
+            single_s = time.perf_counter() - t0
+            batch = PhaseTimes()
+            t0 = time.perf_counter()
+            index.search_batch(Qs, timings=batch)
+            batch_s = time.perf_counter() - t0
+            rounds.append(
+                {
+                    "single_qps": len(Qs) / single_s,
+                    "batch_qps": len(Qs) / batch_s,
+                    "ratio": single_s / batch_s,
+                    "single_p50_ms": 1000 * float(np.median(latencies)),
+                    "single_ms": single.per_query_ms(len(Qs)),
+                    "batch_ms": batch.per_query_ms(len(Qs)),
+                }
+            )
+    median = {
+        key: float(np.median([r[key] for r in rounds]))
+        for key in ("single_qps", "batch_qps", "ratio", "single_p50_ms")
+    }
+    for way in ("single_ms", "batch_ms"):
+        median[way] = {p: float(np.median([r[way][p] for r in rounds])) for p in PHASES}
+    return {"queries": len(Qs), "runs": runs, "median": median, "rounds": rounds}
+
+
+def table(result: dict[str, Any]) -> str:
+    m = result["median"]
+    phases = list(m["single_ms"])
+    lines = [
+        f"Command: `{result['command']}`",
+        "",
+        f"{result['queries']} dev queries, default settings, medians of {result['runs']} runs: "
+        f"one at a time {m['single_qps']:.0f} q/s (p50 {m['single_p50_ms']:.2f} ms), "
+        f"one batch {m['batch_qps']:.0f} q/s, ratio {m['ratio']:.2f}.",
+        "",
+        "| ms a query | " + " | ".join(phases) + " | sum |",
+        "|---|" + "---|" * (len(phases) + 1),
+    ]
+    for name, key in (("one at a time", "single_ms"), ("batch (thread sums)", "batch_ms")):
+        ms = m[key]
+        cells = " | ".join(f"{ms[p]:.2f}" for p in phases)
+        lines.append(f"| {name} | {cells} | {sum(ms.values()):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--index", default="runs/bench/index")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--bench-out", default="runs/bench")
+    args = parser.parse_args(argv)
+    result = run(args.index, args.queries, args.runs)
+    result["command"] = "python " + " ".join(sys.argv)
+    out = Path(args.bench_out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "phases.json").write_text(json.dumps(result, indent=2))
+    (out / "phases.md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
