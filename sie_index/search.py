@@ -162,16 +162,6 @@ class Searcher:
         if not queries:
             return []
         limit_numpy_blas()
-        return self._rank(queries, params, explain, threads, timings)
-
-    def _rank(
-        self,
-        queries: Sequence[np.ndarray],
-        params: SearchParams,
-        explain: bool,
-        threads: int | None,
-        timings: PhaseTimes | None,
-    ) -> list[Ranked]:
         codec = self.snapshot.codec
         if codec.projection is not None:  # queries go where the stored vectors are
             queries = [codec.project(Q) for Q in queries]
