@@ -68,6 +68,45 @@ def run(index_path: str, queries: int, runs: int) -> dict[str, Any]:
     return {"queries": len(Qs), "runs": runs, "median": median, "rounds": rounds}
 
 
+def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
+    """Single-query latency and phases with the rerank's product by torch and by
+    NumPy, alternating blocks of 50 queries (the order flips every block)."""
+    import sie_index.search as search
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import external_ids, judged_queries
+    from sie_index.index import Index
+    from sie_index.phases import PhaseTimes
+    from sie_index.scoring import segment_maxsim, segment_maxsim_torch
+
+    dataset = BeirDataset.load("debian-pkgs")
+    chosen = {"numpy": segment_maxsim, "torch": segment_maxsim_torch}
+    seen: dict[str, tuple[list[float], PhaseTimes]] = {k: ([], PhaseTimes()) for k in chosen}
+    try:
+        with Index.open(index_path, verify=False) as index:
+            qids = judged_queries(dataset, external_ids(index))[:queries]
+            Qs = index.encode_queries([dataset.queries[q] for q in qids])
+            index.search_batch(Qs[:20])  # warm the page cache and FAISS
+            for r in range(rounds):
+                for b in range(0, len(Qs), 50):
+                    order = ["numpy", "torch"] if (b // 50 + r) % 2 == 0 else ["torch", "numpy"]
+                    for name in order:
+                        search.segment_maxsim_torch = chosen[name]  # type: ignore[assignment]
+                        latencies, times = seen[name]
+                        for Q in Qs[b : b + 50]:
+                            t = time.perf_counter()
+                            index.search(Q, timings=times)
+                            latencies.append(time.perf_counter() - t)
+    finally:
+        search.segment_maxsim_torch = segment_maxsim_torch  # type: ignore[assignment]
+    return {
+        name: {
+            "p50_ms": 1000 * float(np.median(latencies)),
+            "ms": times.per_query_ms(len(latencies)),
+        }
+        for name, (latencies, times) in seen.items()
+    }
+
+
 def table(result: dict[str, Any]) -> str:
     m = result["median"]
     phases = list(m["single_ms"])
@@ -85,6 +124,19 @@ def table(result: dict[str, Any]) -> str:
         ms = m[key]
         cells = " | ".join(f"{ms[p]:.2f}" for p in phases)
         lines.append(f"| {name} | {cells} | {sum(ms.values()):.2f} |")
+    if "kernels" in result:
+        lines += [
+            "",
+            "One query at a time, the rerank's product by kernel (interleaved blocks of 50):",
+            "",
+            "| kernel | p50 ms | " + " | ".join(phases) + " | after the ANN |",
+            "|---|---|" + "---|" * (len(phases) + 1),
+        ]
+        for name, row in result["kernels"].items():
+            ms = row["ms"]
+            cells = " | ".join(f"{ms[p]:.2f}" for p in phases)
+            after = sum(v for p, v in ms.items() if p != "ann")
+            lines.append(f"| {name} | {row['p50_ms']:.2f} | {cells} | {after:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-out", default="runs/bench")
     args = parser.parse_args(argv)
     result = run(args.index, args.queries, args.runs)
+    result["kernels"] = kernels(args.index, args.queries)
     result["command"] = "python " + " ".join(sys.argv)
     out = Path(args.bench_out)
     out.mkdir(parents=True, exist_ok=True)

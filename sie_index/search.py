@@ -37,7 +37,7 @@ from threadpoolctl import ThreadpoolController
 from sie_index.filters import CompiledFilter
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
-from sie_index.scoring import segment_maxsim, segment_maxsim_explain, token_blocks, top_k
+from sie_index.scoring import segment_maxsim_explain, segment_maxsim_torch, token_blocks, top_k
 from storage.snapshot import StoreSnapshot
 from storage.token_index import RowFilter
 
@@ -74,13 +74,15 @@ def limit_numpy_blas() -> None:
     """Limit NumPy's own BLAS (OpenBLAS on pthreads) to one thread, once a process.
 
     Its threads busy-wait for a while after each product: the exact MaxSim's small
-    products left them spinning on the cores FAISS's threads needed next, which
-    doubled the ANN's time (8 -> 15 ms a query on 2 cores). One thread loses little
-    on products this size, and a batch runs its queries on threads of its own. A
-    scoped limit does not help: restoring the thread count wakes the threads, which
-    spin again. So the limit stays for the process (the first search sets it) unless
-    the environment variable ``SIE_INDEX_KEEP_BLAS_THREADS`` is set. FAISS's BLAS
-    (OpenMP, waiting passively) is left alone."""
+    products (NumPy's until the rerank moved to torch's) left them spinning on the
+    cores FAISS's threads needed next, which doubled the ANN's time (8 -> 15 ms a
+    query on 2 cores); explanations and the exhaustive oracle still use NumPy. One
+    thread loses little on products this size, and a batch runs its queries on
+    threads of its own. A scoped limit does not help: restoring the thread count
+    wakes the threads, which spin again. So the limit stays for the process (the
+    first search sets it) unless the environment variable
+    ``SIE_INDEX_KEEP_BLAS_THREADS`` is set. FAISS's BLAS (OpenMP, waiting passively)
+    is left alone."""
     global _blas_done
     with _blas_lock:
         if _blas_done or os.environ.get(KEEP_BLAS_ENV):
@@ -274,7 +276,9 @@ class Searcher:
             with _phase(timings, "reads"):
                 D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
             with _phase(timings, "maxsim"):
-                scores[start:stop] = segment_maxsim(Q, D, counts[start:stop])
+                # torch's product: its own thread pool, 2.5 times NumPy's one BLAS
+                # thread on a lone query (batch and single results stay identical)
+                scores[start:stop] = segment_maxsim_torch(Q, D, counts[start:stop])
         with _phase(timings, "maxsim"):
             top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
         matched = None

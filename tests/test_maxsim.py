@@ -228,6 +228,10 @@ def test_segment_maxsim_hand_computed() -> None:
 
 
 def test_segment_kernels_against_reference() -> None:
+    import torch
+
+    from sie_index.scoring import _segment_maxsim_scatter
+
     rng = np.random.default_rng(9)
     query = rng.standard_normal((7, 32)).astype(np.float32)
     docs = [rng.standard_normal((n, 32)).astype(np.float32) for n in (1, 4, 100, 3, 1, 9)]
@@ -244,6 +248,10 @@ def test_segment_kernels_against_reference() -> None:
     torch_scores = segment_maxsim_torch(query, D, counts, device="cpu")
     assert torch_scores.dtype == np.float32
     np.testing.assert_allclose(torch_scores, segment_maxsim(query, D, counts), rtol=1e-5, atol=1e-5)
+    # the GPU's segment maximum (scatter_reduce), run here on CPU tensors
+    scattered = _segment_maxsim_scatter(torch.from_numpy(query), torch.from_numpy(D), counts)
+    assert scattered.dtype == np.float32
+    np.testing.assert_allclose(scattered, segment_maxsim(query, D, counts), rtol=1e-5, atol=1e-5)
 
 
 def test_explain_ties_pick_the_first_row() -> None:
