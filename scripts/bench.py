@@ -7,6 +7,7 @@
     python scripts/bench.py --living             # changes in place (scripts/bench_living.py)
     python scripts/bench.py --codecs             # codec x dim on this index (bench_codecs.py)
     python scripts/bench.py --phases             # ms a phase, single vs batch (bench_phases.py)
+    python scripts/bench.py --rerank-codes       # MRR a product code keeps (bench_rerank_codes.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -230,6 +231,11 @@ def main() -> int:
         action="store_true",
         help="where a query's time goes, one at a time and batched (bench_phases.py)",
     )
+    parser.add_argument(
+        "--rerank-codes",
+        action="store_true",
+        help="MRR@10 each product code keeps when it scores the rerank (bench_rerank_codes.py)",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,6 +266,13 @@ def main() -> int:
         return bench_phases.main(
             ["--index", args.index, "--bench-out", str(out), "--queries", str(args.queries or 1000)]
         )
+    if args.rerank_codes:
+        import bench_rerank_codes
+
+        codes_args = ["--index", args.index, "--bench-out", str(out)]
+        if args.queries:
+            codes_args += ["--queries", str(args.queries)]
+        return bench_rerank_codes.main(codes_args)
     if args.living:
         import bench_living
 
