@@ -7,9 +7,9 @@ the same ANN keeps 0.998 of exhaustive MaxSim (``bench.py --codecs``). This
 bench isolates that loss and prices the codes that could close it, without a
 full build for each. On the f16 index an earlier ``bench.py`` run built, it
 
-1. encodes the first ``--queries`` dev queries and ranks each with the index at
-   ``n_rerank`` 256 (exact MaxSim over float16 vectors), keeping the top
-   ``--depth`` documents: the candidates every code then reranks;
+1. encodes the first ``--queries`` dev queries and searches each with the index
+   at ``n_rerank`` 256 (its ANN, then exact MaxSim over float16 vectors), keeping
+   the top ``--depth`` documents: the candidates every code then reranks;
 2. reads those documents' stored vectors and a seeded sample of the index's
    tokens (``training_rows``, as a build samples), and assigns every vector to
    its nearest centroid of the index's own IVF quantizer (the coarse level a
@@ -193,7 +193,7 @@ def table(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`",
         "",
         f"{result['queries']} dev queries, each reranking the top {result['depth']} documents "
-        f"of exact f16 MaxSim ({result['candidate_tokens']} tokens) with the code's vectors; "
+        f"the f16 index finds ({result['candidate_tokens']} tokens) with the code's vectors; "
         f"IVF{result['nlist']} centroids of the index; ratio to exhaustive MaxSim's MRR@10 "
         f"{result['exhaustive_mrr10']:.4f} (over every dev query: a ratio only for all "
         "2,000), and to the same candidates reranked from the stored f16 vectors.",

@@ -295,8 +295,8 @@ def segment_maxsim_torch(
 
     Same inputs and result (float32 ``[n]`` as a NumPy array) as the NumPy kernel,
     equal to it within float32 rounding. On the CPU the product ``D Qᵀ`` is torch's
-    (its own thread pool: on a lone query's product of 32 x 384 by 384 x 5,500 about
-    2.5 times NumPy's single BLAS thread) and the segment maximum and sum are
+    (on its own thread pool, where NumPy's BLAS is held to one thread by the
+    searcher) and the segment maximum and sum are
     :func:`segment_max`'s, in the NumPy kernel's order. On a GPU the segment maximum
     stays there (:func:`_segment_maxsim_scatter`).
     """

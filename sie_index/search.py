@@ -67,6 +67,7 @@ class _Allowed:
 
 KEEP_BLAS_ENV = "SIE_INDEX_KEEP_BLAS_THREADS"
 _blas_lock = threading.Lock()
+_product_lock = threading.Lock()  # the exact rerank's products, one at a time (see _exact)
 _blas_done = False
 
 
@@ -275,9 +276,11 @@ class Searcher:
         for start, stop in token_blocks(counts, EXACT_CHUNK_TOKENS):
             with _phase(timings, "reads"):
                 D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
-            with _phase(timings, "maxsim"):
-                # torch's product: its own thread pool, 2.5 times NumPy's one BLAS
-                # thread on a lone query (batch and single results stay identical)
+            with _phase(timings, "maxsim"), _product_lock:
+                # torch's product on its own pool of a thread a core: one product at a
+                # time, so a batch's threads never multiply into threads x cores (they
+                # read and pick candidates meanwhile), and every product runs on the
+                # same pool, so batch and single scores are identical
                 scores[start:stop] = segment_maxsim_torch(Q, D, counts[start:stop])
         with _phase(timings, "maxsim"):
             top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
