@@ -302,8 +302,8 @@ def segment_maxsim_torch(
     """
     import torch
 
-    Qt = torch.as_tensor(Q).to(device=device, dtype=torch.float32)
-    Dt = torch.as_tensor(D).to(device=device, dtype=torch.float32)
+    Qt = _tensor(Q).to(device=device, dtype=torch.float32)
+    Dt = _tensor(D).to(device=device, dtype=torch.float32)
     counts = np.asarray(counts, dtype=np.int64)
     offsets = _offsets(counts)
     if Qt.ndim != 2 or Dt.ndim != 2 or Qt.shape[1] != Dt.shape[1]:
@@ -320,6 +320,17 @@ def segment_maxsim_torch(
         result: np.ndarray = segment_max(products.T, offsets, ends).sum(axis=1)
         return result
     return _segment_maxsim_scatter(Qt, Dt, counts)
+
+
+def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor sharing ``x``'s memory, or of a copy when ``x`` is a read-only array
+    (a mapped file, an SIE response): torch warns on those, though nothing here
+    writes to them."""
+    import torch
+
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = x.copy()
+    return torch.as_tensor(x)
 
 
 def _segment_maxsim_scatter(Qt: torch.Tensor, Dt: torch.Tensor, counts: np.ndarray) -> np.ndarray:

@@ -261,6 +261,19 @@ def test_explain_ties_pick_the_first_row() -> None:
     np.testing.assert_array_equal(best_row[1], [2, 2])  # rows 2 and 3 tie; 1 is first
 
 
+def test_segment_maxsim_torch_takes_read_only_arrays_without_a_warning() -> None:
+    import warnings
+
+    D, counts = concatenated([A, B, C])
+    Q_ro, D_ro = Q.copy(), D.copy()
+    Q_ro.flags.writeable = False
+    D_ro.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's warning on non-writable arrays fails this
+        result = segment_maxsim_torch(Q_ro, D_ro, counts)
+    np.testing.assert_allclose(result, segment_maxsim(Q, D, counts), atol=1e-6)
+
+
 def test_segment_maxsim_torch_accepts_tensors() -> None:
     import torch
 
