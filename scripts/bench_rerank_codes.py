@@ -60,6 +60,7 @@ def run(index_path: str, queries: int, depth: int, codes: list[str] | None) -> d
     from sie_index.evaluation import external_ids, judged_queries, metrics_of_run
     from sie_index.index import Index
     from sie_index.params import SearchParams
+    from sie_index.scoring import segment_maxsim
     from storage.snapshot import StoreSnapshot
     from storage.token_index import training_rows
 
@@ -113,8 +114,7 @@ def run(index_path: str, queries: int, depth: int, codes: list[str] | None) -> d
         for qid, Q, cand in zip(qids, Qs, candidates, strict=True):
             spans = [vectors[offsets[position[d]] : offsets[position[d] + 1]] for d in cand]
             D = np.concatenate(spans).astype(np.float32)
-            bounds = np.concatenate([[0], np.cumsum([len(s) for s in spans])[:-1]])
-            scores = np.maximum.reduceat(Q @ D.T, bounds, axis=1).sum(axis=0)
+            scores = segment_maxsim(Q, D, np.array([len(s) for s in spans]))
             pairs = zip(cand.tolist(), scores.tolist(), strict=True)
             run[qid] = {ext[d]: float(s) for d, s in pairs}
         head = X[:CHUNK].astype(np.float32)
