@@ -247,6 +247,12 @@ class DocWriter:
         self.db.close()
 
 
+_READ_ERRORS = (sqlite3.Error, UnicodeError)
+"""What a read of a damaged file raises: SQLite's errors, and the decode error of a
+TEXT value (a stored id, a text, the schema's own SQL) whose bytes are no longer
+UTF-8, which Python's sqlite3 raises as it is, not as an ``sqlite3.Error``."""
+
+
 class DocReader:
     """Read-only access to the document maps of one committed generation.
 
@@ -264,7 +270,7 @@ class DocReader:
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only=1")
             schema = set(self._query("SELECT type, name, sql FROM sqlite_master"))
-        except sqlite3.Error as exc:
+        except _READ_ERRORS as exc:
             raise CorruptIndex(f"{self.path} is not a readable SQLite database: {exc}") from exc
         if schema != _SCHEMA:
             raise CorruptIndex(f"{self.path} does not hold the documents schema of sie-index")
@@ -277,7 +283,7 @@ class DocReader:
         try:
             with self._lock:
                 return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
+        except _READ_ERRORS as exc:
             raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
 
     def _damaged(self, what: str) -> CorruptIndex:
@@ -418,6 +424,8 @@ class DocReader:
                     rows = self._conn.execute(sql, params).fetchall()
                 finally:
                     self._conn.set_progress_handler(None, 0)
+        except UnicodeError as exc:
+            raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if code in _DAMAGE_CODES:
