@@ -32,6 +32,7 @@ from storage.codec import (
     auto_codec,
     check_codec,
     fit_projection,
+    project_rows,
     projection_bytes,
     train_sq8,
 )
@@ -94,7 +95,7 @@ class _Projected:
 
     def sample_rows(self, rows: np.ndarray, chunk_rows: int) -> np.ndarray:
         sample = self.scratch.sample_rows(rows, chunk_rows)
-        return sample if self.projection is None else sample @ self.projection.T
+        return sample if self.projection is None else project_rows(sample, self.projection)
 
 
 def _train_codec(

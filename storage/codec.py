@@ -45,6 +45,7 @@ __all__ = [
     "check_codec",
     "fit_projection",
     "load_sq8",
+    "project_rows",
     "projection_bytes",
     "projection_from_bytes",
     "train_sq8",
@@ -182,8 +183,7 @@ class VectorCodec:
             return x
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise InvalidInput(f"vectors of shape {x.shape} do not have dimension {self.input_dim}")
-        out: np.ndarray = x @ self.projection.T
-        return out
+        return project_rows(x, self.projection)
 
     def encode_projected(self, y: np.ndarray) -> np.ndarray:
         """Stored rows of vectors already in the stored space (``[n, dim]`` float32)."""
@@ -219,6 +219,14 @@ class VectorCodec:
             "input_dim": self.input_dim,
             "bytes_per_vector": self.row_bytes,
         }
+
+
+def project_rows(x: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """Rows ``x [n, input_dim]`` in the projected space ``[n, dim]``, float32: the one
+    product every projected vector goes through (training samples, stored rows,
+    query tokens)."""
+    out: np.ndarray = np.ascontiguousarray(x, dtype=np.float32) @ projection.T
+    return out
 
 
 def projection_bytes(projection: np.ndarray) -> bytes:

@@ -158,6 +158,8 @@ class StoreWriter:
     def trained_index(self) -> faiss.Index:
         """The first segment's trained, empty FAISS index (verified), which adds
         encode with and a compaction without ``retrain`` fills again."""
+        if self._trained is None and self.manifest.codec == "pq":
+            self.codec()  # a pq codec's quantizer is this file: read and verified once
         if self._trained is None:
             seg = self.manifest.segments[0]
             record = seg.files[TRAINED_NAME]
@@ -180,9 +182,11 @@ class StoreWriter:
             seg = self.manifest.segments[0]
             fd = os.open(self.target / seg.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                self._codec, _ = load_codec(
+                self._codec, trained = load_codec(
                     fd, self.manifest, self.plan, seg, f"{self.target}/{seg.name}"
                 )
+                if self._trained is None:
+                    self._trained = trained  # pq: the trained index is the codec's quantizer
             finally:
                 os.close(fd)
         return self._codec

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from sie_index.cli import main as cli_main
 from sie_index.exhaustive import exhaustive_search
 from storage.codec import fit_projection
 from storage.snapshot import StoreSnapshot
+from storage.store_writer import StoreWriter
+from storage.token_index import TokenIndex
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 N_DOCS = 1200  # about 16k tokens: enough to train ivf-pq's codebooks
@@ -238,3 +241,20 @@ def test_the_cli_builds_with_a_codec_and_a_dimension(
         assert (index.info()["codec"], index.info()["dim"]) == ("pq", 16)
         hits = index.search(vectors[3][:4], params=SearchParams(k=3, exact_threshold=0))
         assert hits[0].external_id == ids[3]
+
+
+def test_a_pq_writer_reads_its_trained_index_once(tmp_path: Path, corpus: Any) -> None:
+    """The pq codec's quantizer is trained.faiss: an add encodes with it and fills
+    a copy of it, from one verified read, not two."""
+    build(tmp_path / "idx", corpus, "pq", None, "ivf-pq").close()
+    loads: list[str] = []
+    real = TokenIndex.load_faiss
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        loads.append(kw["where"])
+        return real(*args, **kw)
+
+    with patch.object(TokenIndex, "load_faiss", counting), StoreWriter(tmp_path / "idx") as w:
+        assert w.trained_index() is w.codec().quantizer
+        assert w.trained_index().ntotal == 0
+    assert [where.rsplit("/", 1)[-1] for where in loads] == ["trained.faiss"]
