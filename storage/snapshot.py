@@ -166,10 +166,17 @@ def manifest_segment_files(manifest: Manifest, plan: TokenIndexPlan, position: i
 
 
 def load_codec(
-    fd: int, manifest: Manifest, plan: TokenIndexPlan, seg: SegmentRecord, where: str
+    fd: int,
+    manifest: Manifest,
+    plan: TokenIndexPlan,
+    seg: SegmentRecord,
+    where: str,
+    *,
+    load_trained: bool = False,
 ) -> tuple[VectorCodec, Any]:
     """The index's codec, from its first segment's files (verified before FAISS or
-    NumPy reads a byte), and the trained FAISS index when that is the codec's."""
+    NumPy reads a byte), and the trained FAISS index when that is the codec's or
+    ``load_trained`` asks for it (a writer, which adds and compacts with it)."""
     input_dim = manifest.encoder["dim"]
     projection = None
     if PROJECTION_NAME in seg.files:
@@ -188,8 +195,14 @@ def load_codec(
             raw, plan, dim=manifest.dim, ntotal=0, where=f"{where}/{TRAINED_NAME}"
         )
         quantizer = trained
-    elif TRAINED_NAME in seg.files:
-        _read_verified(fd, TRAINED_NAME, seg.files[TRAINED_NAME], where)
+    if trained is None and TRAINED_NAME in seg.files:
+        # every codec's trained index is verified on open (an sq8 index's was not
+        # until a writer read it), and loaded for a writer
+        raw = _read_verified(fd, TRAINED_NAME, seg.files[TRAINED_NAME], where)
+        if load_trained:
+            trained = TokenIndex.load_faiss(
+                raw, plan, dim=manifest.dim, ntotal=0, where=f"{where}/{TRAINED_NAME}"
+            )
     try:
         codec = VectorCodec(
             manifest.codec, manifest.dim, input_dim, projection=projection, quantizer=quantizer

@@ -157,23 +157,11 @@ class StoreWriter:
 
     def trained_index(self) -> faiss.Index:
         """The first segment's trained, empty FAISS index (verified), which adds
-        encode with and a compaction without ``retrain`` fills again."""
-        if self._trained is None and self.manifest.codec == "pq":
-            self.codec()  # a pq codec's quantizer is this file: read and verified once
+        encode with and a compaction without ``retrain`` fills again (for a ``pq``
+        codec, its quantizer): read with the codec, once."""
+        self.codec()
         if self._trained is None:
-            seg = self.manifest.segments[0]
-            record = seg.files[TRAINED_NAME]
-            folder = self.target / seg.name
-            where = f"{folder}/{TRAINED_NAME}"
-            data = (folder / TRAINED_NAME).read_bytes()
-            if len(data) != record.bytes:
-                raise CorruptIndex(
-                    f"{where} holds {len(data)} bytes, the manifest says {record.bytes}"
-                )
-            verify_bytes(data, record.sha256_blocks, where)
-            self._trained = TokenIndex.load_faiss(
-                data, self.plan, dim=self.manifest.dim, ntotal=0, where=where
-            )
+            raise CorruptIndex(f"{self.target}: a {self.plan.kind} index has no {TRAINED_NAME}")
         return self._trained
 
     def codec(self) -> VectorCodec:
@@ -182,11 +170,14 @@ class StoreWriter:
             seg = self.manifest.segments[0]
             fd = os.open(self.target / seg.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                self._codec, trained = load_codec(
-                    fd, self.manifest, self.plan, seg, f"{self.target}/{seg.name}"
+                self._codec, self._trained = load_codec(
+                    fd,
+                    self.manifest,
+                    self.plan,
+                    seg,
+                    f"{self.target}/{seg.name}",
+                    load_trained=True,
                 )
-                if self._trained is None:
-                    self._trained = trained  # pq: the trained index is the codec's quantizer
             finally:
                 os.close(fd)
         return self._codec

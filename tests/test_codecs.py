@@ -258,3 +258,15 @@ def test_a_pq_writer_reads_its_trained_index_once(tmp_path: Path, corpus: Any) -
         assert w.trained_index() is w.codec().quantizer
         assert w.trained_index().ntotal == 0
     assert [where.rsplit("/", 1)[-1] for where in loads] == ["trained.faiss"]
+
+
+def test_an_sq8_index_verifies_its_trained_index_on_open(tmp_path: Path, corpus: Any) -> None:
+    """trained.faiss is checked on open whatever the codec: an sq8 index's was
+    first read when a writer used it."""
+    build(tmp_path / "idx", corpus, "sq8", None, "ivf-pq").close()
+    trained = tmp_path / "idx" / "seg-000001" / "trained.faiss"
+    data = bytearray(trained.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    trained.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndex, match=r"trained\.faiss"):
+        Index.open(tmp_path / "idx")
