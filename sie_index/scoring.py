@@ -134,6 +134,10 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.cumsum(counts) - counts
 
 
+MAX_PRODUCT_ELEMS = 1 << 24
+"""The most similarities one rerank product holds at once (64 MiB of float32)."""
+
+
 def segment_max(S: np.ndarray, seg_start: np.ndarray, seg_end: np.ndarray) -> np.ndarray:
     """Column maxima of ``S`` over each ``[seg_start, seg_end)``, as ``[n_segments, rows]``.
 
@@ -313,13 +317,36 @@ def segment_maxsim_torch(
     if len(counts) == 0:
         return np.zeros(0, dtype=np.float32)
     if Dt.device.type == "cpu":
+        ends = np.append(offsets[1:], Dt.shape[0])
+        rows = max(1, MAX_PRODUCT_ELEMS // max(Qt.shape[0], 1))
+        if Dt.shape[0] > rows:
+            return _segment_maxsim_blocks(Qt, Dt, offsets, ends, rows).sum(axis=1)
         # [T, nq]: torch's product is fastest this way round; its transpose is the
         # [nq, T] view segment_max reduces along T
         products = (Dt @ Qt.T).numpy()
-        ends = np.append(offsets[1:], Dt.shape[0])
         result: np.ndarray = segment_max(products.T, offsets, ends).sum(axis=1)
         return result
     return _segment_maxsim_scatter(Qt, Dt, counts)
+
+
+def _segment_maxsim_blocks(
+    Qt: torch.Tensor, Dt: torch.Tensor, offsets: np.ndarray, ends: np.ndarray, rows: int
+) -> np.ndarray:
+    """The ``[n, nq]`` maxima of :func:`segment_maxsim_torch` from products of at most
+    ``rows`` document tokens at a time (a long query against a huge document would
+    otherwise take gigabytes in one piece). A maximum of block maxima is the maximum;
+    only the products' rounding may differ from one product's (within float32)."""
+    best = np.full((len(offsets), Qt.shape[0]), -np.inf, dtype=np.float32)
+    for lo in range(0, Dt.shape[0], rows):
+        hi = min(lo + rows, Dt.shape[0])
+        products = (Dt[lo:hi] @ Qt.T).numpy()
+        first = int(np.searchsorted(ends, lo, side="right"))
+        last = int(np.searchsorted(offsets, hi, side="left"))
+        starts = np.maximum(offsets[first:last], lo) - lo
+        stops = np.minimum(ends[first:last], hi) - lo
+        part = segment_max(products.T, starts, stops)
+        np.maximum(best[first:last], part, out=best[first:last])
+    return best
 
 
 def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
