@@ -478,7 +478,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"token index {index.info()['token_index']['kind']}"
         + (f"; {len(r.bad_lines)} corpus lines skipped (repeated ids)" if r.bad_lines else "")
     )
-    present = index.snapshot.lookup(sorted({d for rel in dataset.qrels.values() for d in rel}))
+    present = index.lookup(sorted({d for rel in dataset.qrels.values() for d in rel}))
     picked = [
         (qid, text, next(iter(dataset.qrels[qid])))
         for qid, text in dataset.queries.items()

@@ -12,6 +12,10 @@ The tree::
     │   ├── FormatVersionMismatch    the index was written by another format version
     │   ├── CorruptIndex             a file is damaged or disagrees with the manifest
     │   ├── IndexLocked              another writer holds the index
+    │   ├── IndexClosed              the index was closed
+    │   ├── StorageFull              the disk or quota is full (nothing was committed)
+    │   ├── ReadOnlyIndex            the index's folder cannot be written
+    │   ├── TooManyOpenFiles         the process has no file descriptor left
     │   └── DimensionMismatch        vectors or a query encoder of the wrong dimension
     └── InvalidInput (ValueError)    bad user input: corpus lines, ids, texts, vectors
 
@@ -27,11 +31,15 @@ from storage.errors import (
     CorruptIndex,
     DimensionMismatch,
     FormatVersionMismatch,
+    IndexClosed,
     IndexLocked,
     InvalidInput,
     NotAnIndex,
+    ReadOnlyIndex,
     SieIndexError,
     StorageError,
+    StorageFull,
+    TooManyOpenFiles,
 )
 
 __all__ = [
@@ -42,11 +50,15 @@ __all__ = [
     "EncoderProtocolError",
     "EncoderUnavailable",
     "FormatVersionMismatch",
+    "IndexClosed",
     "IndexLocked",
     "InvalidInput",
     "NotAnIndex",
+    "ReadOnlyIndex",
     "SieIndexError",
     "StorageError",
+    "StorageFull",
+    "TooManyOpenFiles",
 ]
 
 

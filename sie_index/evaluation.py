@@ -26,7 +26,6 @@ from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
 from sie_index.corpus import BeirDataset
-from sie_index.exhaustive import ResidentScan, exhaustive_search
 from sie_index.index import Index
 from sie_index.params import SearchParams
 
@@ -179,7 +178,7 @@ def run_params(params: SearchParams | None) -> SearchParams:
 
 def external_ids(index: Index) -> list[str]:
     """Internal id -> external id, read once (evaluation maps every result)."""
-    return index.snapshot.docs.external_ids()
+    return index.external_ids()
 
 
 def judged_queries(dataset: BeirDataset, external: list[str]) -> list[str]:
@@ -205,20 +204,16 @@ def exhaustive_metrics(
     external: list[str],
     latency_queries: int,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    snap = index.snapshot
-    live = ~snap.spans.deleted
-    scores, doc_ids = exhaustive_search(
-        Qs, snap.tokens, snap.spans.token_start, snap.spans.token_count, RUN_DEPTH, live=live
-    )
+    ranked = index.exhaustive(Qs, RUN_DEPTH)
     run = {
-        qid: {external[int(d)]: float(s) for d, s in zip(doc_ids[i], scores[i], strict=True)}
-        for i, qid in enumerate(qids)
+        qid: {external[int(d)]: float(s) for d, s in zip(r.doc_ids, r.scores, strict=True)}
+        for qid, r in zip(qids, ranked, strict=True)
     }
     # Latency of the brute-force competitor: every vector in memory (bfloat16),
     # one scan per query, as the usual in-memory MaxSim baseline runs.
     timings = []
     if latency_queries > 0 and Qs:
-        scan = ResidentScan(snap.tokens, snap.spans.token_start, snap.spans.token_count)
+        scan = index.resident_scan()
         for Q in Qs[:latency_queries]:
             t0 = time.perf_counter()
             scan.scores(Q)

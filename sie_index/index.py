@@ -19,7 +19,8 @@ import numpy as np
 from sie_index.corpus import Document
 from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
-from sie_index.errors import EncoderError, InvalidInput
+from sie_index.errors import EncoderError, IndexClosed, InvalidInput
+from sie_index.exhaustive import ResidentScan, exhaustive_search
 from sie_index.params import Hit, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import check_query
@@ -40,9 +41,9 @@ class Index:
     def __init__(self, snapshot: StoreSnapshot, encoder: Encoder | None = None) -> None:
         # one attribute holds the snapshot and its searcher, so a refresh swaps
         # both at once for every thread
-        self._searcher = Searcher(snapshot)
+        self._current: Searcher | None = _searcher_of(snapshot)
+        self._path = snapshot.folder
         self._refresh_lock = threading.Lock()
-        self._retired: list[weakref.finalize[Any, Any]] = []
         self.spec = EncoderSpec.from_dict(snapshot.manifest.encoder)
         self._encoder = encoder
         if encoder is not None:
@@ -180,7 +181,7 @@ class Index:
 
     @property
     def path(self) -> Path:
-        return self._snapshot.folder
+        return self._path
 
     @property
     def encoder(self) -> Encoder:
@@ -339,6 +340,14 @@ class Index:
             return self._refresh()
 
     @property
+    def _searcher(self) -> Searcher:
+        """The current searcher; a caller keeps it for a whole call (refresh may swap it)."""
+        searcher = self._current
+        if searcher is None:
+            raise IndexClosed(f"the index at {self._path} is closed; open it again to use it")
+        return searcher
+
+    @property
     def _snapshot(self) -> StoreSnapshot:
         return self._searcher.snapshot
 
@@ -356,12 +365,8 @@ class Index:
                 fresh.close()
                 raise
             self.spec = spec
-        old = self._searcher
         # the old snapshot closes when the last search using its searcher lets go
-        self._retired.append(weakref.finalize(old, old.snapshot.close))
-        self._searcher = Searcher(fresh)
-        del old
-        self._retired = [f for f in self._retired if f.alive]
+        self._current = _searcher_of(fresh)
         return True
 
     def writer(self) -> IndexWriter:
@@ -370,6 +375,7 @@ class Index:
         return IndexWriter(self.path, encoder=self._encoder)
 
     def _change(self, fn: Callable[[IndexWriter], _T]) -> _T:
+        self._searcher  # noqa: B018 (raises IndexClosed on a closed index)
         with self.writer() as w:
             out = fn(w)
         self.refresh()
@@ -409,6 +415,37 @@ class Index:
         """Purge deleted documents (one new segment), then refresh."""
         return self._change(lambda w: w.compact(retrain=retrain))
 
+    # -- reading it whole -----------------------------------------------------------
+
+    def external_ids(self) -> list[str]:
+        """Every stored document's external id, by internal id (deleted ones too, so
+        ``external_ids()[hit.doc_id]`` maps any result), checksums verified."""
+        return self._snapshot.docs.external_ids()
+
+    def lookup(self, external_ids: Sequence[str]) -> dict[str, int]:
+        """Internal ids of the live documents among ``external_ids``."""
+        return self._snapshot.lookup(list(external_ids))
+
+    def exhaustive(self, queries: Sequence[Query], k: int) -> list[Ranked]:
+        """The exact answer: top ``k`` live documents by MaxSim over every stored token
+        (no ANN), streamed in blocks; the oracle the search is measured against."""
+        snap = self._snapshot
+        scores, doc_ids = exhaustive_search(
+            self._query_matrices(queries),
+            snap.tokens,
+            snap.spans.token_start,
+            snap.spans.token_count,
+            k,
+            live=~snap.spans.deleted,
+        )
+        return [Ranked(doc_ids=d, scores=s) for d, s in zip(doc_ids, scores, strict=True)]
+
+    def resident_scan(self) -> ResidentScan:
+        """Every stored vector loaded into memory for brute-force MaxSim (the latency
+        baseline of evaluation); needs ``tokens * dim * 2`` bytes."""
+        snap = self._snapshot
+        return ResidentScan(snap.tokens, snap.spans.token_start, snap.spans.token_count)
+
     # -- describing it -------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -441,10 +478,12 @@ class Index:
         return self._snapshot
 
     def close(self) -> None:
-        for finalizer in self._retired:
-            finalizer()
-        self._retired = []
-        self._snapshot.close()
+        """Let the index go: later calls raise :class:`IndexClosed`. A search running
+        in another thread finishes first, on the snapshot it started with, which
+        closes (its files and descriptors released) when the last such search ends;
+        an index dropped without ``close`` releases them the same way."""
+        with self._refresh_lock:
+            self._current = None
 
     def __enter__(self) -> Index:
         return self
@@ -453,8 +492,17 @@ class Index:
         self.close()
 
     def __repr__(self) -> str:
+        if self._current is None:
+            return f"Index({str(self._path)!r}, closed)"
         m = self._snapshot.manifest
         return (
             f"Index({str(self.path)!r}, documents={m.live_documents}, tokens={m.tokens}, "
             f"dim={m.dim})"
         )
+
+
+def _searcher_of(snapshot: StoreSnapshot) -> Searcher:
+    """A searcher whose snapshot closes once nothing refers to the searcher any more."""
+    searcher = Searcher(snapshot)
+    weakref.finalize(searcher, snapshot.close)
+    return searcher

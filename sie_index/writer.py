@@ -27,7 +27,7 @@ from tqdm import tqdm
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
-from storage.builder import CodecChoice, PendingDoc, StoreBuilder
+from storage.builder import CodecChoice, PendingDoc, StoreBuilder, check_build_options
 
 __all__ = [
     "BuildReport",
@@ -243,14 +243,14 @@ def build_index(
     vectors are stored (:mod:`storage.codec`; ``auto`` picks by corpus size).
     """
     t0 = time.perf_counter()
-    feed = open_corpus(corpus, on_error=on_error, limit=limit)
     spec = encoder.spec
+    choice = CodecChoice(codec, dim)
+    check_build_options(spec.to_dict(), index_kind, index_options, choice, spec.dim)
+    feed = open_corpus(corpus, on_error=on_error, limit=limit)
     timing = Timing()
     disable = None if progress is None else not progress
     with (
-        StoreBuilder(
-            Path(path), spec.dim, overwrite=overwrite, codec=CodecChoice(codec, dim)
-        ) as builder,
+        StoreBuilder(Path(path), spec.dim, overwrite=overwrite, codec=choice) as builder,
         EncodeAhead(batched(feed.documents, batch_size), encoder_for(encoder)) as encoded,
     ):
         bar = tqdm(total=feed.total, desc="encoding", unit="doc", disable=disable)

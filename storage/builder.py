@@ -37,11 +37,17 @@ from storage.codec import (
     train_sq8,
 )
 from storage.commit import commit_generation, next_number
-from storage.errors import InvalidInput, StorageError
+from storage.errors import (
+    CorruptIndex,
+    InvalidInput,
+    StorageError,
+    mapped_os_errors,
+    typed_os_errors,
+)
 from storage.fsio import atomic_replace
 from storage.generations import CURRENT_NAME, read_pointer, remove_debris
 from storage.lock import LOCK_NAME, WriteLock
-from storage.manifest import MANIFEST_NAME, FileRecord, Manifest
+from storage.manifest import MANIFEST_NAME, MAX_DIM, FileRecord, Manifest, check_encoder_record
 from storage.segment import (
     SCRATCH_NAME,
     TOKENS_NAME,
@@ -52,10 +58,12 @@ from storage.segment import (
 )
 from storage.token_index import (
     ADD_CHUNK_ROWS,
+    INDEX_KINDS,
     TOKEN_INDEX_NAME,
     TRAIN_SAMPLE_MAX,
     TokenIndex,
     TokenIndexPlan,
+    check_index_options,
     plan_token_index,
     takes_codes,
     training_rows,
@@ -66,6 +74,7 @@ __all__ = [
     "CodecChoice",
     "PendingDoc",
     "StoreBuilder",
+    "check_build_options",
     "check_vectors",
     "write_codec_files",
     "write_first_segment_index",
@@ -222,6 +231,29 @@ def write_first_segment_index(
     return codec
 
 
+def check_build_options(
+    encoder_spec: Mapping[str, Any],
+    index_kind: str,
+    index_options: Mapping[str, Any] | None,
+    codec: CodecChoice,
+    input_dim: int,
+) -> None:
+    """Refuse, before anything is encoded, what :meth:`StoreBuilder.finish` would
+    refuse after: an encoder spec no manifest may record, an unknown index kind or
+    option, an option out of its range, a codec that cannot be. The commit checks
+    all that again (:mod:`storage.commit`); this only fails sooner."""
+    try:
+        check_encoder_record(dict(encoder_spec), "the encoder spec")
+    except CorruptIndex as exc:
+        raise InvalidInput(str(exc)) from exc
+    if index_kind not in INDEX_KINDS:
+        raise InvalidInput(
+            f"unknown index kind {index_kind!r}; choose one of {', '.join(INDEX_KINDS)}"
+        )
+    check_index_options(index_options)
+    check_codec(codec.name, codec.dim, input_dim)
+
+
 def _claim_folder(target: Path) -> bool:
     """Make sure ``target`` is a folder sie-index may write; True when this call made it."""
     if target.exists() and not target.is_dir():
@@ -257,46 +289,52 @@ class StoreBuilder:
         :class:`CodecChoice`, trained at :meth:`finish`), or a trained codec to
         encode with as documents arrive (a fresh build equal to another index)."""
         self.target = Path(target)
-        if dim <= 0:
-            raise InvalidInput(f"dimension must be positive, got {dim}")
+        if type(dim) is not int or not 0 < dim <= MAX_DIM:
+            raise InvalidInput(f"dimension must be an integer in 1..{MAX_DIM}, got {dim!r}")
         codec = codec if codec is not None else CodecChoice()
         if isinstance(codec, CodecChoice):
             check_codec(codec.name, codec.dim, dim)
         elif codec.input_dim != dim:
             raise InvalidInput(f"the codec encodes {codec.input_dim} dimensions, not {dim}")
         self.codec = codec
-        self._made_folder = _claim_folder(self.target)
+        with mapped_os_errors(str(self.target)):
+            self._made_folder = _claim_folder(self.target)
         self.lock = WriteLock(self.target)
         try:
-            self.lock.acquire()
+            with mapped_os_errors(str(self.target)):
+                self.lock.acquire()
         except BaseException:
             self._drop_made_folder()
             raise
         self.segment: SegmentWriter | None = None
         try:
-            current, committed = self._current_generation()
-            if current is not None and not overwrite:
-                raise StorageError(
-                    f"{self.target} already holds an index; pass overwrite to rebuild it"
-                )
-            # a rebuild keeps the old index whole until its commit: sweep only debris
-            remove_debris(self.target, current, committed=committed)
-            self.generation = next_number(self.target, current)
-            choice = codec if isinstance(codec, CodecChoice) else None
-            self.segment = SegmentWriter(
-                self.target,
-                self.generation,
-                dim,
-                doc_base=0,
-                token_base=0,
-                generation=self.generation,
-                codec=None if choice is not None else codec,  # type: ignore[arg-type]
-                file_name=TOKENS_NAME if choice is None or choice.exact(dim) else SCRATCH_NAME,
-            )
+            with mapped_os_errors(str(self.target)):
+                self._start(dim, overwrite, codec)
         except BaseException:
             self._release()
             raise
         self.dim = dim
+
+    def _start(self, dim: int, overwrite: bool, codec: CodecChoice | VectorCodec) -> None:
+        current, committed = self._current_generation()
+        if current is not None and not overwrite:
+            raise StorageError(
+                f"{self.target} already holds an index; pass overwrite to rebuild it"
+            )
+        # a rebuild keeps the old index whole until its commit: sweep only debris
+        remove_debris(self.target, current, committed=committed)
+        self.generation = next_number(self.target, current)
+        choice = codec if isinstance(codec, CodecChoice) else None
+        self.segment = SegmentWriter(
+            self.target,
+            self.generation,
+            dim,
+            doc_base=0,
+            token_base=0,
+            generation=self.generation,
+            codec=None if choice is not None else codec,  # type: ignore[arg-type]
+            file_name=TOKENS_NAME if choice is None or choice.exact(dim) else SCRATCH_NAME,
+        )
 
     def _current_generation(self) -> tuple[int | None, bool]:
         """The committed generation, or None for no index; and whether ``CURRENT`` is sound.
@@ -315,6 +353,7 @@ class StoreBuilder:
             return pointer.generation, True
         return (0 if (self.target / MANIFEST_NAME).exists() else None), False
 
+    @typed_os_errors
     def add(self, batch: Sequence[PendingDoc]) -> None:
         """Store one batch: all of it, or (on any error) none of it."""
         assert self.segment is not None
@@ -332,6 +371,7 @@ class StoreBuilder:
     def n_tokens(self) -> int:
         return self.segment.n_tokens if self.segment is not None else 0
 
+    @typed_os_errors
     def finish(
         self,
         *,
@@ -359,7 +399,7 @@ class StoreBuilder:
                 self.n_tokens,
                 stored_dim or (choice.dim if choice else None) or self.dim,
                 codec=choice.name if choice else self.codec.name,
-                **dict(index_options or {}),
+                **check_index_options(index_options),
             )
         if self.segment.codec is not None and self.segment.codec.name == "pq" and trained is None:
             trained = self.segment.codec.quantizer
@@ -379,7 +419,7 @@ class StoreBuilder:
             segments=[record],
             deleted=FileRecord(bytes=0, sha256_blocks=[]),
         )
-        manifest = commit_generation(self.target, manifest, np.zeros(0, np.int64))
+        manifest = commit_generation(self.target, manifest, np.zeros(0, np.int64), open_first=True)
         self.segment = None
         self.lock.release()
         return manifest

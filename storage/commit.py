@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from storage.deletions import encode_deleted
+from storage.errors import InvalidInput, StorageError
 from storage.failpoints import failpoint
-from storage.fsio import block_checksums, fsync_dir, sha256_hex
+from storage.fsio import block_checksums_of, fsync_dir, sha256_hex
 from storage.generations import (
     Pointer,
     create_lease_file,
@@ -37,6 +39,7 @@ from storage.generations import (
 )
 from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest
 from storage.segment import segment_numbers
+from storage.snapshot import StoreSnapshot, check_generation, parse_manifest
 
 __all__ = ["commit_generation", "next_number"]
 
@@ -57,28 +60,57 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def commit_generation(target: Path, manifest: Manifest, deleted: np.ndarray) -> Manifest:
+def _checked_bytes(manifest: Manifest, deleted: bytes, where: str) -> bytes:
+    """The manifest's bytes, once the reader's own checks pass on them (else
+    :class:`InvalidInput`: a value the caller gave is one no reader would accept)."""
+    try:
+        raw = manifest.to_bytes()
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"refusing to commit {where}: a recorded value is not JSON: {exc}"
+        ) from exc
+    try:
+        check_generation(parse_manifest(raw, where), deleted, where)
+    except StorageError as exc:
+        raise InvalidInput(f"refusing to commit what no reader would open: {exc}") from exc
+    return raw
+
+
+def commit_generation(
+    target: Path, manifest: Manifest, deleted: np.ndarray, *, open_first: bool = False
+) -> Manifest:
     """Write generation ``manifest.generation`` with the deleted ids ``deleted`` and
-    commit it; returns the manifest as committed (with its ``deleted`` record)."""
+    commit it; returns the manifest as committed (with its ``deleted`` record).
+
+    Nothing is written unless the reader's checks (:func:`storage.snapshot.check_generation`)
+    pass on what would be committed. With ``open_first`` (a build or a compaction,
+    whose new segment replaces every old one) the new generation is opened as a
+    reader opens it before ``CURRENT`` names it, so the index it replaces is swept
+    only once its successor has opened.
+    """
     work = target / gen_dirname(manifest.generation)
-    work.mkdir()
-    create_lease_file(work)
     data = encode_deleted(deleted)
-    _write_synced(work / DELETED_NAME, data)
-    record = FileRecord(
-        bytes=len(data), sha256_blocks=block_checksums(work / DELETED_NAME, len(data))
-    )
     manifest = dataclasses.replace(
         manifest,
-        deleted=record,
+        deleted=FileRecord(bytes=len(data), sha256_blocks=block_checksums_of(data)),
         live_documents=manifest.documents - len(data) // 8,
     )
-    raw = manifest.to_bytes()
+    raw = _checked_bytes(manifest, data, str(work))
+    work.mkdir()
+    create_lease_file(work)
+    _write_synced(work / DELETED_NAME, data)
     _write_synced(work / MANIFEST_NAME, raw)
     fsync_dir(work)
     fsync_dir(target)
+    pointer = Pointer(generation=manifest.generation, manifest_sha256=sha256_hex(raw))
+    if open_first:
+        try:
+            StoreSnapshot.open_pointer(target, pointer).close()
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     failpoint("commit:before-pointer")
-    write_pointer(target, Pointer(generation=manifest.generation, manifest_sha256=sha256_hex(raw)))
+    write_pointer(target, pointer)
     failpoint("commit:before-sweep")
     # committed: a sweep that fails (a folder it may not read) leaves debris for the
     # next writer, never an error for a change that has happened

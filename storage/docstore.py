@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from storage.errors import CorruptIndex, InvalidInput
+from storage.errors import CorruptIndex, InvalidInput, read_failure
 
 __all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc", "plain_json"]
 
@@ -148,6 +148,9 @@ class DocRow:
     metadata: Mapping[str, Any] | None
     token_start: int
     token_count: int
+    deleted: bool = False
+    """Set only by a merge copying a document the generation already lists as deleted
+    (so the copy does not hold its external id against the live one that replaced it)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,10 +202,15 @@ class DocWriter:
                     meta,
                     r.token_start,
                     r.token_count,
-                    0,
+                    int(r.deleted),
                     generation,
                     span_digest(
-                        r.doc_id, r.external_id, r.token_start, r.token_count, 0, generation
+                        r.doc_id,
+                        r.external_id,
+                        r.token_start,
+                        r.token_count,
+                        int(r.deleted),
+                        generation,
                     ),
                     doc_digest(r.doc_id, r.text, meta),
                 )
@@ -271,7 +279,9 @@ class DocReader:
             self._conn.execute("PRAGMA query_only=1")
             schema = set(self._query("SELECT type, name, sql FROM sqlite_master"))
         except _READ_ERRORS as exc:
-            raise CorruptIndex(f"{self.path} is not a readable SQLite database: {exc}") from exc
+            raise read_failure(
+                exc, f"{self.path} is not a readable SQLite database: {exc}"
+            ) from exc
         if schema != _SCHEMA:
             raise CorruptIndex(f"{self.path} does not hold the documents schema of sie-index")
         page_size, pages = (self._query(f"PRAGMA {p}")[0][0] for p in ("page_size", "page_count"))

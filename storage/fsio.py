@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from storage.errors import CorruptIndex
+from storage.errors import CorruptIndex, read_failure
 
 __all__ = [
     "BLOCK_SIZE",
     "atomic_replace",
     "block_checksums",
+    "block_checksums_of",
     "block_lengths",
     "fsync_dir",
     "fsync_file",
@@ -101,6 +102,14 @@ def block_checksums(path: Path, size: int | None = None) -> list[str]:
         return list(pool.map(lambda a: _hash_block(path, *a), enumerate(lengths)))
 
 
+def block_checksums_of(data: bytes) -> list[str]:
+    """SHA-256 of each ``BLOCK_SIZE`` block of ``data`` (what :func:`verify_bytes` checks)."""
+    return [
+        sha256_hex(data[i * BLOCK_SIZE : i * BLOCK_SIZE + n])
+        for i, n in enumerate(block_lengths(len(data)))
+    ]
+
+
 def verify_bytes(data: bytes | memoryview, expected: Sequence[str], name: str) -> None:
     """Raise :class:`CorruptIndex` naming ``name`` unless ``data`` hashes to ``expected``."""
     view = memoryview(data)
@@ -128,7 +137,7 @@ def open_at(dir_fd: int, name: str, where: str) -> int:
     except FileNotFoundError as exc:
         raise CorruptIndex(f"{name} is missing from the index folder {where}") from exc
     except OSError as exc:
-        raise CorruptIndex(f"{name} in {where} cannot be opened: {exc}") from exc
+        raise read_failure(exc, f"{name} in {where} cannot be opened: {exc}") from exc
 
 
 def read_at(dir_fd: int, name: str, where: str, *, max_bytes: int | None = None) -> bytes:
@@ -146,6 +155,6 @@ def read_at(dir_fd: int, name: str, where: str, *, max_bytes: int | None = None)
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise CorruptIndex(f"{name} in {where} cannot be read: {exc}") from exc
+        raise read_failure(exc, f"{name} in {where} cannot be read: {exc}") from exc
     finally:
         os.close(fd)

@@ -34,7 +34,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.errors import CorruptIndex
+from storage.errors import CorruptIndex, read_failure
 from storage.failpoints import failpoint
 from storage.fsio import TMP_SUFFIX, fsync_dir, sha256_hex
 
@@ -68,7 +68,6 @@ LEGACY_FILES = (
 
 _GEN_DIR = re.compile(r"gen-(\d{6,})\Z")
 _SEG_DIR = re.compile(r"seg-(\d{6,})\Z")
-_LEGACY_BUILD = re.compile(r"\.(?P<name>.+)\.(?:build-(?P<pid>\d+)|old)-[0-9a-f]{8}\Z")
 _POINTER_KEYS = {"format_version", "generation", "manifest_sha256", "sha256"}
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -138,7 +137,7 @@ def read_pointer(folder_fd: int, where: str) -> Pointer | None:
     try:
         data = os.read(fd, 4096)
     except OSError as exc:
-        raise CorruptIndex(f"{where}/{CURRENT_NAME} cannot be read: {exc}") from exc
+        raise read_failure(exc, f"{where}/{CURRENT_NAME} cannot be read: {exc}") from exc
     finally:
         os.close(fd)
     return Pointer.from_bytes(data, f"{where}/{CURRENT_NAME}")
@@ -226,16 +225,6 @@ def _remove_unleased(path: Path) -> bool:
             os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _segments_named(gen_folder: Path) -> set[str] | None:
     """Segment folders a generation's manifest names; None when it cannot be read
     (then no segment may be removed on its account)."""
@@ -259,8 +248,8 @@ def find_debris(
     generations, killed writers); segment folders that neither ``keep_segments``
     (the current generation's) nor another generation still present names; when
     ``committed`` (a sound pointer names ``keep``), the files of the format-1
-    layout and a stale temporary pointer; and the hidden build folders that killed
-    format-1 builders left beside the folder (when their process is gone). A
+    layout and a stale temporary pointer. Only names inside ``folder`` are ever
+    listed: nothing beside it is the index's to remove, whatever its name. A
     generation a reader holds is listed too: only :func:`remove_debris` can tell,
     by trying its lease. Without ``keep_segments`` no segment is listed.
     """
@@ -277,12 +266,6 @@ def find_debris(
         for name in (*LEGACY_FILES, CURRENT_NAME + TMP_SUFFIX):
             if (folder / name).exists():
                 found.append(folder / name)
-    for sibling in sorted(folder.parent.iterdir()):
-        match = _LEGACY_BUILD.match(sibling.name)
-        if match and match.group("name") == folder.name and sibling.is_dir():
-            pid = match.group("pid")
-            if pid is None or not _pid_alive(int(pid)):
-                found.append(sibling)
     return found
 
 

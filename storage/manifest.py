@@ -44,6 +44,7 @@ __all__ = [
     "FileRecord",
     "Manifest",
     "SegmentRecord",
+    "check_encoder_record",
 ]
 
 FORMAT_VERSION = 3
@@ -114,7 +115,10 @@ class Manifest:
         return self.documents - self.live_documents
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        """The manifest's JSON (``ValueError`` for NaN or Inf, which no reader parses;
+        ``TypeError`` for a value JSON cannot hold)."""
+        text = json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
+        return (text + "\n").encode("utf-8")
 
     @classmethod
     def from_bytes(
@@ -152,12 +156,9 @@ class Manifest:
         check = _Checker(where)
         dim = check.integer(raw, "dim", 1, MAX_DIM)
         tokens = check.integer(raw, "tokens", 0)
-        encoder = check.obj(raw, "encoder")
-        for key in ("kind", "model"):
-            check.string(encoder, key, "encoder.")
-        check.obj(encoder, "options", "encoder.")
+        encoder = _encoder_record(check, check.obj(raw, "encoder"))
         # the stored dimension is the encoder's, or below it with a projection
-        if check.integer(encoder, "dim", 1, MAX_DIM, "encoder.") < dim:
+        if encoder["dim"] < dim:
             raise CorruptIndex(f"{where}: encoder.dim is below the stored dim {dim}")
         codec = check.string(raw, "codec")
         if codec not in CODECS:
@@ -223,6 +224,26 @@ class Manifest:
 
 
 _SEGMENT_FIELDS = {"name", "doc_base", "documents", "token_base", "tokens", "files"}
+
+
+def _encoder_record(check: _Checker, encoder: dict[str, Any]) -> dict[str, Any]:
+    for key in ("kind", "model"):
+        check.string(encoder, key, "encoder.")
+    check.obj(encoder, "options", "encoder.")
+    check.integer(encoder, "dim", 1, MAX_DIM, "encoder.")
+    return encoder
+
+
+def check_encoder_record(encoder: Any, where: str) -> None:
+    """Raise :class:`CorruptIndex` unless ``encoder`` is an encoder spec a manifest
+    may record (the check :meth:`Manifest.from_bytes` applies): a writer calls it
+    before it spends time encoding, so a spec no reader accepts fails at once."""
+    check = _Checker(where)
+    _encoder_record(check, check.obj({"encoder": encoder}, "encoder"))
+    try:
+        json.dumps(encoder, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CorruptIndex(f"{where}: encoder is not plain JSON: {exc}") from exc
 
 
 def _file_record(check: _Checker, rec: dict[str, Any], prefix: str) -> FileRecord:

@@ -160,6 +160,7 @@ class SegmentWriter:
         codec: VectorCodec | None = None,
         file_name: str = TOKENS_NAME,
         encode_codes: Callable[[np.ndarray], np.ndarray] | None = None,
+        copy_codes: bool = False,
     ) -> None:
         self.name = segment_dirname(number)
         self.folder = Path(target) / self.name
@@ -179,7 +180,7 @@ class SegmentWriter:
             self.tokens = TokenWriter(
                 self.folder, codec.row_width, file_name=codec.file_name, dtype=codec.row_dtype
             )
-        if encode_codes is not None:
+        if encode_codes is not None or copy_codes:
             self._codes = open(self.folder / CODES_NAME, "ab")  # noqa: SIM115
 
     @property
@@ -198,10 +199,18 @@ class SegmentWriter:
         self.add_rows(batch, rows, [len(v) for v in checked])
 
     def add_rows(
-        self, batch: Sequence[PendingDoc], rows: np.ndarray, counts: Sequence[int]
+        self,
+        batch: Sequence[PendingDoc],
+        rows: np.ndarray,
+        counts: Sequence[int],
+        *,
+        codes: np.ndarray | None = None,
+        deleted: Sequence[bool] | None = None,
     ) -> None:
         """Store one batch whose tokens are already stored rows (``counts`` a document):
-        what :meth:`add` stores after encoding, or what a compaction copies unchanged."""
+        what :meth:`add` stores after encoding, or what a compaction or a merge copies
+        unchanged. A merge also copies the rows' ANN ``codes`` and marks the documents
+        the generation lists as ``deleted``."""
         if not batch:
             return
         first_doc = self.doc_base + self.n_docs
@@ -216,16 +225,18 @@ class SegmentWriter:
                     metadata=doc.metadata,
                     token_start=start,
                     token_count=count,
+                    deleted=bool(deleted[offset]) if deleted is not None else False,
                 )
             )
             start += count
         doc_ids = np.repeat(np.arange(first_doc, first_doc + len(batch)), counts)
         self.tokens.append(rows, doc_ids)
         if self._codes is not None:
-            assert self._encode_codes is not None
-            # the codes of what is stored (decoded), as a build adds what it reads back
-            stored = rows.astype(np.float32) if self.codec is None else self.codec.decode(rows)
-            codes = self._encode_codes(stored)
+            if codes is None:
+                assert self._encode_codes is not None
+                # the codes of what is stored (decoded), as a build adds what it reads back
+                stored = rows.astype(np.float32) if self.codec is None else self.codec.decode(rows)
+                codes = self._encode_codes(stored)
             self._codes.write(np.ascontiguousarray(codes, dtype=np.uint8).tobytes())
             self._codes.flush()
             os.fsync(self._codes.fileno())

@@ -40,7 +40,7 @@ from storage.codec import (
 )
 from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader, DocSpans
-from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex
+from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex, read_failure
 from storage.fsio import read_at, sha256_hex, verify_bytes
 from storage.generations import Lease, Pointer, read_pointer
 from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest, SegmentRecord
@@ -51,9 +51,11 @@ from storage.vectors import TOKEN_DOC_NAME, TokenReader
 
 __all__ = [
     "StoreSnapshot",
+    "check_generation",
     "hold_current",
     "load_codec",
     "manifest_segment_files",
+    "parse_manifest",
     "read_manifest",
     "read_manifest_of",
     "segment_files",
@@ -107,15 +109,44 @@ def read_manifest_of(folder: Path, pointer: Pointer, lease: Lease) -> tuple[Mani
     data = read_at(lease.fd, MANIFEST_NAME, where, max_bytes=MAX_MANIFEST_BYTES)
     if sha256_hex(data) != pointer.manifest_sha256:
         raise CorruptIndex(f"{where}/{MANIFEST_NAME} does not match its checksum in CURRENT")
-    manifest = Manifest.from_bytes(
+    manifest = parse_manifest(data, where)
+    if manifest.generation != pointer.generation:
+        raise CorruptIndex(f"{where}/{MANIFEST_NAME} belongs to another generation")
+    return manifest, len(data)
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """A manifest's bytes (verified by the caller) parsed strictly, as every reader does."""
+    return Manifest.from_bytes(
         data,
         f"{where}/{MANIFEST_NAME}",
         file_names=SEGMENT_FILES,
         file_names_required=REQUIRED_FILES,
     )
-    if manifest.generation != pointer.generation:
-        raise CorruptIndex(f"{where}/{MANIFEST_NAME} belongs to another generation")
-    return manifest, len(data)
+
+
+def check_generation(
+    manifest: Manifest, deleted_bytes: bytes, where: str
+) -> tuple[TokenIndexPlan, np.ndarray]:
+    """A parsed generation's token-index plan and deleted ids, checked as a reader
+    checks them: with :func:`parse_manifest`, the one validator behind every open
+    (:class:`CorruptIndex` naming the file) and every commit (:mod:`storage.commit`
+    runs both before ``CURRENT`` moves, so a writer never commits what its reader
+    refuses). ``deleted_bytes`` are verified by the caller."""
+    name = f"{where}/{MANIFEST_NAME}"
+    plan = TokenIndexPlan.from_dict(manifest.token_index, name)
+    if not manifest.segments:
+        raise CorruptIndex(f"{name} names no segment")
+    for position, seg in enumerate(manifest.segments):
+        want = manifest_segment_files(manifest, plan, position)
+        if set(seg.files) != want:
+            raise CorruptIndex(
+                f"{name}: segment {seg.name} names files {sorted(seg.files)}; a segment at "
+                f"position {position} of a {plan.kind} index with codec {manifest.codec} "
+                f"holds {sorted(want)}"
+            )
+    deleted = decode_deleted(deleted_bytes, manifest.documents, f"{where}/{DELETED_NAME}")
+    return plan, deleted
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -303,6 +334,23 @@ class StoreSnapshot:
             raise
 
     @classmethod
+    def open_pointer(cls, folder: Path, pointer: Pointer) -> StoreSnapshot:
+        """Open the generation ``pointer`` names, whether or not ``CURRENT`` names it
+        yet (a writer opening what it is about to commit)."""
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            lease = Lease.acquire(folder_fd, pointer.generation)
+        finally:
+            os.close(folder_fd)
+        if lease is None:
+            raise CorruptIndex(f"{folder}/{pointer.dirname} is missing")
+        try:
+            return cls._open_generation(folder, pointer, lease, verify_vectors=False)
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
     def _open_generation(
         cls,
         folder: Path,
@@ -313,11 +361,8 @@ class StoreSnapshot:
     ) -> StoreSnapshot:
         where = str(folder / pointer.dirname)
         manifest, manifest_bytes = read_manifest_of(folder, pointer, lease)
-        plan = TokenIndexPlan.from_dict(manifest.token_index, f"{where}/{MANIFEST_NAME}")
-        deleted = decode_deleted(
-            _read_verified(lease.fd, DELETED_NAME, manifest.deleted, where),
-            manifest.documents,
-            f"{where}/{DELETED_NAME}",
+        plan, deleted = check_generation(
+            manifest, _read_verified(lease.fd, DELETED_NAME, manifest.deleted, where), where
         )
         sizes = {MANIFEST_NAME: manifest_bytes, DELETED_NAME: manifest.deleted.bytes}
         opened = _Opened()
@@ -358,6 +403,15 @@ class StoreSnapshot:
         docs = SegmentedDocs(opened.docs, [s.doc_base for s in manifest.segments])
         is_deleted = np.zeros(manifest.documents, dtype=bool)
         is_deleted[deleted] = True
+        # a row is marked deleted only by a merge copying a document the list holds
+        if any(
+            (s.deleted & ~is_deleted[seg.doc_base : seg.doc_base + seg.documents]).any()
+            for s, seg in zip(spans, manifest.segments, strict=True)
+        ):
+            raise CorruptIndex(
+                f"{where}: a document row is marked deleted, and the list of "
+                "deleted documents does not hold it"
+            )
         doc_spans = DocSpans(
             token_start=np.concatenate([s.token_start for s in spans]),
             token_count=np.concatenate([s.token_count for s in spans]),
@@ -394,17 +448,12 @@ class StoreSnapshot:
         verify_vectors: bool,
     ) -> tuple[TokenIndex, VectorCodec]:
         where = f"{folder}/{seg.name}"
-        want = manifest_segment_files(manifest, plan, position)
-        if set(seg.files) != want:
-            raise CorruptIndex(
-                f"{where}: the manifest names files {sorted(seg.files)}, a segment at "
-                f"position {position} of a {plan.kind} index with codec {manifest.codec} "
-                f"holds {sorted(want)}"
-            )
         try:
             fd = os.open(folder / seg.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise CorruptIndex(f"{where}, a segment of the index, cannot be opened: {exc}") from exc
+            raise read_failure(
+                exc, f"{where}, a segment of the index, cannot be opened: {exc}"
+            ) from exc
         opened.fds.append(fd)
         if position == 0:
             codec, trained = load_codec(fd, manifest, plan, seg, where)

@@ -41,19 +41,26 @@ import numpy as np
 from storage.builder import CodecChoice, write_first_segment_index
 from storage.codec import VectorCodec
 from storage.commit import commit_generation, next_number
-from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader
-from storage.errors import CorruptIndex, InvalidInput, NotAnIndex, StorageError
+from storage.errors import (
+    CorruptIndex,
+    InvalidInput,
+    NotAnIndex,
+    StorageError,
+    mapped_os_errors,
+    typed_os_errors,
+)
 from storage.fsio import read_at, verify_bytes
 from storage.generations import remove_debris
 from storage.lock import WriteLock
 from storage.manifest import DELETED_NAME, Manifest
+from storage.merging import DEFAULT_MERGE_POLICY, MergePolicy, copy_segment
 from storage.segment import SCRATCH_NAME, TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
 from storage.snapshot import (
     StoreSnapshot,
+    check_generation,
     hold_current,
     load_codec,
-    manifest_segment_files,
     read_manifest_of,
 )
 from storage.token_index import (
@@ -75,6 +82,7 @@ class ChangeReport:
     """What one change committed."""
 
     generation: int
+    """The generation the change left committed (after the merges an add ran)."""
     added: int = 0
     deleted: int = 0
     replaced: int = 0
@@ -86,18 +94,24 @@ class ChangeReport:
 class StoreWriter:
     """The one writer of an existing index folder; use as a context manager."""
 
-    def __init__(self, target: Path) -> None:
+    def __init__(
+        self, target: Path, *, merge_policy: MergePolicy | None = DEFAULT_MERGE_POLICY
+    ) -> None:
+        """``merge_policy``: which small segments an add merges afterwards (None: never)."""
         self.target = Path(target)
+        self.merge_policy = merge_policy
         if not self.target.is_dir():
             raise NotAnIndex(f"{self.target} is not a folder, so it is not a sie-index index")
         self.lock = WriteLock(self.target)
-        self.lock.acquire()
+        with mapped_os_errors(str(self.target)):
+            self.lock.acquire()
         self._docs: dict[str, DocReader] = {}
         self._trained: faiss.Index | None = None
         self._codec: VectorCodec | None = None
         self._broken = False
         try:
-            self._load()
+            with mapped_os_errors(str(self.target)):
+                self._load()
         except BaseException:
             self.close()
             raise
@@ -108,20 +122,13 @@ class StoreWriter:
         pointer, lease = hold_current(self.target)
         try:
             manifest, _ = read_manifest_of(self.target, pointer, lease)
-            where = f"{self.target}/{pointer.dirname}/{DELETED_NAME}"
+            where = f"{self.target}/{pointer.dirname}"
             raw = read_at(lease.fd, DELETED_NAME, where, max_bytes=manifest.deleted.bytes)
-            verify_bytes(raw, manifest.deleted.sha256_blocks, where)
-            deleted = decode_deleted(raw, manifest.documents, where)
+            verify_bytes(raw, manifest.deleted.sha256_blocks, f"{where}/{DELETED_NAME}")
+            self.plan, deleted = check_generation(manifest, raw, where)
         finally:
             lease.release()
         self.manifest = manifest
-        self.plan = TokenIndexPlan.from_dict(manifest.token_index, str(self.target))
-        for position, seg in enumerate(manifest.segments):
-            if set(seg.files) != manifest_segment_files(manifest, self.plan, position):
-                raise CorruptIndex(
-                    f"{self.target}/{pointer.dirname}/manifest.json: segment {seg.name} "
-                    f"names files {sorted(seg.files)}, not those of its place in the index"
-                )
         remove_debris(
             self.target,
             manifest.generation,
@@ -195,6 +202,7 @@ class StoreWriter:
 
     # -- changes -----------------------------------------------------------------
 
+    @typed_os_errors
     def add(
         self,
         batches: Iterable[Sequence[PendingDoc]],
@@ -269,9 +277,64 @@ class StoreWriter:
         for offset, ext in enumerate(added):
             self.live[ext] = record.doc_base + offset
             self._ext_of[record.doc_base + offset] = ext
+        # the add is committed; a merge that fails (or is killed) leaves it as it is
+        self.merge_as_needed()
         return self._report(
-            number, added=len(added) - len(replaced), replaced=len(replaced), tokens=record.tokens
+            self.manifest.generation,
+            added=len(added) - len(replaced),
+            replaced=len(replaced),
+            tokens=record.tokens,
         )
+
+    @typed_os_errors
+    def merge(self, lo: int, hi: int) -> ChangeReport:
+        """Merge the adjacent tail segments at positions ``lo .. hi - 1`` into one, in
+        one commit (see :mod:`storage.merging`): rows are copied as stored, so ids,
+        token rows and search results stay the same."""
+        self._check_usable()
+        m = self.manifest
+        if not 1 <= lo < hi <= len(m.segments):
+            raise InvalidInput(f"segments {lo}..{hi - 1} are not tail segments of this index")
+        number = next_number(self.target, m.generation)
+        codec = self.codec()
+        segment = SegmentWriter(
+            self.target,
+            number,
+            m.dim,
+            doc_base=m.segments[lo].doc_base,
+            token_base=m.segments[lo].token_base,
+            generation=number,
+            codec=codec,
+            copy_codes=takes_codes(self.plan) and codec.name != "pq",
+        )
+        try:
+            for seg in m.segments[lo:hi]:
+                copy_segment(self.target, seg, self._reader(seg.name), codec, self.deleted, segment)
+            if not takes_codes(self.plan):
+                self._write_own_graph(segment)
+            record = segment.finish()
+        except BaseException:
+            segment.abort()
+            raise
+        manifest = dataclasses.replace(
+            m,
+            generation=number,
+            segments=[*m.segments[:lo], record, *m.segments[hi:]],
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        self._commit(manifest, set(self.deleted))
+        return self._report(number)
+
+    def merge_as_needed(self) -> int:
+        """Run the merges :attr:`merge_policy` asks for, one commit each; how many ran."""
+        merges = 0
+        while self.merge_policy is not None:
+            run = self.merge_policy.next_merge(self.manifest.segments)
+            if run is None:
+                break
+            self.merge(*run)
+            merges += 1
+        return merges
 
     def _write_own_graph(self, segment: SegmentWriter) -> None:
         """An ``hnsw`` segment's own graph over its rows."""
@@ -283,12 +346,14 @@ class StoreWriter:
             reader.close()
         index.save(segment.folder / TOKEN_INDEX_NAME)
 
+    @typed_os_errors
     def delete(self, external_ids: Iterable[str]) -> ChangeReport:
         """Delete the live documents among ``external_ids`` in one commit; ids not
         in the index are ignored (the report counts what was deleted)."""
         doomed = {self.live[ext] for ext in external_ids if ext in self.live}
         return self._delete_ids(doomed)
 
+    @typed_os_errors
     def delete_where(self, where: str, params: Sequence[Any] = ()) -> ChangeReport:
         """Delete the live documents matching an SQL predicate over the documents table
         (see :meth:`storage.docstore.DocReader.doc_ids_where`), in one commit."""
@@ -309,6 +374,7 @@ class StoreWriter:
         self._commit(manifest, self.deleted | doomed)
         return self._report(number, deleted=len(doomed))
 
+    @typed_os_errors
     def compact(
         self, *, retrain: bool = False, progress: Callable[[int], None] | None = None
     ) -> ChangeReport:
@@ -386,16 +452,16 @@ class StoreWriter:
             segments=[record],
             created_at=datetime.now(UTC).isoformat(),
         )
-        self._commit(manifest, set())
+        self._commit(manifest, set(), open_first=True)
         self._load()
         return self._report(number, tokens=record.tokens)
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _commit(self, manifest: Manifest, deleted: set[int]) -> None:
+    def _commit(self, manifest: Manifest, deleted: set[int], *, open_first: bool = False) -> None:
         ids = np.array(sorted(deleted), dtype=np.int64)
         try:
-            self.manifest = commit_generation(self.target, manifest, ids)
+            self.manifest = commit_generation(self.target, manifest, ids, open_first=open_first)
         except BaseException:
             # committed or not, learn from the folder which; if even that fails,
             # this writer must not go on from a state it cannot know

@@ -20,7 +20,7 @@ not mapped, so a pass over the store leaves no mapped pages in the process).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,13 @@ from storage.vectors import TokenReader
 __all__ = [
     "AUTO_FLAT_MAX_TOKENS",
     "INDEX_KINDS",
+    "OPTION_RANGES",
     "TOKEN_INDEX_NAME",
     "RowFilter",
     "TokenIndex",
     "TokenIndexPlan",
+    "check_index_options",
+    "option_problem",
     "plan_token_index",
     "takes_codes",
     "training_rows",
@@ -51,6 +54,22 @@ TRAIN_SAMPLE_MAX = 262_144
 ADD_CHUNK_ROWS = 32_768  # rows read and added at a time: bounds the build's peak memory
 MIN_POINTS_PER_LIST = 39
 PQ_CODEC_MAX_M = 32
+OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "nlist": (1, 1 << 20),
+    "pq_m": (1, 256),
+    "hnsw_m": (4, 128),
+    "seed": (0, (1 << 31) - 1),
+}
+"""The options a build takes (``index_options``) and the integers each may be.
+
+``nlist``: inverted lists of an ``ivf-*`` index (also at most one per 39 tokens);
+``pq_m``: bytes of an ``ivf-pq`` code, a divisor of the dimension; ``hnsw_m``:
+neighbours a node of an ``hnsw`` graph keeps (FAISS aborts or crashes below 2,
+and memory grows with it: 128 takes about 1 KiB a token); ``seed``: the seed of
+the training sample and of k-means. A recorded plan is checked against the same
+ranges when an index is opened (:meth:`TokenIndexPlan.from_dict`), so a build
+cannot commit what a reader refuses.
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,10 +111,13 @@ class TokenIndexPlan:
         kind = raw["kind"]
         if kind not in INDEX_KINDS or kind == "auto":
             raise CorruptIndex(f"{where}: unknown token index kind {kind!r}")
-        for name in fields - {"kind", "factory"}:
+        for name in ("nlist", "pq_m", "hnsw_m", "train_sample", "seed"):
             value = raw[name]
             if type(value) is not int or value < 0:
                 raise CorruptIndex(f"{where}: token_index.{name} is {value!r}")
+            # unused options are recorded as 0; a used one must be in its range
+            if value and name in OPTION_RANGES and (problem := option_problem(name, value)):
+                raise CorruptIndex(f"{where}: token_index.{problem}")
         plan = cls(
             kind=kind,
             nlist=raw["nlist"],
@@ -107,6 +129,29 @@ class TokenIndexPlan:
         if raw["factory"] != plan.factory_string() or plan.to_dict() != raw:
             raise CorruptIndex(f"{where}: token_index parameters do not fit together")
         return plan
+
+
+def option_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``name`` option (see :data:`OPTION_RANGES`), or None."""
+    if name not in OPTION_RANGES:
+        return f"{name} is not an index option; the options are {', '.join(OPTION_RANGES)}"
+    low, high = OPTION_RANGES[name]
+    if type(value) is not int or not low <= value <= high:
+        return f"{name}={value!r} is not an integer in {low}..{high}"
+    return None
+
+
+def check_index_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` as a plain dict, each one checked (:class:`InvalidInput` naming it)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidInput(f"index options must be a mapping, not {type(options).__name__}")
+    for name, value in options.items():
+        problem = option_problem(str(name), value)
+        if problem is not None:
+            raise InvalidInput(f"index option {problem}")
+    return dict(options)
 
 
 def _pq_subquantizers(dim: int, most: int | None = None) -> int:
@@ -135,6 +180,18 @@ def plan_token_index(
     """
     if kind not in INDEX_KINDS:
         raise InvalidInput(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    check_index_options(
+        {
+            name: value
+            for name, value in (
+                ("nlist", nlist),
+                ("pq_m", pq_m),
+                ("hnsw_m", hnsw_m),
+                ("seed", seed),
+            )
+            if value is not None
+        }
+    )
     if codec == "pq":
         if kind not in ("auto", "ivf-pq"):
             raise InvalidInput(
@@ -162,7 +219,7 @@ def plan_token_index(
     m = 0
     if kind == "ivf-pq":
         m = pq_m or _pq_subquantizers(dim)
-        if dim % m:
+        if dim % m or m > dim:
             raise InvalidInput(f"pq_m={m} does not divide the dimension {dim}")
         if n_tokens < 256 * MIN_POINTS_PER_LIST:
             raise InvalidInput(

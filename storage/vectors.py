@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.codec import VectorCodec
-from storage.errors import CorruptIndex
+from storage.errors import CorruptIndex, read_failure
 from storage.fsio import BLOCK_SIZE, block_lengths, open_at, verify_block, verify_bytes
 
 __all__ = [
@@ -94,7 +94,7 @@ def _open(folder: Path, name: str, dir_fd: int | None) -> int:
     try:
         return os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise CorruptIndex(f"{name} in {folder} cannot be opened: {exc}") from exc
+        raise read_failure(exc, f"{name} in {folder} cannot be opened: {exc}") from exc
 
 
 def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

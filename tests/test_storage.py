@@ -26,6 +26,7 @@ from storage.generations import CURRENT_NAME
 from storage.lock import WriteLock
 from storage.manifest import MANIFEST_NAME
 from storage.snapshot import StoreSnapshot
+from storage.store_writer import StoreWriter
 from storage.token_index import (
     TOKEN_INDEX_NAME,
     TRAIN_SAMPLE_MAX,
@@ -223,8 +224,27 @@ def test_a_format_1_index_asks_for_a_rebuild_and_overwrite_replaces_it(tmp_path:
         "seg-000001",
         "write.lock",
     ]
-    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+    # what lies beside the index is not the index's, whatever its name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old.build-999999999-0123abcd", "old"]
     StoreSnapshot.open(path).close()
+
+
+def test_a_writer_removes_nothing_beside_its_folder(tmp_path: Path) -> None:
+    """Folders named like a format-1 builder's scratch are the user's: they stay."""
+    parent = tmp_path / "parent"
+    path = parent / "myidx"
+    _build(path, [[_doc("a", 3)]])
+    mine = [parent / ".myidx.old-0badcafe", parent / ".myidx.build-999999-deadbeef"]
+    for folder in mine:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("the user's")
+    with StoreWriter(path) as writer:
+        writer.delete(["a"])
+    with StoreBuilder(path, 8, overwrite=True) as b:
+        b.add([_doc("b", 3)])
+        b.finish(encoder_spec=SPEC, index_kind="flat")
+    for folder in mine:
+        assert (folder / "notes.txt").read_text() == "the user's"
 
 
 @pytest.mark.parametrize("name", [TOKEN_INDEX_NAME, TOKENS_NAME, "token_doc.i32"])
