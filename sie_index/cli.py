@@ -111,7 +111,7 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, building: bool) -> None:
 
 
 def _query_encoder(args: argparse.Namespace, index_path: Path) -> Any:
-    from sie_index.encoders.registry import encoder_for_index
+    from sie_index.index_encoder import encoder_for_index
 
     return encoder_for_index(
         index_path, args.encoder, sie_url=args.sie_url, model=args.model, sie_format=args.sie_format

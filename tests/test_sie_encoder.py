@@ -485,3 +485,43 @@ def test_importing_the_encoders_package_loads_neither_torch_nor_httpx() -> None:
     code = "import sie_index.encoders, sys; print('torch' in sys.modules, 'httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_encoders_import_nothing_from_storage() -> None:
+    import ast
+
+    import sie_index.encoders
+
+    for path in Path(sie_index.encoders.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.split(".")[0] == "storage" for n in names), path.name
+
+
+def test_the_encoder_an_index_folder_needs(
+    server: LoopbackSie, local: TokenStatesEncoder, tmp_path: Path
+) -> None:
+    from sie_index.index_encoder import encoder_for_index
+
+    kw = {"index_kind": "flat", "progress": False}
+    Index.build(tmp_path / "sie", TEXTS_DOCS, encoder=sie(server), **kw)  # type: ignore[arg-type]
+    Index.build(tmp_path / "local", TEXTS_DOCS, encoder=local, **kw)  # type: ignore[arg-type]
+    options = {"deadline": 7.0, "batch_size": 3, "max_in_flight": 2}
+    own = encoder_for_index(tmp_path / "sie", sie_format="json", sie_options=options)
+    assert isinstance(own, SieEncoder) and own.url == server.url and own.model == MODEL
+    assert (own.deadline, own.batch_size, own.max_in_flight) == (7.0, 3, 2)
+    assert own.wire_format == "json"
+    other = encoder_for_index(tmp_path / "sie", "sie", sie_url="http://elsewhere:1", model="o/m")
+    assert isinstance(other, SieEncoder) and (other.url, other.model) == (
+        "http://elsewhere:1",
+        "o/m",
+    )
+    assert encoder_for_index(tmp_path / "local", sie_options=options) is None  # makes its own
+    with pytest.raises(InvalidInput, match="not through SIE"):
+        encoder_for_index(tmp_path / "local", sie_url=server.url)
