@@ -1,8 +1,9 @@
 """The ``sie-index`` command: a thin layer over the library.
 
 Each subcommand parses its arguments, makes one or two library calls, prints
-the result, and turns a :class:`SieIndexError` into a one-line message and exit
-status 2. No logic lives only here.
+the result, and turns a :class:`SieIndexError` into a one-line ``error: ...``
+on stderr and exit status 2 (an interrupt: one line, status 130). No logic
+lives only here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +24,31 @@ from sie_index.errors import SieIndexError
 __all__ = ["main"]
 
 DEMO_QUERIES = 6
+INDEX_HELP = "the index folder"
+NO_VERIFY_HELP = "check the vector file block by block as searches read it, not all at open"
+# SieEncoder's own defaults (a test holds them equal), here so that parsing
+# arguments does not import httpx.
+SIE_DEADLINE, SIE_BATCH_SIZE, SIE_CONCURRENCY = 60.0, 32, 4
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return number
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number of seconds > 0")
+    return seconds
 
 
 def _corpus_arg(value: str) -> Path:
@@ -106,15 +133,52 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, building: bool) -> None:
     p.add_argument("--sie-url", help="SIE server, e.g. http://host:8080 (with --encoder sie)")
     p.add_argument("--model", help="model id on the SIE server, e.g. jinaai/jina-colbert-v2")
     p.add_argument(
-        "--sie-format", default="msgpack", choices=("msgpack", "json"), help="SIE wire format"
+        "--sie-format",
+        default="msgpack",
+        choices=("msgpack", "json"),
+        help="SIE wire format (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sie-deadline",
+        type=_positive_seconds,
+        default=SIE_DEADLINE,
+        metavar="SECONDS",
+        help="wall time one SIE request may take, retries included (default: %(default)g)",
+    )
+    p.add_argument(
+        "--sie-batch-size",
+        type=_positive_int,
+        default=SIE_BATCH_SIZE,
+        metavar="N",
+        help="texts per SIE request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sie-concurrency",
+        type=_positive_int,
+        default=SIE_CONCURRENCY,
+        metavar="N",
+        help="SIE requests in flight at once (default: %(default)s)",
     )
 
 
+def _sie_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "deadline": args.sie_deadline,
+        "batch_size": args.sie_batch_size,
+        "max_in_flight": args.sie_concurrency,
+    }
+
+
 def _query_encoder(args: argparse.Namespace, index_path: Path) -> Any:
-    from sie_index.encoders.registry import encoder_for_index
+    from sie_index.index_encoder import encoder_for_index
 
     return encoder_for_index(
-        index_path, args.encoder, sie_url=args.sie_url, model=args.model, sie_format=args.sie_format
+        index_path,
+        args.encoder,
+        sie_url=args.sie_url,
+        model=args.model,
+        sie_format=args.sie_format,
+        sie_options=_sie_options(args),
     )
 
 
@@ -154,6 +218,7 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
             sie_url=args.sie_url,
             model=args.model,
             sie_format=args.sie_format,
+            sie_options=_sie_options(args),
         ),
         index_kind=args.index_kind,
         codec=args.codec,
@@ -520,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("upsert", "add documents, replacing those whose ids are in the index"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("index")
+        p.add_argument("index", help=INDEX_HELP)
         p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz or a BEIR folder")
         _add_encoder_options(p, building=False)
         p.add_argument("--limit", type=int, default=None, help="only the first N documents")
@@ -529,20 +594,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("delete", help="delete documents by id (or by filter) from an index")
-    p.add_argument("index")
+    p.add_argument("index", help=INDEX_HELP)
     p.add_argument("doc_ids", nargs="*", metavar="ids", help="ids of the documents to delete")
     _add_filter_options(p, "delete the documents")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("compact", help="purge deleted documents: rewrite the index as one segment")
-    p.add_argument("index")
+    p.add_argument("index", help=INDEX_HELP)
     p.add_argument(
         "--retrain", action="store_true", help="train a new quantizer on the live tokens"
     )
     p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("search", help="search an index and print a table (or JSON)")
-    p.add_argument("index")
+    p.add_argument("index", help=INDEX_HELP)
     p.add_argument("queries", nargs="+", help="one or more query texts")
     p.add_argument("-k", type=int, default=10, help="hits per query")
     _add_filter_options(p, "only documents")
@@ -552,38 +617,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="for each hit, the document token each query token matched, and how well",
     )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="check the vector file block by block as searches read it, not all at open",
-    )
+    p.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
     _add_search_options(p)
     _add_encoder_options(p, building=False)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")
-    p.add_argument("index")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("index", help=INDEX_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
         "verify", help="check every checksum and invariant; exit 1 if the index is damaged"
     )
-    p.add_argument("index")
+    p.add_argument("index", help=INDEX_HELP)
     p.add_argument("--repair", action="store_true", help="remove what killed writers left behind")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("evaluate", help="evaluate on a BEIR folder: nDCG, MRR, recall, latency")
     p.add_argument("dataset", help="BEIR folder (corpus, queries, qrels/), or 'debian-pkgs'")
     p.add_argument("--index", required=True, help="index folder (built from the corpus if absent)")
     p.add_argument("--build", action="store_true", help="(re)build the index first")
-    p.add_argument("--split", default="dev")
+    p.add_argument("--split", default="dev", help="qrels split to score (default: %(default)s)")
     p.add_argument(
         "--exhaustive", action="store_true", help="also score by exact MaxSim over all tokens"
     )
-    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--max-queries", type=int, default=None, help="score at most N queries")
     p.add_argument("-k", type=int, default=100, help="run depth")
     p.add_argument("--out", default="runs/eval", help="folder for report.json and run.trec")
     p.add_argument(
@@ -594,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-k-token", metavar="A,B,..", help="k_token values (16,32,64,128)")
     p.add_argument("--sweep-nprobe", metavar="A,B,..", help="nprobe values (8,16)")
     p.add_argument("--sweep-n-rerank", metavar="A,B,..", help="n_rerank values (32,64,128)")
-    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--no-verify", action="store_true", help=NO_VERIFY_HELP)
     _add_build_options(p)
     _add_search_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -617,8 +678,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SieIndexError as exc:
-        print(f"sie-index {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"error: sie-index {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: sie-index {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ class Fault:
     ``void`` (a structured dtype), ``bytes`` (byte count off by one), ``nan``,
     ``dims`` (token_dims disagrees with the values), ``narrow`` (one dimension
     short throughout); ``stall`` waits that many seconds first;
-    ``close`` drops the connection without an answer.
+    ``close`` drops the connection without an answer; ``trickle`` sends one
+    byte every ``trickle`` seconds until the client goes away (a minute at
+    most), of the headers (``trickle_headers``) or of a body that never ends.
     """
 
     status: int | None = None
@@ -43,6 +45,8 @@ class Fault:
     batch: str | None = None
     stall: float = 0.0
     close: bool = False
+    trickle: float = 0.0
+    trickle_headers: bool = False
 
 
 @dataclass
@@ -63,12 +67,15 @@ class ServerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     seen: list[Seen] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)  # the client's port, per request
 
 
 class LoopbackSie:
     """A threaded HTTP server speaking ``POST /v1/encode/{model}``, backed by ``encoder``.
 
-    ``max_items``: larger requests get 413 (to exercise splitting).
+    ``max_items``: larger requests get 413 (to exercise splitting). ``always``,
+    when set, is the fault of every request once ``faults`` is empty.
+    ``arrived`` is set when a request arrives.
     """
 
     def __init__(self, encoder: Encoder, *, model: str, max_items: int | None = None) -> None:
@@ -76,6 +83,9 @@ class LoopbackSie:
         self.model = model
         self.max_items = max_items
         self.faults: deque[Fault] = deque()
+        self.always: Fault | None = None
+        self.arrived = threading.Event()
+        self._stop = threading.Event()
         self.stats = ServerStats()
         self._lock = threading.Lock()  # one model worker: requests queue for it
         self._stats_lock = threading.Lock()
@@ -92,12 +102,13 @@ class LoopbackSie:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
     def next_fault(self) -> Fault | None:
         with self._stats_lock:
-            return self.faults.popleft() if self.faults else None
+            return self.faults.popleft() if self.faults else self.always
 
     def encode(self, texts: list[str], is_query: bool) -> list[np.ndarray]:
         with self._lock:
@@ -137,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
             state.stats.requests += 1
             state.stats.in_flight += 1
             state.stats.max_in_flight = max(state.stats.max_in_flight, state.stats.in_flight)
+            state.stats.ports.append(self.client_address[1])
+        state.arrived.set()
         try:
             self._handle(state)
         finally:
@@ -152,6 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.stall)
         if fault.close:
             self.close_connection = True
+            return
+        if fault.trickle:
+            self._trickle(state, fault)
             return
         if fault.status is not None:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
@@ -199,6 +215,25 @@ class _Handler(BaseHTTPRequestHandler):
             }
             body = encode_body(response, accept)
         self._send(200, body, accept, {})
+
+    def _trickle(self, state: LoopbackSie, fault: Fault) -> None:
+        """One byte at a time, for ever (a minute at most): the client must give up."""
+        self.close_connection = True
+        if not fault.trickle_headers:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\n")
+            self.wfile.write(b"Content-Length: 1000000000\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: "
+        stop = time.monotonic() + 60
+        for i in range(1_000_000):
+            if state._stop.is_set() or time.monotonic() > stop:
+                return
+            byte = head[i : i + 1] if fault.trickle_headers and i < len(head) else b"a"
+            try:
+                self.wfile.write(byte)
+                self.wfile.flush()
+            except OSError:  # the client gave up: what we wait for
+                return
+            time.sleep(fault.trickle)
 
     @staticmethod
     def _result(item_id: Any, v: np.ndarray, accept: str) -> dict[str, Any]:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import inspect
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from sie_index.cli import build_parser, main
+from sie_index import Index, SieEncoder, TokenStatesEncoder
+from sie_index.cli import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE, build_parser, main
 from sie_index.corpus import packaged_dataset
+from tests.sie_server import Fault, LoopbackSie
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 SLICE = 300
 
@@ -110,12 +122,19 @@ def test_a_bad_corpus_line_is_named_and_nothing_is_built(
     assert "NotAnIndex" in capsys.readouterr().err
 
 
-def test_every_command_has_help() -> None:
+def test_every_command_and_option_has_help() -> None:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():  # type: ignore[union-attr]
-        assert p.format_help().strip(), name
-        assert p.description or sub._name_parser_map[name] is not None
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {choice.dest: choice.help for choice in sub._choices_actions}
+    assert sorted(listed) == sorted(sub.choices)  # every subcommand is in the list, with ...
+    missing = [name for name, text in listed.items() if not (text or "").strip()]  # ... a help
+    for name, p in [("sie-index", parser), *sub.choices.items()]:
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
 
 
 @pytest.mark.parametrize("script", ["build_index.py", "evaluate.py"])
@@ -133,3 +152,123 @@ def test_scripts_are_the_cli(script: str) -> None:
 def test_packaged_dataset_is_in_the_package() -> None:
     folder = packaged_dataset()
     assert (folder / "corpus.jsonl.gz").is_file() and (folder / "qrels" / "dev.tsv").is_file()
+
+
+# -- SIE options and errors -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_model() -> TokenStatesEncoder:
+    return TokenStatesEncoder(bf16=False)
+
+
+@pytest.fixture
+def sie_server(local_model: TokenStatesEncoder) -> Iterator[LoopbackSie]:
+    with LoopbackSie(local_model, model=MODEL) as server:
+        yield server
+
+
+@pytest.fixture
+def small_index(tmp_path: Path) -> Path:
+    """An index of query-vector-searchable documents (no model needed)."""
+    rng = np.random.default_rng(0)
+    vectors = [rng.standard_normal((3, 8)).astype(np.float32) for _ in range(4)]
+    Index.from_vectors(tmp_path / "small", ["a", "b", "c", "d"], vectors, index_kind="flat")
+    return tmp_path / "small"
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "sie_index.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_the_sie_options_have_the_encoders_defaults_and_show_them() -> None:
+    defaults = inspect.signature(SieEncoder).parameters
+    assert defaults["deadline"].default == SIE_DEADLINE
+    assert defaults["batch_size"].default == SIE_BATCH_SIZE
+    assert defaults["max_in_flight"].default == SIE_CONCURRENCY
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("build", "add", "upsert", "search", "evaluate"):
+        text = " ".join(sub.choices[name].format_help().split())
+        assert "--sie-deadline SECONDS wall time one SIE request may take" in text, name
+        assert f"(default: {SIE_DEADLINE:g})" in text and f"(default: {SIE_BATCH_SIZE})" in text
+        assert f"(default: {SIE_CONCURRENCY})" in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--sie-deadline", "0"),
+        ("--sie-deadline", "-1"),
+        ("--sie-deadline", "nan"),
+        ("--sie-deadline", "inf"),
+        ("--sie-deadline", "soon"),
+        ("--sie-batch-size", "0"),
+        ("--sie-batch-size", "1.5"),
+        ("--sie-concurrency", "-2"),
+    ],
+)
+def test_sie_options_must_be_positive(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "idx", "q", "--encoder", "sie", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {value!r} is not a" in capsys.readouterr().err
+
+
+def test_sie_batch_size_and_concurrency_reach_the_encoder(
+    sie_server: LoopbackSie, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    lines = [json.dumps({"id": f"d{i}", "text": f"package {i} does things"}) for i in range(12)]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sie = ["--encoder", "sie", "--sie-url", sie_server.url, "--model", MODEL]
+    build = ["-q", "build", str(corpus), str(tmp_path / "idx"), *sie, "--sie-batch-size", "1"]
+    assert main([*build, "--sie-concurrency", "1"]) == 0
+    assert {s.n_items for s in sie_server.stats.seen} == {1}
+    assert sie_server.stats.max_in_flight == 1
+
+
+def test_sie_deadline_reaches_the_encoder(
+    sie_server: LoopbackSie, small_index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sie_server.faults.append(Fault(trickle=0.2))
+    sie = ["--encoder", "sie", "--sie-url", sie_server.url, "--model", MODEL]
+    started = time.monotonic()
+    assert main(["search", str(small_index), "q", *sie, "--sie-deadline", "1.5"]) == 2
+    assert time.monotonic() - started < 1.5 + 3  # a bound on correctness, not a timing
+    assert "deadline of 1.5s exceeded" in capsys.readouterr().err
+
+
+def test_a_typed_error_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    done = cli("info", str(tmp_path))  # a folder, but not an index
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: sie-index info: NotAnIndex: ")
+    assert len(done.stderr.splitlines()) == 1 and str(tmp_path) in done.stderr
+
+
+def test_an_interrupt_is_one_line_and_status_130(
+    sie_server: LoopbackSie, small_index: Path
+) -> None:
+    sie_server.always = Fault(trickle=0.2)  # the search waits on the server
+    sie = ["--encoder", "sie", "--sie-url", sie_server.url, "--model", MODEL]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "sie_index.cli", "search", str(small_index), "q", *sie]
+    with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) as child:
+        try:
+            assert sie_server.arrived.wait(60), "the search never reached the server"
+            child.send_signal(signal.SIGINT)
+            _, err = child.communicate(timeout=30)
+        finally:
+            sie_server.always = None
+            child.kill()
+    assert child.returncode == 130
+    assert err == "error: sie-index search: interrupted\n"

@@ -1,20 +1,19 @@
-"""Encoders by name (for the CLI) and from a stored spec (to encode queries for an index)."""
+"""Encoders by name (for the CLI) and from a stored spec (to encode queries for an index).
+
+Which spec an index folder records is not read here (the encoders know nothing
+of storage): see :mod:`sie_index.index_encoder`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
-__all__ = [
-    "ENCODER_NAMES",
-    "encoder_for_index",
-    "encoder_from_spec",
-    "load_encoder",
-    "recorded_spec",
-]
+__all__ = ["ENCODER_NAMES", "encoder_from_spec", "load_encoder"]
 
 ENCODER_NAMES = ("minilm", "colbert:PATH", "sie", "token-states:PATH", "precomputed:PATH")
 
@@ -25,6 +24,7 @@ def load_encoder(
     sie_url: str | None = None,
     model: str | None = None,
     sie_format: str = "msgpack",
+    sie_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Encoder:
     """Make an encoder from a CLI name.
@@ -34,7 +34,8 @@ def load_encoder(
     ``sie``: ``model`` served by the SIE server at ``sie_url``;
     ``token-states:PATH``: the token states of a local model folder;
     ``precomputed:PATH``: vectors from a folder of ``<id>.npy`` files or an ``.npz``.
-    ``options`` go to the encoder's constructor.
+    ``options`` go to the encoder's constructor; ``sie_options`` (``deadline``,
+    ``batch_size``, ``max_in_flight``) too, for the ``sie`` encoder only.
     """
     kind, _, arg = name.partition(":")
     if kind in ("minilm", "default") and not arg:
@@ -56,7 +57,9 @@ def load_encoder(
             )
         from sie_index.encoders.sie import SieEncoder
 
-        return SieEncoder(sie_url, model, wire_format=sie_format, **options)
+        return SieEncoder(
+            sie_url, model, wire_format=sie_format, **{**(sie_options or {}), **options}
+        )
     if kind == "precomputed" and arg:
         from sie_index.encoders.precomputed import PrecomputedEncoder
 
@@ -65,13 +68,19 @@ def load_encoder(
 
 
 def encoder_from_spec(
-    spec: EncoderSpec, *, sie_url: str | None = None, sie_format: str = "msgpack"
+    spec: EncoderSpec,
+    *,
+    sie_url: str | None = None,
+    sie_format: str = "msgpack",
+    sie_options: Mapping[str, Any] | None = None,
 ) -> Encoder:
     """The query encoder for an index built with ``spec``, when it can be made unaided.
 
     The default token-states model, a ColBERT checkpoint still at the path the
     spec records, or the spec's SIE model at ``sie_url`` (by default the URL the
-    index was built through). bf16 autocast is used as it was at build time.
+    index was built through), made with ``sie_options`` (``deadline``,
+    ``batch_size``, ``max_in_flight``). bf16 autocast is used as it was at
+    build time.
     """
     runtime = spec.runtime
     if spec.kind == "token-states":
@@ -100,46 +109,9 @@ def encoder_from_spec(
             wire_format=sie_format,
             output_dtype=runtime.get("output_dtype", "float32"),
             instruction=spec.options.get("instruction"),
+            **(sie_options or {}),
         )
     raise EncoderUnavailable(
         f"the index was built with {spec.kind} encoder {spec.model!r}, which sie-index cannot "
         "load by itself: open the index with encoder=..., or search with query vectors"
     )
-
-
-def recorded_spec(path: str | Path) -> EncoderSpec:
-    """The encoder spec the index at ``path`` records in its (verified) manifest."""
-    from storage.snapshot import read_manifest
-
-    return EncoderSpec.from_dict(read_manifest(Path(path)).encoder)
-
-
-def encoder_for_index(
-    path: str | Path,
-    name: str | None = None,
-    *,
-    sie_url: str | None = None,
-    model: str | None = None,
-    sie_format: str = "msgpack",
-) -> Encoder | None:
-    """The query encoder a user asked for to search the index at ``path``, or None.
-
-    ``name`` picks one as :func:`load_encoder` does (for ``sie``, ``model``
-    defaults to the index's own); with only ``sie_url``, the index's own model
-    is asked of that server. Neither: None (the index makes its own).
-    """
-    if name is None and sie_url is None:
-        return None
-    if name is None or name == "sie":
-        spec = recorded_spec(path)
-        if spec.kind != "sie" and name is None:
-            raise InvalidInput(
-                f"the index was built with the {spec.kind} encoder, not through SIE: "
-                "--sie-url needs --encoder sie --model MODEL"
-            )
-        if model is None and spec.kind == "sie":
-            return encoder_from_spec(spec, sie_url=sie_url, sie_format=sie_format)
-        return load_encoder(
-            "sie", sie_url=sie_url or spec.runtime.get("url"), model=model, sie_format=sie_format
-        )
-    return load_encoder(name, sie_url=sie_url, model=model, sie_format=sie_format)

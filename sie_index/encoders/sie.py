@@ -7,11 +7,15 @@ and cut into requests by item count and by body size; up to ``max_in_flight``
 requests run at once on one pooled :class:`httpx.Client`, so a build keeps the
 server busy.
 
-Each request has one total deadline, retries included. Retried, as SIE marks
-them retryable: 503 ``MODEL_LOADING`` / ``PROVISIONING`` (``Retry-After`` or a
-default delay), 503 ``RESOURCE_EXHAUSTED`` (a few times, exponential backoff),
-429 (``Retry-After``), 504, and connection failures. Never retried: 400, 404,
-502, any other status, and a read timeout (the request may still be running).
+Each request has one deadline in wall time, retries included, that holds even
+against a server that trickles its answer (:mod:`sie_index.encoders.sie_http`).
+Retried, as SIE marks them retryable: 503 ``MODEL_LOADING`` / ``PROVISIONING``
+(``Retry-After`` or a default delay), 503 ``RESOURCE_EXHAUSTED`` (a few times),
+429 (``Retry-After``), 504, and connection failures; between tries the client
+waits at least an exponential backoff with jitter (from 50-100 ms), whatever
+``Retry-After`` says, and gives up when the wait would pass the deadline,
+naming the last cause. Never retried: 400, 404, 502, any other status, and a
+request that ran out of time (it may still be running).
 A 413 splits the batch in two and goes on. Every response is checked in full
 (:func:`sie_index.encoders.sie_wire.parse_results`) before its vectors are
 returned, so a short, long, reordered or garbled batch is an error, never a
@@ -23,6 +27,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import random
 import re
 import threading
 import time
@@ -37,6 +42,7 @@ import httpx
 import numpy as np
 
 from sie_index.encoders.base import EncoderSpec
+from sie_index.encoders.sie_http import DeadlinePassed, Lanes, Reply, exchange
 from sie_index.encoders.sie_wire import (
     ACCEPTED_OUTPUT_DTYPES,
     JSON,
@@ -118,9 +124,11 @@ class SieEncoder:
     ``float16``. ``machine_profile`` and ``pool`` set SIE's routing headers.
     Requests hold at most ``batch_size`` items and about ``max_batch_bytes``
     bytes of text; ``max_in_flight`` run at once. ``deadline`` bounds each
-    request, retries included, in seconds. ``client`` injects an
-    :class:`httpx.Client` (then :meth:`close` leaves it open); ``sleep`` is
-    the function that waits between retries. Returned arrays may be read-only
+    request in wall time, retries included, in seconds. ``client`` injects an
+    :class:`httpx.Client` (then :meth:`close` leaves it open; the deadline
+    holds best against the encoder's own connections, see
+    :mod:`sie_index.encoders.sie_http`); ``sleep`` is the function that waits
+    between retries. Returned arrays may be read-only
     views of the response (no copy); ``np.array(v)`` makes a writable one.
     """
 
@@ -149,8 +157,12 @@ class SieEncoder:
                 f"output_dtype {output_dtype!r} is not supported yet: sie-index takes float32 "
                 "or float16 vectors (int8, uint8, binary and ubinary need dequantizing first)"
             )
-        if batch_size < 1 or max_in_flight < 1 or not deadline > 0:
-            raise InvalidInput("batch_size and max_in_flight must be >= 1, deadline > 0")
+        if batch_size < 1 or max_in_flight < 1:
+            raise InvalidInput(
+                f"batch_size and max_in_flight must be >= 1, not {batch_size} and {max_in_flight}"
+            )
+        if not (deadline > 0 and math.isfinite(deadline)):
+            raise InvalidInput(f"deadline must be a finite number of seconds > 0, not {deadline}")
         self.url = url.rstrip("/")
         self.model = model
         self.wire_format = wire_format
@@ -162,12 +174,7 @@ class SieEncoder:
         self.deadline = float(deadline)
         self._sleep = sleep
         self._dim = dim if dim is not None else CATALOG_DIMS.get(model)
-        self._owns_client = client is None
-        self._client = client or httpx.Client(
-            limits=httpx.Limits(
-                max_connections=max_in_flight + 1, max_keepalive_connections=max_in_flight + 1
-            )
-        )
+        self._lanes = Lanes(client, keep=max_in_flight + 1)
         content_type = MSGPACK if wire_format == "msgpack" else JSON
         self._headers = {"Content-Type": content_type, "Accept": content_type}
         if machine_profile:
@@ -202,12 +209,11 @@ class SieEncoder:
         return self._encode(texts, is_query=True)
 
     def close(self) -> None:
-        """Stop the worker threads and close the client (unless it was injected)."""
+        """Stop the worker threads and close the connections (not an injected client)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        if self._owns_client:
-            self._client.close()
+        self._lanes.close()
 
     def __enter__(self) -> SieEncoder:
         return self
@@ -304,62 +310,58 @@ class SieEncoder:
     ) -> list[np.ndarray]:
         body = self._body(items, is_query)
         where = f"SIE {self.model} {where}"
-        started = time.monotonic()
-        deadline_at = started + self.deadline
-        attempt = resource_tries = 0
+        deadline_at = time.monotonic() + self.deadline
+        attempts = resource_tries = 0
+        last = "none"
         while True:
-            remaining = deadline_at - time.monotonic()
-            if remaining <= 0:
-                raise EncoderUnavailable(
-                    f"{where}: no answer from {self.url} within the {self.deadline:g}s deadline"
-                )
+            if time.monotonic() >= deadline_at:
+                raise self._out_of_time(where, attempts, last)
+            attempts += 1
             try:
-                response = self._post(body, remaining)
+                reply = self._post(body, deadline_at)
+            except DeadlinePassed:
+                raise self._out_of_time(
+                    where, attempts, "no complete answer in time (it may still be running)"
+                ) from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                reason, delay = f"cannot connect to {self.url} ({exc})", self._backoff(attempt)
+                last, delay = f"cannot connect to {self.url} ({exc})", self._backoff(attempts)
             except httpx.TimeoutException as exc:
-                raise EncoderUnavailable(
-                    f"{where}: {self.url} did not answer within the {self.deadline:g}s deadline "
-                    f"({type(exc).__name__}; not retried, the request may still be running)"
+                raise self._out_of_time(
+                    where, attempts, f"{type(exc).__name__} (it may still be running)"
                 ) from exc
             except httpx.HTTPError as exc:
                 raise EncoderUnavailable(f"{where}: request to {self.url} failed: {exc}") from exc
             else:
-                status = response.status_code
+                status = reply.status
                 if status == 200:
-                    return self._results(response, items, where)
+                    return self._results(reply, items, where)
                 if status == 413:
                     raise _TooLarge
-                code, message = error_detail(
-                    response.content, response.headers.get("content-type", "")
-                )
-                reason = f"HTTP {status}" + (f" {code}" if code else "")
+                code, message = error_detail(reply.content, reply.headers.get("content-type", ""))
+                last = f"HTTP {status}" + (f" {code}" if code else "")
                 retry: float | None = None
                 if status == 503 and code == "RESOURCE_EXHAUSTED":
                     resource_tries += 1
                     if resource_tries < _RESOURCE_EXHAUSTED_TRIES:
-                        retry = self._backoff(attempt)
+                        retry = self._backoff(attempts)
                 elif status == 429 or (status == 503 and code in _RETRY_AFTER_CODES):
-                    after = parse_retry_after(response.headers.get("retry-after"))
-                    retry = after if after is not None else max(1.0, self._backoff(attempt))
+                    # The server's wait, but never less than our backoff: a
+                    # Retry-After of 0 must not turn into a busy loop.
+                    after = parse_retry_after(reply.headers.get("retry-after"))
+                    retry = max(1.0 if after is None else after, self._backoff(attempts))
                 elif status == 504:
-                    retry = self._backoff(attempt)
+                    retry = self._backoff(attempts)
                 if retry is None:
-                    raise self._terminal(status, f"{reason} ({message})", where)
+                    raise self._terminal(status, f"{last} ({message})", where)
                 delay = retry
-            attempt += 1
-            remaining = deadline_at - time.monotonic()
-            if delay > remaining:
-                raise EncoderUnavailable(
-                    f"{where}: {reason}; retrying in {delay:.1f}s would pass the "
-                    f"{self.deadline:g}s deadline (after {attempt} attempts)"
-                )
-            log.info("%s: %s, retrying in %.2fs", where, reason, delay)
+            if time.monotonic() + delay >= deadline_at:
+                raise self._out_of_time(where, attempts, f"{last}; next try in {delay:.2f}s")
+            log.info("%s: %s, retrying in %.2fs", where, last, delay)
             with self._lock:
                 self.stats.retries += 1
             self._sleep(delay)
 
-    def _post(self, body: bytes, remaining: float) -> httpx.Response:
+    def _post(self, body: bytes, deadline_at: float) -> Reply:
         with self._lock:
             self.stats.requests += 1
             self.stats.bytes_sent += len(body)
@@ -367,20 +369,25 @@ class SieEncoder:
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         t0 = time.perf_counter()
         try:
-            return self._client.post(
-                self._endpoint,
-                content=body,
-                headers=self._headers,
-                timeout=httpx.Timeout(remaining, connect=min(remaining, 10.0)),
-            )
+            with self._lanes.lane() as lane:
+                return exchange(lane, self._endpoint, body, self._headers, deadline_at)
         finally:
             with self._lock:
                 self.stats.in_flight -= 1
                 self.stats.request_seconds += time.perf_counter() - t0
 
     @staticmethod
-    def _backoff(attempt: int) -> float:
-        return min(5.0, 0.1 * 2.0**attempt)
+    def _backoff(attempts: int) -> float:
+        """Exponential from 50-100 ms after the first attempt, at most 5 s, with jitter
+        so that clients refused together do not come back together."""
+        return min(5.0, 0.1 * 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+
+    def _out_of_time(self, where: str, attempts: int, last: str) -> EncoderUnavailable:
+        tries = f"{attempts} attempt" + ("" if attempts == 1 else "s")
+        return EncoderUnavailable(
+            f"{where}: deadline of {self.deadline:g}s exceeded after {tries} at {self.url}; "
+            f"last: {last}"
+        )
 
     def _terminal(self, status: int, reason: str, where: str) -> Exception:
         message = f"{where}: {reason} from {self.url} (not retried)"
@@ -388,13 +395,11 @@ class SieEncoder:
             return EncoderProtocolError(message)
         return EncoderUnavailable(message)
 
-    def _results(
-        self, response: httpx.Response, items: list[tuple[str, str]], where: str
-    ) -> list[np.ndarray]:
+    def _results(self, reply: Reply, items: list[tuple[str, str]], where: str) -> list[np.ndarray]:
         with self._lock:
-            self.stats.bytes_received += len(response.content)
+            self.stats.bytes_received += len(reply.content)
             self.stats.items += len(items)
-        content_type = response.headers.get("content-type", self._headers["Accept"])
-        parsed = decode_body(response.content, content_type, where=where)
+        content_type = reply.headers.get("content-type", self._headers["Accept"])
+        parsed = decode_body(reply.content, content_type, where=where)
         vectors = parse_results(parsed, [i for i, _ in items], self._dim, where=where)
         return vectors
