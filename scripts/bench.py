@@ -8,6 +8,7 @@
     python scripts/bench.py --codecs             # codec x dim on this index (bench_codecs.py)
     python scripts/bench.py --phases             # ms a phase, single vs batch (bench_phases.py)
     python scripts/bench.py --rerank-codes       # MRR a product code keeps (bench_rerank_codes.py)
+    python scripts/bench.py --merges             # 10,000 single adds, merged? (bench_merges.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -236,6 +237,12 @@ def main() -> int:
         action="store_true",
         help="MRR@10 each product code keeps when it scores the rerank (bench_rerank_codes.py)",
     )
+    parser.add_argument(
+        "--merges",
+        action="store_true",
+        help="single-document adds with and without segment merging (bench_merges.py)",
+    )
+    parser.add_argument("--merge-adds", type=int, default=10_000, help="adds (--merges)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,6 +280,10 @@ def main() -> int:
         if args.queries:
             codes_args += ["--queries", str(args.queries)]
         return bench_rerank_codes.main(codes_args)
+    if args.merges:
+        import bench_merges
+
+        return bench_merges.main(["--adds", str(args.merge_adds), "--out", str(out)])
     if args.living:
         import bench_living
 

@@ -40,8 +40,7 @@ def build_variant(base: Path, target: Path, codec: str, dim: int) -> dict[str, A
     import numpy as np
 
     from sie_index.index import Index
-    from storage.builder import CodecChoice, PendingDoc, StoreBuilder
-    from storage.snapshot import StoreSnapshot
+    from storage import CodecChoice, PendingDoc, StoreBuilder, StoreSnapshot
 
     t0 = time.perf_counter()
     with StoreSnapshot.open(base, verify_vectors=False) as snap:

@@ -44,7 +44,7 @@ SPEC = {"kind": "precomputed", "model": "bench", "dim": DIM, "options": {}}
 
 
 def _docs(lo: int, hi: int, prefix: str = "d") -> list[Any]:
-    from storage.segment import PendingDoc
+    from storage import PendingDoc
 
     out = []
     for i in range(lo, hi):
@@ -69,7 +69,7 @@ def _rss_mb() -> float:
 
 
 def worker_build(path: Path, n: int) -> dict[str, Any]:
-    from storage.builder import StoreBuilder
+    from storage import StoreBuilder
 
     t = time.perf_counter()
     with StoreBuilder(path, DIM, overwrite=True) as builder:
@@ -86,7 +86,7 @@ def worker_build(path: Path, n: int) -> dict[str, Any]:
 
 
 def worker_changes(path: Path, n: int) -> dict[str, Any]:
-    from storage.store_writer import StoreWriter
+    from storage import StoreWriter
 
     out: dict[str, Any] = {}
     with StoreWriter(path) as writer:
@@ -164,7 +164,7 @@ def worker_kill(path: Path, n: int) -> dict[str, Any]:
     child.send_signal(signal.SIGKILL)
     child.wait()
     from sie_index import Index
-    from storage.store_writer import StoreWriter
+    from storage import StoreWriter
 
     t = time.perf_counter()
     with Index.open(path, verify=False) as index:
@@ -177,7 +177,7 @@ def worker_kill(path: Path, n: int) -> dict[str, Any]:
 
 
 def worker_add_forever(path: Path, n: int) -> dict[str, Any]:
-    from storage.store_writer import StoreWriter
+    from storage import StoreWriter
 
     with StoreWriter(path) as writer:
         print("adding", flush=True)

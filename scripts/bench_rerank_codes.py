@@ -61,7 +61,7 @@ def run(index_path: str, queries: int, depth: int, codes: list[str] | None) -> d
     from sie_index.index import Index
     from sie_index.params import SearchParams
     from sie_index.scoring import segment_maxsim
-    from storage.snapshot import StoreSnapshot
+    from storage import StoreSnapshot
     from storage.token_index import training_rows
 
     dataset = BeirDataset.load("debian-pkgs")

@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "BuildReport",
+    "ChangeReport",
     "ColbertEncoder",
+    "CompiledFilter",
     "CorruptIndex",
     "DimensionMismatch",
     "Document",
@@ -42,10 +45,13 @@ __all__ = [
     "Index",
     "IndexClosed",
     "IndexLocked",
+    "IndexWriter",
     "InvalidInput",
     "NotAnIndex",
     "PrecomputedEncoder",
+    "Ranked",
     "ReadOnlyIndex",
+    "ResidentScan",
     "SearchParams",
     "SieEncoder",
     "SieIndexError",
@@ -53,11 +59,19 @@ __all__ = [
     "StorageFull",
     "TokenStatesEncoder",
     "TooManyOpenFiles",
+    "UpdateReport",
     "maxsim",
     "maxsim_batch",
 ]
 
 _WHERE = {
+    "CompiledFilter": "sie_index.filters",
+    "UpdateReport": "sie_index.updates",
+    "ResidentScan": "sie_index.exhaustive",
+    "Ranked": "sie_index.search",
+    "IndexWriter": "sie_index.updates",
+    "ChangeReport": "sie_index.updates",
+    "BuildReport": "sie_index.writer",
     "TooManyOpenFiles": "sie_index.errors",
     "StorageFull": "sie_index.errors",
     "ReadOnlyIndex": "sie_index.errors",
@@ -113,9 +127,14 @@ if TYPE_CHECKING:
         StorageFull,
         TooManyOpenFiles,
     )
+    from sie_index.exhaustive import ResidentScan
+    from sie_index.filters import CompiledFilter
     from sie_index.index import Index
     from sie_index.params import Hit, SearchParams
     from sie_index.scoring import maxsim, maxsim_batch
+    from sie_index.search import Ranked
+    from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
+    from sie_index.writer import BuildReport
 
 
 def __getattr__(name: str) -> Any:

@@ -402,7 +402,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from storage.verify import verify_index
+    from storage import verify_index
 
     report = verify_index(Path(args.index), repair=args.repair)
     if args.json:

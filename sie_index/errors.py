@@ -27,7 +27,7 @@ never imports this one) and re-exported here.
 
 from __future__ import annotations
 
-from storage.errors import (
+from storage import (
     CorruptIndex,
     DimensionMismatch,
     FormatVersionMismatch,

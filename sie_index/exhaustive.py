@@ -28,8 +28,7 @@ import numpy as np
 
 from sie_index.errors import CorruptIndex, InvalidInput
 from sie_index.scoring import check_query, segment_max, token_blocks, top_k
-from storage.segmented import SegmentedTokens
-from storage.vectors import TokenReader
+from storage import SegmentedTokens, TokenReader
 
 __all__ = ["ResidentScan", "exhaustive_scores", "exhaustive_search"]
 

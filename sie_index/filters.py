@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.errors import InvalidInput
-from storage.docstore import plain_json
+from storage import plain_json
 
 __all__ = ["CompiledFilter", "compile_filter", "parse_where", "plain_value"]
 

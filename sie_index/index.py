@@ -27,7 +27,7 @@ from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
 from sie_index.writer import BuildReport, build_index
-from storage.snapshot import StoreSnapshot
+from storage import StoreSnapshot
 
 __all__ = ["Index", "Query"]
 
@@ -471,11 +471,6 @@ class Index:
             "total_bytes": total,
             "bytes_per_token": total / m.tokens if m.tokens else 0.0,
         }
-
-    @property
-    def snapshot(self) -> StoreSnapshot:
-        """The storage layer under this index (for evaluation and benchmarks)."""
-        return self._snapshot
 
     def close(self) -> None:
         """Let the index go: later calls raise :class:`IndexClosed`. A search running

@@ -15,7 +15,7 @@ from typing import Any
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.registry import encoder_from_spec, load_encoder
 from sie_index.errors import InvalidInput
-from storage.snapshot import read_manifest
+from storage import read_manifest
 
 __all__ = ["encoder_for_index", "recorded_spec"]
 

@@ -38,8 +38,7 @@ from sie_index.filters import CompiledFilter
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import segment_maxsim_explain, segment_maxsim_torch, token_blocks, top_k
-from storage.snapshot import StoreSnapshot
-from storage.token_index import RowFilter
+from storage import RowFilter, StoreSnapshot
 
 __all__ = ["Ranked", "Searcher"]
 

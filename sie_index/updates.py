@@ -24,8 +24,7 @@ from sie_index.encoders.base import Encoder, EncoderSpec, l2_normalize
 from sie_index.errors import InvalidInput
 from sie_index.filters import compile_filter
 from sie_index.writer import EncodeAhead, Timing, encoder_for, open_corpus, pending_batches
-from storage.segment import PendingDoc
-from storage.store_writer import ChangeReport, StoreWriter
+from storage import ChangeReport, PendingDoc, StoreWriter
 
 __all__ = ["ChangeReport", "IndexWriter", "UpdateReport"]
 

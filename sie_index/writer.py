@@ -27,7 +27,7 @@ from tqdm import tqdm
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
-from storage.builder import CodecChoice, PendingDoc, StoreBuilder, check_build_options
+from storage import CodecChoice, PendingDoc, StoreBuilder, check_build_options
 
 __all__ = [
     "BuildReport",

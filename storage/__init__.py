@@ -1,4 +1,4 @@
-"""The on-disk layer of sie-index, and nothing else.
+"""The on-disk layer of sie-index, and nothing else; this module is its one front door.
 
 One folder per index (:mod:`storage.generations`): the commit pointer
 ``CURRENT``, the write lock (:mod:`storage.lock`), generation folders holding
@@ -8,9 +8,119 @@ One folder per index (:mod:`storage.generations`): the commit pointer
 the token vectors, coded as :mod:`storage.codec` says (``tokens.f16``,
 ``tokens.sq8`` or ``tokens.pq``), and ``token_doc.i32`` (:mod:`storage.vectors`)
 and FAISS data (:mod:`storage.token_index`). :mod:`storage.builder` writes a new index,
-:mod:`storage.store_writer` changes one in place, :mod:`storage.commit` commits
-either, :mod:`storage.snapshot` opens one (:mod:`storage.segmented` reads across
-its segments), :mod:`storage.verify` checks one. Its errors are in
+:mod:`storage.store_writer` changes one in place (and merges small segments as
+:mod:`storage.merging` says), :mod:`storage.commit` commits either, after the
+reader's own checks, :mod:`storage.snapshot` opens one (:mod:`storage.segmented`
+reads across its segments), :mod:`storage.verify` checks one. Its errors are in
 :mod:`storage.errors`. It knows nothing of models or HTTP, imports nothing from
 ``sie_index``, and importing it changes no process state.
+
+The layer above (``sie_index``) imports only the names below, from here. They
+are loaded on first use, so ``import storage`` stays cheap.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "DOCS_NAME",
+    "ChangeReport",
+    "CodecChoice",
+    "CorruptIndex",
+    "DimensionMismatch",
+    "FormatVersionMismatch",
+    "IndexClosed",
+    "IndexLocked",
+    "InvalidInput",
+    "MergePolicy",
+    "NotAnIndex",
+    "PendingDoc",
+    "ReadOnlyIndex",
+    "RowFilter",
+    "SegmentedTokens",
+    "SieIndexError",
+    "StorageError",
+    "StorageFull",
+    "StoreBuilder",
+    "StoreSnapshot",
+    "StoreWriter",
+    "TokenReader",
+    "TooManyOpenFiles",
+    "VerifyReport",
+    "check_build_options",
+    "plain_json",
+    "read_manifest",
+    "verify_index",
+]
+
+_WHERE = {
+    "DOCS_NAME": "storage.docstore",
+    "ChangeReport": "storage.store_writer",
+    "CodecChoice": "storage.builder",
+    "CorruptIndex": "storage.errors",
+    "DimensionMismatch": "storage.errors",
+    "FormatVersionMismatch": "storage.errors",
+    "IndexClosed": "storage.errors",
+    "IndexLocked": "storage.errors",
+    "InvalidInput": "storage.errors",
+    "MergePolicy": "storage.merging",
+    "NotAnIndex": "storage.errors",
+    "PendingDoc": "storage.segment",
+    "ReadOnlyIndex": "storage.errors",
+    "RowFilter": "storage.token_index",
+    "SegmentedTokens": "storage.segmented",
+    "SieIndexError": "storage.errors",
+    "StorageError": "storage.errors",
+    "StorageFull": "storage.errors",
+    "StoreBuilder": "storage.builder",
+    "StoreSnapshot": "storage.snapshot",
+    "StoreWriter": "storage.store_writer",
+    "TokenReader": "storage.vectors",
+    "TooManyOpenFiles": "storage.errors",
+    "VerifyReport": "storage.verify",
+    "check_build_options": "storage.builder",
+    "plain_json": "storage.docstore",
+    "read_manifest": "storage.snapshot",
+    "verify_index": "storage.verify",
+}
+
+if TYPE_CHECKING:
+    from storage.builder import CodecChoice, StoreBuilder, check_build_options
+    from storage.docstore import DOCS_NAME, plain_json
+    from storage.errors import (
+        CorruptIndex,
+        DimensionMismatch,
+        FormatVersionMismatch,
+        IndexClosed,
+        IndexLocked,
+        InvalidInput,
+        NotAnIndex,
+        ReadOnlyIndex,
+        SieIndexError,
+        StorageError,
+        StorageFull,
+        TooManyOpenFiles,
+    )
+    from storage.merging import MergePolicy
+    from storage.segment import PendingDoc
+    from storage.segmented import SegmentedTokens
+    from storage.snapshot import StoreSnapshot, read_manifest
+    from storage.store_writer import ChangeReport, StoreWriter
+    from storage.token_index import RowFilter
+    from storage.vectors import TokenReader
+    from storage.verify import VerifyReport, verify_index
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'storage' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

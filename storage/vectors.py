@@ -97,6 +97,18 @@ def _open(folder: Path, name: str, dir_fd: int | None) -> int:
         raise read_failure(exc, f"{name} in {folder} cannot be opened: {exc}") from exc
 
 
+def _read_whole(fd: int, length: int, name: str) -> np.ndarray:
+    """The first ``length`` bytes of the open file ``fd``, as a uint8 array."""
+    out = np.empty(length, np.uint8)
+    view, pos = out.data, 0
+    while pos < length:
+        got = os.preadv(fd, [view[pos:]], pos)
+        if got <= 0:
+            raise CorruptIndex(f"{name} ended after {pos} of {length} bytes")
+        pos += got
+    return out
+
+
 def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     if length == 0:
         return np.zeros(shape, dtype)
@@ -156,15 +168,14 @@ class TokenReader:
                         f"{name} holds {size} bytes, fewer than the {n_tokens} committed "
                         f"rows need ({need}): it was truncated"
                     )
-            self.token_doc = _map(doc_fd, n_tokens * DOC_DTYPE.itemsize, DOC_DTYPE, (n_tokens,))
+            # read, not mapped: Python's mmap keeps a duplicate descriptor for each
+            # map, and a reader must hold few per segment (4 bytes a token in memory)
+            self.token_doc = _read_whole(doc_fd, n_tokens * DOC_DTYPE.itemsize, TOKEN_DOC_NAME)
+            self.token_doc = self.token_doc.view(DOC_DTYPE)
+            self.token_doc.flags.writeable = False
             if doc_blocks is not None:
                 verify_bytes(self.token_doc.view(np.uint8).data, doc_blocks, TOKEN_DOC_NAME)
-            self._map = _map(
-                self._fd,
-                n_tokens * self._row_bytes,
-                self.codec.row_dtype,
-                (n_tokens, self.codec.row_width),
-            )
+            self._map: np.ndarray | None = None
         except BaseException:
             os.close(self._fd)
             raise
@@ -210,8 +221,16 @@ class TokenReader:
 
     @property
     def raw(self) -> np.ndarray:
-        """All committed rows as stored, a read-only map ``[n_tokens, width]`` (verified)."""
+        """All committed rows as stored, a read-only map ``[n_tokens, width]`` (verified;
+        mapped on first use: only whole-store scans need it)."""
         self.verify_all()
+        if self._map is None:
+            self._map = _map(
+                self._fd,
+                self.n_tokens * self._row_bytes,
+                self.codec.row_dtype,
+                (self.n_tokens, self.codec.row_width),
+            )
         return self._map
 
     @property

@@ -19,6 +19,7 @@ from sie_index import Index, InvalidInput, SearchParams
 from sie_index.cli import main as cli_main
 from sie_index.filters import compile_filter, parse_where
 from storage.docstore import DOCS_NAME
+from storage.snapshot import read_manifest
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 # Keys a user's metadata may hold, hostile ones included: quotes, SQL and JSON-path syntax.
@@ -194,7 +195,7 @@ def test_hostile_keys_and_values_are_inert_and_match(
     meta_index: tuple[Index, list[dict[str, Any]]], key: str
 ) -> None:
     index, metas = meta_index
-    db = index.path / index.snapshot.manifest.segments[0].name / DOCS_NAME
+    db = index.path / read_manifest(index.path).segments[0].name / DOCS_NAME
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     for value in ["O'Reilly", "--;", "é", "'); DROP TABLE documents; --", 1]:
         expected = {f"d{i}" for i, m in enumerate(metas) if _eq(m.get(key, MISSING), value)}

@@ -562,7 +562,7 @@ def _threads_and_a_writer(tmp_path: Path, changes: int) -> dict[str, int]:
                     n = index.refresh()
                     with lock:
                         counts["refreshes"] += n
-                gen = index.snapshot.manifest.generation if own else None
+                gen = index.info()["generation"] if own else None
                 hits = index.search(
                     queries(1, int(rng.integers(1 << 30)))[0], params=PARAMS, text=True
                 )

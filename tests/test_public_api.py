@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import sie_index
@@ -64,3 +65,51 @@ def test_storage_stands_alone() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
     ).stdout.strip()
     assert out == "[] True"
+
+
+def test_storage_has_one_small_sorted_front_door() -> None:
+    """``storage.__all__`` is sorted, every name resolves, and ``sie_index`` imports
+    storage only through it (no ``from storage.snapshot import ...`` above)."""
+    import storage
+
+    # sorted as ruff keeps it: constants first
+    assert storage.__all__ == sorted(storage.__all__, key=lambda n: (not n.isupper(), n))
+    for name in storage.__all__:
+        assert getattr(storage, name) is not None, name
+    back_door = re.compile(r"^\s*(from|import)\s+storage\.\w+", re.MULTILINE)
+    for path in (ROOT / "sie_index").rglob("*.py"):
+        assert not back_door.search(path.read_text()), path
+
+
+def _public_types(hint: object) -> set[type]:
+    """The classes a type hint names, unions and generics opened."""
+    args = typing.get_args(hint)
+    if args:
+        return set().union(*(_public_types(a) for a in args))
+    return {hint} if isinstance(hint, type) else set()
+
+
+def test_all_holds_every_type_the_public_api_returns() -> None:
+    """Every class of sie-index or storage that a public function, method or property
+    of a name in ``__all__`` returns is itself in ``__all__`` (IndexWriter, reports...)."""
+    missing = set()
+    for name in sie_index.__all__:
+        obj = getattr(sie_index, name)
+        members = (
+            [obj]
+            if not isinstance(obj, type)
+            else [getattr(obj, m) for m in dir(obj) if not m.startswith("_")]
+        )
+        for member in members:
+            func = member.fget if isinstance(member, property) else member
+            if not callable(func):
+                continue
+            try:
+                hints = typing.get_type_hints(func)
+            except Exception:
+                continue
+            for cls in _public_types(hints.get("return")):
+                ours = cls.__module__.split(".")[0] in ("sie_index", "storage")
+                if ours and cls.__name__ not in sie_index.__all__:
+                    missing.add(f"{cls.__name__} (returned by {name}.{func.__name__})")
+    assert not missing, sorted(missing)

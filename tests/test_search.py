@@ -15,6 +15,7 @@ from sie_index import Index, SearchParams
 from sie_index.errors import DimensionMismatch, EncoderUnavailable, InvalidInput
 from sie_index.exhaustive import exhaustive_search
 from sie_index.phases import PHASES, PhaseTimes
+from storage.snapshot import StoreSnapshot
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 MakeIndex = Callable[..., tuple[Index, list[str], list[np.ndarray]]]
@@ -205,7 +206,7 @@ def test_the_ann_path_equals_exhaustive_maxsim_when_it_reaches_every_token(
     projection the oracle is exhaustive MaxSim over what the index stores (decoded,
     projected queries): the ANN path loses nothing more."""
     index, vectors = kinds(kind)
-    snap = index.snapshot
+    snap = StoreSnapshot.open(index.path)  # storage's own view, for the oracle
     Q = synthetic_queries(vectors, 1, seed=seed, n_tokens=n_tokens)[0]
     want_scores, want_ids = exhaustive_search(
         [Q], snap.tokens, snap.spans.token_start, snap.spans.token_count, k

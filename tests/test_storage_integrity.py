@@ -20,6 +20,7 @@ from sie_index.errors import CorruptIndex, FormatVersionMismatch, InvalidInput, 
 from storage.docstore import DOCS_NAME
 from storage.generations import CURRENT_NAME
 from storage.manifest import MANIFEST_NAME
+from storage.snapshot import StoreSnapshot
 from storage.token_index import TOKEN_INDEX_NAME, TokenIndex
 from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME
 from tests.conftest import synthetic_corpus, synthetic_queries
@@ -370,7 +371,7 @@ def test_the_search_connection_cannot_write_and_a_runaway_filter_is_stopped(
     path = tmp_path / "idx"
     _build(path)
     with Index.open(path) as index:
-        docs = index.snapshot.docs
+        docs = StoreSnapshot.open(index.path).docs
         for hostile in ("1); DELETE FROM documents; --", "(SELECT load_extension('x'))"):
             with pytest.raises(InvalidInput):
                 docs.doc_ids_where(hostile)
