@@ -17,7 +17,9 @@ matches a JSON ``null`` only; a missing field matches nothing but ``$ne``,
 scalars count as their Python values); ranges compare numbers with numbers and
 strings with strings.
 
-The compiled predicate never holds a key or a value: both are bound parameters
+Keys and values may not hold a NUL or a lone surrogate, as stored values may
+not (:mod:`storage.values`). The compiled predicate never holds a key or a
+value: both are bound parameters
 (a key that SQLite's JSON paths cannot spell, one with a ``"``, a backslash or
 non-ASCII text, is matched by ``json_each`` instead). Filters run on the
 index's read-only connection with a time budget, so even ``filter_sql`` (a raw
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.errors import InvalidInput
-from storage.docstore import plain_json
+from storage.values import check_text, plain_json
 
 __all__ = ["CompiledFilter", "compile_filter", "parse_where", "plain_value"]
 
@@ -87,6 +89,7 @@ class _Compiler:
     def _segments(field: str) -> list[str]:
         if not field or len(field) > 1024:
             raise InvalidInput(f"filter field {field!r} must be 1 to 1,024 characters")
+        check_text(field, f"filter field {field!r}")
         segments = field.split(".")
         if any(not s for s in segments):
             raise InvalidInput(f"filter field {field!r} has an empty part between dots")

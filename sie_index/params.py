@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sie_index.errors import InvalidInput
@@ -71,7 +71,15 @@ class SearchParams:
         return EXACT_FILTER_FACTOR * max(self.n_rerank, self.k)
 
     def with_(self, **changes: Any) -> SearchParams:
-        """A copy with some fields changed (None values are ignored)."""
+        """A copy with some fields changed (None values are ignored); a name that is
+        not a field is :class:`InvalidInput` listing the fields."""
+        names = [f.name for f in fields(self) if f.init]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise InvalidInput(
+                f"unknown search parameter(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(names)}"
+            )
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 

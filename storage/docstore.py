@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -38,7 +37,7 @@ import sqlite_utils
 
 from storage.errors import CorruptIndex, InvalidInput
 
-__all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc", "plain_json"]
+__all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc"]
 
 DOCS_NAME = "docs.sqlite"
 
@@ -72,7 +71,6 @@ _SPAN_COLS = "doc_id, external_id, token_start, token_count, deleted, generation
 _CHUNK = 900  # ids per IN (...) list, under SQLite's default variable limit
 FILTER_BUDGET_S = 10.0
 """How long a filter may run before it is interrupted."""
-MAX_METADATA_DEPTH = 64
 
 
 def _digest(data: str) -> int:
@@ -95,57 +93,15 @@ def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int | Non
     return _digest(head + ("N" if metadata is None else "M" + metadata))
 
 
-def plain_json(value: Any, where: str, doc_id: str | None = None, depth: int = 0) -> Any:
-    """``value`` as plain JSON data: objects with string keys, lists (tuples too),
-    strings, finite numbers, booleans and null; NumPy scalars
-    become their Python values. Anything else raises :class:`InvalidInput` naming
-    the document and where in the value it is."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInput(f"{where} is {value}, not a finite number", doc_id=doc_id)
-        return value
-    if depth >= MAX_METADATA_DEPTH:
-        raise InvalidInput(f"{where} is nested over {MAX_METADATA_DEPTH} levels", doc_id=doc_id)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInput(
-                    f"{where} has a key {key!r} of type {type(key).__name__}; keys are strings",
-                    doc_id=doc_id,
-                )
-            out[key] = plain_json(item, f"{where}[{key!r}]", doc_id, depth + 1)
-        return out
-    if isinstance(value, list | tuple):
-        return [plain_json(v, f"{where}[{i}]", doc_id, depth + 1) for i, v in enumerate(value)]
-    raise InvalidInput(
-        f"{where} is a {type(value).__name__}, not a JSON type (object, list, string, "
-        "number, true, false, null)",
-        doc_id=doc_id,
-    )
-
-
-def _metadata_json(metadata: Mapping[str, Any], doc_id: str) -> str:
-    """Metadata as JSON that SQLite can read back (see :func:`plain_json`)."""
-    if not isinstance(metadata, Mapping):
-        raise InvalidInput(
-            f"metadata must be a mapping, not a {type(metadata).__name__}", doc_id=doc_id
-        )
-    return json.dumps(plain_json(metadata, "metadata", doc_id), allow_nan=False)
-
-
 @dataclass(frozen=True, kw_only=True)
 class DocRow:
-    """A document ready to be committed, with its token span already assigned."""
+    """A document ready to be committed, with its token span already assigned; its
+    values were checked as its :class:`storage.segment.PendingDoc` was made."""
 
     doc_id: int
     external_id: str
     text: str | None
-    metadata: Mapping[str, Any] | None
+    metadata_json: str | None
     token_start: int
     token_count: int
 
@@ -190,7 +146,7 @@ class DocWriter:
         """Commit ``rows`` in one transaction; a duplicate external id commits nothing."""
         records = []
         for r in rows:
-            meta = None if r.metadata is None else _metadata_json(r.metadata, r.external_id)
+            meta = r.metadata_json
             records.append(
                 (
                     r.doc_id,

@@ -128,12 +128,26 @@ def _holds(flt: dict[str, Any], ext: str, meta: dict[str, Any] | None) -> bool:
     return True
 
 
+def _unstorable(flt: Any) -> bool:
+    """Whether a NUL or a lone surrogate is anywhere in a filter, key or value."""
+    if isinstance(flt, str):
+        return any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in flt)
+    if isinstance(flt, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in flt.items())
+    if isinstance(flt, list | tuple):
+        return any(_unstorable(v) for v in flt)
+    return False
+
+
 # -- strategies --------------------------------------------------------------------------
 
-FIELDS = [*KEYS, "b.c", 'b.q"', "b.c.d", "missing"]
+# values and fields no document can hold (storage.values): a filter with one is refused
+UNSTORABLE = ["x\x00", "\x00", "\ud800", "a\udfffb"]
+FIELDS = [*KEYS, "b.c", 'b.q"', "b.c.d", "missing", "a\x00", "b.\ud800"]
 values = st.one_of(
     st.sampled_from(SCALARS),
     st.sampled_from([np.int64(1), np.float32(0.5), np.bool_(True), np.float64(-1.5)]),
+    st.sampled_from(UNSTORABLE),
 )
 orderable = st.sampled_from([v for v in SCALARS if _kind(v) in ("num", "str")])
 conditions = st.one_of(
@@ -148,7 +162,7 @@ conditions = st.one_of(
 leaves = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), conditions, min_size=1, max_size=2),
     st.fixed_dictionaries(
-        {"$ids": st.lists(st.sampled_from([f"d{i}" for i in range(80)]), max_size=6)}
+        {"$ids": st.lists(st.sampled_from([f"d{i}" for i in range(80)] + UNSTORABLE), max_size=6)}
     ),
 )
 filters = st.recursive(
@@ -185,6 +199,10 @@ def test_a_filter_selects_exactly_what_the_model_says(
     meta_index: tuple[Index, list[dict[str, Any]]], flt: dict[str, Any]
 ) -> None:
     index, metas = meta_index
+    if _unstorable(flt):
+        with pytest.raises(InvalidInput, match=r"NUL|surrogate"):
+            _matched(index, filter=flt)
+        return
     expected = {f"d{i}" for i, m in enumerate(metas) if _holds(flt, f"d{i}", m)}
     assert _matched(index, filter=flt) == expected
 
