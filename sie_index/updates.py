@@ -263,7 +263,7 @@ class IndexWriter:
         compiled = compile_filter(flt, ids=ids, filter_sql=filter_sql)
         if compiled is None:
             raise InvalidInput("delete_where needs a filter (to delete everything, rebuild)")
-        return self._store.delete_where(compiled.where, compiled.params)
+        return self._store.delete_where(compiled.predicate)
 
     def compact(
         self, *, retrain: bool = False, progress: Callable[[int], None] | None = None
