@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from sie_index.errors import InvalidInput
+from storage import check_document, check_text
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -335,6 +337,10 @@ def _document(record: Any, at: _At) -> Document:
     if not text.strip():
         raise at.error("text is empty", doc_id)
     metadata.update(extra)
+    try:  # what the store would refuse (a NUL, a lone surrogate) is a bad line now
+        check_document(doc_id, text, metadata)
+    except InvalidInput as err:
+        raise at.error(err.reason, doc_id) from None
     return Document(id=doc_id, text=text, metadata=metadata or None, source=at.source, line=at.line)
 
 
@@ -371,11 +377,11 @@ def _string_field(record: dict[str, Any], key: str, at: _At, doc_id: str, *, req
 
 
 def _check_encodable(value: str, key: str, at: _At, doc_id: str | None) -> None:
-    # JSON's \ud800 escapes decode to lone surrogates that SQLite and encoders cannot store.
+    # JSON's \ud800 and \u0000 escapes decode to characters SQLite cannot keep whole
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise at.error(f"{key!r} holds an unpaired surrogate escape", doc_id) from None
+        check_text(value, repr(key))
+    except InvalidInput as err:
+        raise at.error(err.reason, doc_id) from None
 
 
 def _check_new(
@@ -393,7 +399,7 @@ def _records(file: Path, max_line_bytes: int) -> Iterator[tuple[_At, Any | Inval
             yield at, text
             continue
         try:
-            yield at, json.loads(text, parse_constant=_reject_constant)
+            yield at, json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
         except (ValueError, RecursionError) as err:
             yield at, at.error(f"not valid JSON: {err}")
 
@@ -435,6 +441,15 @@ def _lines(file: Path, max_line_bytes: int) -> Iterator[tuple[_At, str | Invalid
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _finite(literal: str) -> float:
+    """A JSON number with a fraction or exponent, which must fit in a float (``1e400``
+    would read as inf, which nothing can store or compare)."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {literal} is too large for a 64-bit float")
+    return value
 
 
 def _kind(value: Any) -> str:

@@ -17,12 +17,15 @@ matches a JSON ``null`` only; a missing field matches nothing but ``$ne``,
 scalars count as their Python values); ranges compare numbers with numbers and
 strings with strings.
 
-The compiled predicate never holds a key or a value: both are bound parameters
-(a key that SQLite's JSON paths cannot spell, one with a ``"``, a backslash or
-non-ASCII text, is matched by ``json_each`` instead). Filters run on the
-index's read-only connection with a time budget, so even ``filter_sql`` (a raw
-predicate over the ``documents`` table, kept as an explicit escape hatch) can
-only read documents.
+Keys and values may not hold a NUL or a lone surrogate, as stored values may
+not (:mod:`storage.values`). The compiled predicate never holds a key or a
+value: both are bound parameters (a key that SQLite's JSON paths cannot spell,
+one with a ``"``, a backslash or non-ASCII text, is matched by ``json_each``
+instead). ``filter_sql`` is a raw condition on a row of the ``documents`` table,
+kept as an explicit escape hatch; storage runs every predicate so that it can
+only select that table's rows, within one time budget for the whole index
+(:mod:`storage.predicate`), and a ``filter_sql`` must give each row true, false
+or NULL.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.errors import InvalidInput
-from storage import plain_json
+from storage import Predicate, check_condition, check_text, plain_json
 
 __all__ = ["CompiledFilter", "compile_filter", "parse_where", "plain_value"]
 
@@ -49,10 +52,9 @@ _NUMBER_TYPES = "('integer','real')"
 
 @dataclass(frozen=True)
 class CompiledFilter:
-    """An SQL predicate over the ``documents`` table and its bound parameters."""
+    """A predicate over the ``documents`` table, as storage runs it."""
 
-    where: str
-    params: tuple[Any, ...]
+    predicate: Predicate
     key: str
     """A canonical text of the filter: equal filters have equal keys."""
 
@@ -87,6 +89,7 @@ class _Compiler:
     def _segments(field: str) -> list[str]:
         if not field or len(field) > 1024:
             raise InvalidInput(f"filter field {field!r} must be 1 to 1,024 characters")
+        check_text(field, f"filter field {field!r}")
         segments = field.split(".")
         if any(not s for s in segments):
             raise InvalidInput(f"filter field {field!r} has an empty part between dots")
@@ -261,14 +264,16 @@ def compile_filter(
         parts.append(compiler.node(flt))
     if ids is not None:
         parts.append(compiler.ids(ids))
+    sql = " AND ".join(parts)
     if filter_sql is not None:
-        if not isinstance(filter_sql, str) or not filter_sql.strip():
-            raise InvalidInput("filter_sql must be a non-empty SQL predicate")
-        parts.append(f"({filter_sql})")
-    if not parts:
+        raw = check_condition(filter_sql)
+        # the raw condition's own value, not AND's truth of it, reaches storage's
+        # check that it is a condition (so that filter_sql="text" fails there)
+        sql = f"CASE WHEN {sql} THEN ({raw}) ELSE 0 END" if sql else f"({raw})"
+    if not sql:
         return None
-    key = json.dumps([" AND ".join(parts), compiler.params], sort_keys=True)
-    return CompiledFilter(" AND ".join(parts), tuple(compiler.params), key)
+    key = json.dumps([sql, compiler.params], sort_keys=True)
+    return CompiledFilter(Predicate(sql, tuple(compiler.params)), key)
 
 
 _WHERE_OPS = ("!=", ">=", "<=", "=", ">", "<")

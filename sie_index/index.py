@@ -25,7 +25,7 @@ from sie_index.params import Hit, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
-from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
+from sie_index.updates import ChangeReport, IndexWriter, UpdateReport, vector_docs
 from sie_index.writer import BuildReport, build_index
 from storage import StoreSnapshot
 
@@ -123,11 +123,11 @@ class Index:
     def from_vectors(
         cls,
         path: str | Path,
-        ids: Sequence[str],
-        vectors: Sequence[Any],
+        ids: Iterable[str],
+        vectors: Iterable[Any],
         *,
-        texts: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        texts: Iterable[str] | None = None,
+        metadata: Iterable[Mapping[str, Any] | None] | None = None,
         model: str = "precomputed",
         normalize: bool = True,
         index_kind: str = "auto",
@@ -137,16 +137,11 @@ class Index:
         overwrite: bool = False,
         query_encoder: Encoder | None = None,
     ) -> Index:
-        """Build an index from multivectors the user already has (one array per id)."""
-        if len(ids) != len(vectors):
-            raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
-        seen: set[str] = set()
-        for ext in ids:
-            if ext in seen:
-                raise InvalidInput("duplicate document id", doc_id=ext)
-            seen.add(ext)
-        by_id = dict(zip(ids, vectors, strict=True))
-        dims = {np.shape(v)[1] for v in vectors if np.ndim(v) == 2}
+        """Build an index from multivectors the user already has (one array per id;
+        each argument one item per document, in any iterable, read once)."""
+        given = vector_docs(ids, vectors, texts, metadata)
+        by_id = dict(zip(given.ids, given.vectors, strict=True))
+        dims = {v.shape[1] for v in given.vectors if v.ndim == 2}
         encoder = PrecomputedEncoder(
             by_id,
             dim=dims.pop() if len(dims) == 1 else None,
@@ -157,10 +152,10 @@ class Index:
         docs = [
             Document(
                 id=ext,
-                text=texts[i] if texts is not None else ext,
-                metadata=dict(metadata[i] or {}) or None if metadata is not None else None,
+                text=(given.texts[i] or "") if given.texts is not None else ext,
+                metadata=dict(given.metadata[i] or {}) or None if given.metadata else None,
             )
-            for i, ext in enumerate(ids)
+            for i, ext in enumerate(given.ids)
         ]
         index = cls.build(
             path,

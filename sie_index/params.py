@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sie_index.errors import InvalidInput
 from sie_index.filters import CompiledFilter, compile_filter
+from storage import FILTER_BUDGET_S
 
 __all__ = ["Hit", "MatchedToken", "SearchParams"]
 
@@ -27,8 +29,11 @@ class SearchParams:
       :mod:`sie_index.filters` (``{"section": "libs"}``,
       ``{"year": {"$gte": 2020}}``, ``{"$or": [...]}``).
     - ``ids``: keep only documents with these external ids.
-    - ``filter_sql``: the escape hatch, a raw SQL predicate over the ``documents``
-      table, run read-only with a time budget (``filter`` is safer and typed).
+    - ``filter_sql``: the escape hatch, a raw SQL condition on a row of the
+      ``documents`` table, run read-only (``filter`` is safer and typed); each row
+      must get true, false or NULL from it.
+    - ``filter_budget_s``: how long evaluating the filter may take, over all the
+      index's segments together (a new filter is evaluated once per snapshot).
     - ``exact_threshold``: when at most this many documents are allowed (a small
       index, a selective filter), skip the token ANN and score every allowed
       document exactly; ``None`` means ``8 * max(n_rerank, k)``, 0 always runs
@@ -43,6 +48,7 @@ class SearchParams:
     filter: Mapping[str, Any] | None = field(default=None, hash=False)
     ids: tuple[str, ...] | None = None
     filter_sql: str | None = None
+    filter_budget_s: float = FILTER_BUDGET_S
     exact_threshold: int | None = None
     _compiled: CompiledFilter | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -51,6 +57,16 @@ class SearchParams:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"SearchParams.{name} must be a positive integer, got {value!r}")
+        budget = self.filter_budget_s
+        if (
+            not isinstance(budget, int | float)
+            or isinstance(budget, bool)
+            or not math.isfinite(budget)
+            or budget <= 0
+        ):
+            raise InvalidInput(
+                f"SearchParams.filter_budget_s must be a positive number of seconds, got {budget!r}"
+            )
         t = self.exact_threshold
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
             raise InvalidInput(f"SearchParams.exact_threshold must be None or >= 0, got {t!r}")
@@ -71,7 +87,15 @@ class SearchParams:
         return EXACT_FILTER_FACTOR * max(self.n_rerank, self.k)
 
     def with_(self, **changes: Any) -> SearchParams:
-        """A copy with some fields changed (None values are ignored)."""
+        """A copy with some fields changed (None values are ignored); a name that is
+        not a field is :class:`InvalidInput` listing the fields."""
+        names = [f.name for f in fields(self) if f.init]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise InvalidInput(
+                f"unknown search parameter(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(names)}"
+            )
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 

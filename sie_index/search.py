@@ -115,18 +115,18 @@ class Searcher:
 
     # -- filters -------------------------------------------------------------
 
-    def _filtered(self, flt: CompiledFilter | None) -> _Allowed:
+    def _filtered(self, flt: CompiledFilter | None, budget_s: float) -> _Allowed:
         """The documents a filter allows, kept for the snapshot's life (the last
-        ``FILTER_CACHE`` filters)."""
+        ``FILTER_CACHE`` filters); evaluating it may take ``budget_s`` seconds."""
         if flt is None:
             return _Allowed(self.live)
         with self._masks_lock:
             if flt.key in self._masks:
                 self._masks.move_to_end(flt.key)
                 return self._masks[flt.key]
-        ids = self.snapshot.docs.doc_ids_where(flt.where, flt.params)
+        ids = self.snapshot.docs.doc_ids_where(flt.predicate, budget_s=budget_s)
         mask = np.zeros(self.n_docs, dtype=bool)
-        mask[ids[ids < self.n_docs]] = True
+        mask[ids] = True  # storage checked every id is a document of its segment
         mask &= self.live
         mask.flags.writeable = False
         entry = _Allowed(mask)
@@ -168,7 +168,7 @@ class Searcher:
         if codec.projection is not None:  # queries go where the stored vectors are
             queries = [codec.project(Q) for Q in queries]
         flt = params.compiled_filter()
-        filtered = self._filtered(flt)
+        filtered = self._filtered(flt, params.filter_budget_s)
         allowed = filtered.mask
         n_allowed = int(allowed.sum())
         if n_allowed == 0:

@@ -24,9 +24,9 @@ from sie_index.encoders.base import Encoder, EncoderSpec, l2_normalize
 from sie_index.errors import InvalidInput
 from sie_index.filters import compile_filter
 from sie_index.writer import EncodeAhead, Timing, encoder_for, open_corpus, pending_batches
-from storage import ChangeReport, PendingDoc, StoreWriter
+from storage import ChangeReport, PendingDoc, StoreWriter, as_array, check_document
 
-__all__ = ["ChangeReport", "IndexWriter", "UpdateReport"]
+__all__ = ["ChangeReport", "IndexWriter", "UpdateReport", "VectorDocs", "vector_docs"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +37,65 @@ class UpdateReport:
     encode_seconds: float
     store_seconds: float
     bad_lines: list[BadLine] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VectorDocs:
+    """Documents given as multivectors, one item of each list per document, checked."""
+
+    ids: list[str]
+    vectors: list[np.ndarray]
+    texts: list[str | None] | None
+    metadata: list[Mapping[str, Any] | None] | None
+
+
+def _listed(items: Any, name: str) -> list[Any]:
+    """``items`` (any iterable, read once) as a list; one string or mapping is refused,
+    as it would silently be read as its characters or keys."""
+    if isinstance(items, str | bytes | Mapping):
+        raise InvalidInput(f"{name} takes one item per document, not one {type(items).__name__}")
+    try:
+        return list(items)
+    except TypeError:
+        raise InvalidInput(
+            f"{name} takes one item per document (a list or any iterable), "
+            f"not a {type(items).__name__}"
+        ) from None
+
+
+def vector_docs(
+    ids: Iterable[str],
+    vectors: Iterable[Any],
+    texts: Iterable[str | None] | None = None,
+    metadata: Iterable[Mapping[str, Any] | None] | None = None,
+) -> VectorDocs:
+    """Check the arguments of :meth:`IndexWriter.add_vectors` and
+    :meth:`Index.from_vectors`: one id, array, text and metadata per document,
+    each id once, each value one the store accepts; :class:`InvalidInput` names
+    the first document (or list) that is wrong."""
+    id_list = _listed(ids, "ids")
+    columns = {"vectors": _listed(vectors, "vectors")}
+    for name, given in (("texts", texts), ("metadata", metadata)):
+        if given is not None:
+            columns[name] = _listed(given, name)
+    for name, column in columns.items():
+        if len(column) != len(id_list):
+            raise InvalidInput(f"{len(id_list)} ids but {len(column)} {name}")
+    seen: set[str] = set()
+    arrays = []
+    for i, ext in enumerate(id_list):
+        check_document(
+            ext,
+            columns["texts"][i] if "texts" in columns else None,
+            columns["metadata"][i] if "metadata" in columns else None,
+        )
+        if ext in seen:
+            raise InvalidInput("duplicate document id", doc_id=ext)
+        seen.add(ext)
+        arrays.append(as_array(columns["vectors"][i], ext))
+    return VectorDocs(
+        ids=id_list, vectors=arrays, texts=columns.get("texts"), metadata=columns.get("metadata")
+    )
 
 
 class IndexWriter:
@@ -134,41 +193,35 @@ class IndexWriter:
 
     def add_vectors(
         self,
-        ids: Sequence[str],
-        vectors: Sequence[Any],
+        ids: Iterable[str],
+        vectors: Iterable[Any],
         *,
-        texts: Sequence[str | None] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        texts: Iterable[str | None] | None = None,
+        metadata: Iterable[Mapping[str, Any] | None] | None = None,
         replace: bool = False,
         batch_size: int = 1024,
     ) -> ChangeReport:
         """Add documents from multivectors the user already has, in one commit; with
         ``replace``, a document whose id is in the index replaces it (upsert).
 
+        Each argument is one item per document, in any iterable (read once).
         Vectors are L2-normalized when the index's encoder normalizes (an index
         built with :meth:`Index.from_vectors`, ``normalize=True``)."""
-        if len(ids) != len(vectors):
-            raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
-        for name, seq in (("texts", texts), ("metadata", metadata)):
-            if seq is not None and len(seq) != len(ids):
-                raise InvalidInput(f"{len(ids)} ids but {len(seq)} {name}")
+        docs = vector_docs(ids, vectors, texts, metadata)
         normalize = bool(self.spec.options.get("normalize", False))
-        for ext in ids:
-            if not isinstance(ext, str) or not ext:
-                raise InvalidInput("document id must be a non-empty string", doc_id=str(ext))
 
         def batches() -> Iterator[list[PendingDoc]]:
-            for lo in range(0, len(ids), batch_size):
+            for lo in range(0, len(docs.ids), batch_size):
                 out = []
-                for i in range(lo, min(lo + batch_size, len(ids))):
-                    arr = np.asarray(vectors[i])
+                for i in range(lo, min(lo + batch_size, len(docs.ids))):
+                    arr = docs.vectors[i]
                     if normalize and arr.ndim == 2 and arr.dtype.kind in "fiu":
                         arr = l2_normalize(arr.astype(np.float32))
                     out.append(
                         PendingDoc(
-                            external_id=ids[i],
-                            text=texts[i] if texts is not None else None,
-                            metadata=metadata[i] if metadata is not None else None,
+                            external_id=docs.ids[i],
+                            text=docs.texts[i] if docs.texts is not None else None,
+                            metadata=docs.metadata[i] if docs.metadata is not None else None,
                             vectors=arr,
                         )
                     )
@@ -178,11 +231,11 @@ class IndexWriter:
 
     def upsert_vectors(
         self,
-        ids: Sequence[str],
-        vectors: Sequence[Any],
+        ids: Iterable[str],
+        vectors: Iterable[Any],
         *,
-        texts: Sequence[str | None] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        texts: Iterable[str | None] | None = None,
+        metadata: Iterable[Mapping[str, Any] | None] | None = None,
     ) -> ChangeReport:
         """:meth:`add_vectors` with ``replace=True``."""
         return self.add_vectors(ids, vectors, texts=texts, metadata=metadata, replace=True)
@@ -208,7 +261,7 @@ class IndexWriter:
         compiled = compile_filter(flt, ids=ids, filter_sql=filter_sql)
         if compiled is None:
             raise InvalidInput("delete_where needs a filter (to delete everything, rebuild)")
-        return self._store.delete_where(compiled.where, compiled.params)
+        return self._store.delete_where(compiled.predicate)
 
     def compact(
         self, *, retrain: bool = False, progress: Callable[[int], None] | None = None

@@ -27,7 +27,13 @@ from tqdm import tqdm
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
-from storage import CodecChoice, PendingDoc, StoreBuilder, check_build_options
+from storage import (
+    CodecChoice,
+    PendingDoc,
+    StoreBuilder,
+    check_build_options,
+    check_document,
+)
 
 __all__ = [
     "BuildReport",
@@ -57,11 +63,11 @@ class BuildReport:
 
 
 def _check_document(doc: Any) -> Document:
+    """A document before it is encoded: what the store would refuse fails now."""
     if not isinstance(doc, Document):
         raise InvalidInput(f"expected a sie_index.Document, got {type(doc).__name__}")
-    if not isinstance(doc.id, str) or not doc.id:
-        raise InvalidInput("document id must be a non-empty string", doc_id=str(doc.id))
-    if not isinstance(doc.text, str) or not doc.text.strip():
+    check_document(doc.id, doc.text, doc.metadata)
+    if doc.text is None or not doc.text.strip():
         raise InvalidInput("document text is empty", doc_id=doc.id)
     return doc
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "DOCS_NAME",
+    "FILTER_BUDGET_S",
     "ChangeReport",
     "CodecChoice",
     "CorruptIndex",
@@ -37,6 +38,7 @@ __all__ = [
     "MergePolicy",
     "NotAnIndex",
     "PendingDoc",
+    "Predicate",
     "ReadOnlyIndex",
     "RowFilter",
     "SegmentedTokens",
@@ -49,13 +51,23 @@ __all__ = [
     "TokenReader",
     "TooManyOpenFiles",
     "VerifyReport",
+    "as_array",
     "check_build_options",
+    "check_condition",
+    "check_document",
+    "check_text",
     "plain_json",
     "read_manifest",
     "verify_index",
 ]
 
 _WHERE = {
+    "as_array": "storage.segment",
+    "check_document": "storage.values",
+    "check_text": "storage.values",
+    "FILTER_BUDGET_S": "storage.predicate",
+    "check_condition": "storage.predicate",
+    "Predicate": "storage.predicate",
     "DOCS_NAME": "storage.docstore",
     "ChangeReport": "storage.store_writer",
     "CodecChoice": "storage.builder",
@@ -81,14 +93,14 @@ _WHERE = {
     "TooManyOpenFiles": "storage.errors",
     "VerifyReport": "storage.verify",
     "check_build_options": "storage.builder",
-    "plain_json": "storage.docstore",
+    "plain_json": "storage.values",
     "read_manifest": "storage.snapshot",
     "verify_index": "storage.verify",
 }
 
 if TYPE_CHECKING:
     from storage.builder import CodecChoice, StoreBuilder, check_build_options
-    from storage.docstore import DOCS_NAME, plain_json
+    from storage.docstore import DOCS_NAME
     from storage.errors import (
         CorruptIndex,
         DimensionMismatch,
@@ -104,11 +116,13 @@ if TYPE_CHECKING:
         TooManyOpenFiles,
     )
     from storage.merging import MergePolicy
-    from storage.segment import PendingDoc
+    from storage.predicate import FILTER_BUDGET_S, Predicate, check_condition
+    from storage.segment import PendingDoc, as_array
     from storage.segmented import SegmentedTokens
     from storage.snapshot import StoreSnapshot, read_manifest
     from storage.store_writer import ChangeReport, StoreWriter
     from storage.token_index import RowFilter
+    from storage.values import check_document, check_text, plain_json
     from storage.vectors import TokenReader
     from storage.verify import VerifyReport, verify_index
 

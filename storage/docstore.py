@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sqlite3
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,8 +35,9 @@ import numpy as np
 import sqlite_utils
 
 from storage.errors import CorruptIndex, InvalidInput, read_failure
+from storage.predicate import Predicate, matching_ids
 
-__all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc", "plain_json"]
+__all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc"]
 
 DOCS_NAME = "docs.sqlite"
 
@@ -66,13 +65,8 @@ _SCHEMA = {
     ("table", "meta", _META),
     ("index", "sqlite_autoindex_meta_1", None),
 }
-# SQLite's primary result codes that mean the file itself is bad, not the query.
-_DAMAGE_CODES = {10, 11, 26}  # SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB
 _SPAN_COLS = "doc_id, external_id, token_start, token_count, deleted, generation, span_sum"
 _CHUNK = 900  # ids per IN (...) list, under SQLite's default variable limit
-FILTER_BUDGET_S = 10.0
-"""How long a filter may run before it is interrupted."""
-MAX_METADATA_DEPTH = 64
 
 
 def _digest(data: str) -> int:
@@ -95,57 +89,15 @@ def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int | Non
     return _digest(head + ("N" if metadata is None else "M" + metadata))
 
 
-def plain_json(value: Any, where: str, doc_id: str | None = None, depth: int = 0) -> Any:
-    """``value`` as plain JSON data: objects with string keys, lists (tuples too),
-    strings, finite numbers, booleans and null; NumPy scalars
-    become their Python values. Anything else raises :class:`InvalidInput` naming
-    the document and where in the value it is."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInput(f"{where} is {value}, not a finite number", doc_id=doc_id)
-        return value
-    if depth >= MAX_METADATA_DEPTH:
-        raise InvalidInput(f"{where} is nested over {MAX_METADATA_DEPTH} levels", doc_id=doc_id)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInput(
-                    f"{where} has a key {key!r} of type {type(key).__name__}; keys are strings",
-                    doc_id=doc_id,
-                )
-            out[key] = plain_json(item, f"{where}[{key!r}]", doc_id, depth + 1)
-        return out
-    if isinstance(value, list | tuple):
-        return [plain_json(v, f"{where}[{i}]", doc_id, depth + 1) for i, v in enumerate(value)]
-    raise InvalidInput(
-        f"{where} is a {type(value).__name__}, not a JSON type (object, list, string, "
-        "number, true, false, null)",
-        doc_id=doc_id,
-    )
-
-
-def _metadata_json(metadata: Mapping[str, Any], doc_id: str) -> str:
-    """Metadata as JSON that SQLite can read back (see :func:`plain_json`)."""
-    if not isinstance(metadata, Mapping):
-        raise InvalidInput(
-            f"metadata must be a mapping, not a {type(metadata).__name__}", doc_id=doc_id
-        )
-    return json.dumps(plain_json(metadata, "metadata", doc_id), allow_nan=False)
-
-
 @dataclass(frozen=True, kw_only=True)
 class DocRow:
-    """A document ready to be committed, with its token span already assigned."""
+    """A document ready to be committed, with its token span already assigned; its
+    values were checked as its :class:`storage.segment.PendingDoc` was made."""
 
     doc_id: int
     external_id: str
     text: str | None
-    metadata: Mapping[str, Any] | None
+    metadata_json: str | None
     token_start: int
     token_count: int
     deleted: bool = False
@@ -193,7 +145,7 @@ class DocWriter:
         """Commit ``rows`` in one transaction; a duplicate external id commits nothing."""
         records = []
         for r in rows:
-            meta = None if r.metadata is None else _metadata_json(r.metadata, r.external_id)
+            meta = r.metadata_json
             records.append(
                 (
                     r.doc_id,
@@ -274,6 +226,7 @@ class DocReader:
         uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro&immutable=1"
         self._lock = threading.Lock()
         self._content_verified = False
+        self._longest_value = 0
         try:
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only=1")
@@ -395,57 +348,41 @@ class DocReader:
         """
         if self._content_verified:
             return
+        longest = 0
         after = -(2**63)
         while True:  # keyset pages: damaged ids cannot make this loop long
             rows = self._query(
-                "SELECT doc_id, text, metadata, doc_sum FROM documents "
+                "SELECT doc_id, text, metadata, doc_sum, length(external_id) FROM documents "
                 "WHERE doc_id > ? ORDER BY doc_id LIMIT ?",
                 [after, _CHUNK * 10],
             )
-            for doc_id, text, meta, total in rows:
+            for doc_id, text, meta, total, ext_chars in rows:
                 if doc_digest(doc_id, text, meta) != total:
                     raise self._damaged(f"the text or metadata of document row {doc_id}")
+                longest = max(longest, len(text or ""), len(meta or ""), ext_chars or 0)
             if not rows:
                 break
             after = rows[-1][0]
+        # UTF-8 takes at most 4 bytes a character: what a filter's limit must let through
+        self._longest_value = 4 * longest
         self._content_verified = True
 
-    def doc_ids_where(
-        self, where: str, params: Sequence[Any] = (), *, budget_s: float = FILTER_BUDGET_S
-    ) -> np.ndarray:
-        """Internal ids of documents matching an SQL predicate over the documents table.
-
-        ``metadata`` is JSON text, so ``json_extract(metadata, '$.lang') = ?`` works.
-        A predicate SQLite cannot run, or one still running after ``budget_s``
-        seconds, raises :class:`InvalidInput`; a damaged database raises
-        :class:`CorruptIndex`, whatever the predicate.
-        """
+    def doc_ids_where(self, predicate: Predicate, *, ids: range, deadline: float) -> np.ndarray:
+        """Internal ids of the documents for which ``predicate`` holds; the file's
+        documents are ``ids``; ``deadline`` a ``time.monotonic()`` instant (see
+        :func:`storage.predicate.matching_ids`: a predicate that cannot run, or runs
+        past the deadline, raises :class:`InvalidInput`; a damaged database raises
+        :class:`CorruptIndex`, whatever the predicate)."""
         self.verify_content()
-        sql = f"SELECT doc_id FROM documents WHERE ({where})"  # noqa: S608
-        deadline = time.monotonic() + budget_s
-
-        def over_budget() -> int:  # SQLite interrupts the statement when this is non-zero
-            return int(time.monotonic() > deadline)
-
-        try:
-            with self._lock:
-                self._conn.set_progress_handler(over_budget, 10_000)
-                try:
-                    rows = self._conn.execute(sql, params).fetchall()
-                finally:
-                    self._conn.set_progress_handler(None, 0)
-        except UnicodeError as exc:
-            raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
-        except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if code in _DAMAGE_CODES:
-                raise CorruptIndex(f"{self.path} cannot be read: {exc}") from exc
-            if time.monotonic() > deadline:
-                raise InvalidInput(
-                    f"filter {where!r} ran past its time budget of {budget_s:g} s"
-                ) from exc
-            raise InvalidInput(f"filter {where!r} cannot be evaluated: {exc}") from exc
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        with self._lock:
+            return matching_ids(
+                self._conn,
+                predicate,
+                ids=ids,
+                deadline=deadline,
+                value_bytes=self._longest_value,
+                path=self.path,
+            )
 
     def close(self) -> None:
         with self._lock:

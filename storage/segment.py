@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from storage.errors import DimensionMismatch, InvalidInput
 from storage.fsio import block_checksums, fsync_dir, fsync_file
 from storage.manifest import FileRecord, SegmentRecord
 from storage.token_index import TOKEN_INDEX_NAME
+from storage.values import check_document
 from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, VECTOR_DTYPE, TokenWriter
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "TRAINED_NAME",
     "PendingDoc",
     "SegmentWriter",
+    "as_array",
     "check_vectors",
     "segment_dirname",
     "segment_numbers",
@@ -91,13 +93,33 @@ def segment_numbers(folder: Path) -> list[int]:
 
 @dataclass(frozen=True, kw_only=True)
 class PendingDoc:
-    """A document and its token vectors, on the way into the store."""
+    """A document and its token vectors, on the way into the store: the one door of
+    every writer's documents, so its id, text and metadata are checked as it is made
+    (:func:`storage.values.check_document`: a NUL, a lone surrogate, a non-string
+    text or metadata JSON cannot hold is :class:`InvalidInput` naming the document).
+    """
 
     external_id: str
     text: str | None
     metadata: Any
     vectors: np.ndarray | None
     """None where the stored rows come separately (:meth:`SegmentWriter.add_rows`)."""
+    metadata_json: str | None = field(init=False, repr=False)
+    """The metadata as the document store will hold it."""
+
+    def __post_init__(self) -> None:
+        meta = check_document(self.external_id, self.text, self.metadata)
+        object.__setattr__(self, "metadata_json", meta)
+
+
+def as_array(vectors: Any, doc_id: str | None = None) -> np.ndarray:
+    """``vectors`` as a NumPy array (itself when it is one); what NumPy cannot make an
+    array of, such as rows of different lengths, is :class:`InvalidInput` naming the
+    document."""
+    try:
+        return np.asarray(vectors)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"vectors are not an array: {exc}", doc_id=doc_id) from exc
 
 
 def check_vectors(vectors: Any, dim: int, *, doc_id: str | None = None) -> np.ndarray:
@@ -106,10 +128,7 @@ def check_vectors(vectors: Any, dim: int, *, doc_id: str | None = None) -> np.nd
     Rejected: not a 2-D numeric array, zero rows, another dimension, NaN or Inf,
     an all-zero row, and values float16 cannot hold.
     """
-    try:
-        arr = np.asarray(vectors)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"vectors are not an array: {exc}", doc_id=doc_id) from exc
+    arr = as_array(vectors, doc_id)
     if arr.dtype.kind not in "fiu":
         raise InvalidInput(f"vectors have dtype {arr.dtype}, not a number type", doc_id=doc_id)
     if arr.ndim != 2:
@@ -222,7 +241,7 @@ class SegmentWriter:
                     doc_id=first_doc + offset,
                     external_id=doc.external_id,
                     text=doc.text,
-                    metadata=doc.metadata,
+                    metadata_json=doc.metadata_json,
                     token_start=start,
                     token_count=count,
                     deleted=bool(deleted[offset]) if deleted is not None else False,

@@ -10,14 +10,15 @@ With one segment (a fresh build or a compaction) both are thin wrappers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 
 from storage.codec import VectorCodec
-from storage.docstore import FILTER_BUDGET_S, DocReader, StoredDoc
+from storage.docstore import DocReader, StoredDoc
 from storage.errors import CorruptIndex
+from storage.predicate import FILTER_BUDGET_S, Predicate
 from storage.vectors import VECTOR_DTYPE, TokenReader
 
 __all__ = ["SegmentedDocs", "SegmentedTokens"]
@@ -136,9 +137,11 @@ class SegmentedTokens:
 class SegmentedDocs:
     """The document maps of every segment, by global internal id."""
 
-    def __init__(self, readers: Sequence[DocReader], bases: Sequence[int]) -> None:
+    def __init__(self, readers: Sequence[DocReader], ranges: Sequence[range]) -> None:
+        """``readers`` of the segments in order, and the internal ids each holds."""
         self.readers = list(readers)
-        self.bases = np.asarray(bases, dtype=np.int64)
+        self.ranges = list(ranges)
+        self.bases = np.asarray([r.start for r in self.ranges], dtype=np.int64)
 
     @property
     def size(self) -> int:
@@ -174,10 +177,17 @@ class SegmentedDocs:
             reader.verify_content()
 
     def doc_ids_where(
-        self, where: str, params: Sequence[Any] = (), *, budget_s: float = FILTER_BUDGET_S
+        self, predicate: Predicate, *, budget_s: float = FILTER_BUDGET_S
     ) -> np.ndarray:
-        """Internal ids of documents matching an SQL predicate, from every segment."""
-        found = [r.doc_ids_where(where, params, budget_s=budget_s) for r in self.readers]
+        """Internal ids of the documents for which ``predicate`` holds, from every
+        segment, within one time budget for them all (each segment gets what the
+        ones before it left); see :meth:`DocReader.doc_ids_where`."""
+        self.verify_content()  # the index's own check, once: not the filter's time
+        deadline = time.monotonic() + budget_s
+        found = [
+            reader.doc_ids_where(predicate, ids=ids, deadline=deadline)
+            for reader, ids in zip(self.readers, self.ranges, strict=True)
+        ]
         return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     def close(self) -> None:

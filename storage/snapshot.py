@@ -400,7 +400,9 @@ class StoreSnapshot:
         tokens = SegmentedTokens(
             opened.tokens, [s.token_base for s in manifest.segments], manifest.dim
         )
-        docs = SegmentedDocs(opened.docs, [s.doc_base for s in manifest.segments])
+        docs = SegmentedDocs(
+            opened.docs, [range(s.doc_base, s.doc_base + s.documents) for s in manifest.segments]
+        )
         is_deleted = np.zeros(manifest.documents, dtype=bool)
         is_deleted[deleted] = True
         # a row is marked deleted only by a merge copying a document the list holds

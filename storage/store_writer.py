@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import faiss
 import numpy as np
@@ -55,7 +54,9 @@ from storage.generations import remove_debris
 from storage.lock import WriteLock
 from storage.manifest import DELETED_NAME, Manifest
 from storage.merging import DEFAULT_MERGE_POLICY, MergePolicy, copy_segment
+from storage.predicate import FILTER_BUDGET_S, Predicate
 from storage.segment import SCRATCH_NAME, TRAINED_NAME, PendingDoc, SegmentWriter, check_vectors
+from storage.segmented import SegmentedDocs
 from storage.snapshot import (
     StoreSnapshot,
     check_generation,
@@ -354,14 +355,20 @@ class StoreWriter:
         return self._delete_ids(doomed)
 
     @typed_os_errors
-    def delete_where(self, where: str, params: Sequence[Any] = ()) -> ChangeReport:
-        """Delete the live documents matching an SQL predicate over the documents table
-        (see :meth:`storage.docstore.DocReader.doc_ids_where`), in one commit."""
-        doomed: set[int] = set()
-        for seg in self.manifest.segments:
-            ids = self._reader(seg.name).doc_ids_where(where, params)
-            doomed.update(i for i in ids.tolist() if i not in self.deleted)
-        return self._delete_ids(doomed)
+    def delete_where(
+        self, predicate: Predicate, *, budget_s: float = FILTER_BUDGET_S
+    ) -> ChangeReport:
+        """Delete the live documents for which ``predicate`` holds, in one commit; it
+        runs on every segment within one time budget, and every id it gives is
+        checked to be one of its segment's documents before anything is written (see
+        :meth:`storage.segmented.SegmentedDocs.doc_ids_where`)."""
+        segments = self.manifest.segments
+        docs = SegmentedDocs(
+            [self._reader(seg.name) for seg in segments],
+            [range(seg.doc_base, seg.doc_base + seg.documents) for seg in segments],
+        )
+        ids = docs.doc_ids_where(predicate, budget_s=budget_s)
+        return self._delete_ids({i for i in ids.tolist() if i not in self.deleted})
 
     def _delete_ids(self, doomed: set[int]) -> ChangeReport:
         self._check_usable()

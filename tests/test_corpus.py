@@ -25,7 +25,10 @@ from sie_index.corpus import (
     read_documents,
     validate_corpus,
 )
+from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import InvalidInput
+from sie_index.index import Index
+from tests.conftest import synthetic_corpus
 
 GOOD = b'{"_id": "a", "text": "alpha"}'
 
@@ -134,6 +137,19 @@ BAD_LINES = [
     ),
     pytest.param(b'{"_id": "b", "text": "t", "v": NaN}', None, "NaN", id="nan-constant"),
     pytest.param(b'{"_id": "b", "text": "\\ud800"}', "b", "surrogate", id="lone-surrogate"),
+    pytest.param(b'{"_id": "b", "text": "t", "v": 1e400}', None, "1e400", id="huge-number"),
+    pytest.param(
+        b'{"_id": "b", "text": "t", "metadata": {"v": [-2E+999]}}', None, "2E+999", id="huge-neg"
+    ),
+    pytest.param(b'{"_id": "b", "text": "t\\u0000u"}', "b", "NUL", id="text-nul"),
+    pytest.param(b'{"_id": "b\\u0000", "text": "t"}', None, "NUL", id="id-nul"),
+    pytest.param(b'{"_id": "b", "text": "t", "k\\u0000": 1}', "b", "NUL", id="key-nul"),
+    pytest.param(
+        b'{"_id": "b", "text": "t", "metadata": {"k": "\\udc00"}}',
+        "b",
+        "surrogate",
+        id="meta-surrogate",
+    ),
     pytest.param(b'{"_id": "b", "text": "caf\xe9"}', None, "UTF-8", id="bad-utf8"),
     pytest.param(b'{"_id": "b", "text": "\xff\xfe"}', None, "UTF-8", id="bad-utf8-bytes"),
     pytest.param(b"\xef\xbb\xbf" + GOOD, None, "BOM", id="bom-not-at-start"),
@@ -568,11 +584,15 @@ def test_batched_property(items: list[int], n: int) -> None:
 
 # --- round trip -----------------------------------------------------------------------
 
+# storable text: no NUL, no lone surrogate (each makes a line bad)
+chars = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
 records = st.dictionaries(
-    st.text(min_size=1, max_size=8).filter(str.strip),
+    st.text(chars, min_size=1, max_size=8).filter(str.strip),
     st.fixed_dictionaries(
-        {"text": st.text(min_size=1).filter(str.strip)},
-        optional={"metadata": st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)},
+        {"text": st.text(chars, min_size=1).filter(str.strip)},
+        optional={
+            "metadata": st.dictionaries(st.text(chars, max_size=5), st.integers(), max_size=3)
+        },
     ),
     max_size=8,
 )
@@ -594,3 +614,28 @@ def test_round_trip(
         k: (v["text"], v.get("metadata") or None) for k, v in corpus.items()
     }
     assert [d.line for d in docs] == list(range(1, len(corpus) + 1))
+
+
+# --- values no index can hold -----------------------------------------------------------
+
+
+def test_a_skip_mode_build_leaves_out_and_reports_what_no_index_can_hold(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(3, 8)
+    lines = [
+        jline({"_id": ids[0], "text": "first"}),
+        b'{"_id": "huge", "text": "t", "v": 1e400}',
+        b'{"_id": "nul", "text": "t", "metadata": {"k": "x\\u0000y"}}',
+        jline({"_id": ids[2], "text": "last"}),
+    ]
+    path = write(tmp_path / "c.jsonl", lines)
+    encoder = PrecomputedEncoder(dict(zip(ids, vectors, strict=True)), dim=8)
+    index = Index.build(
+        tmp_path / "idx", path, encoder=encoder, index_kind="flat", on_error="skip", progress=False
+    )
+    assert len(index) == 2
+    assert index.build_report is not None
+    assert [(b.line, b.doc_id) for b in index.build_report.bad_lines] == [(2, None), (3, "nul")]
+    with pytest.raises(InvalidInput, match="1e400") as info:
+        Index.build(tmp_path / "strict", path, encoder=encoder, index_kind="flat", progress=False)
+    assert (info.value.source, info.value.line) == (str(path), 2)
+    assert not (tmp_path / "strict").exists()

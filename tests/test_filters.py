@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ from sie_index import Index, InvalidInput, SearchParams
 from sie_index.cli import main as cli_main
 from sie_index.filters import compile_filter, parse_where
 from storage.docstore import DOCS_NAME
+from storage.predicate import Predicate
 from storage.snapshot import read_manifest
+from storage.store_writer import StoreWriter
+from storage.verify import verify_index
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 # Keys a user's metadata may hold, hostile ones included: quotes, SQL and JSON-path syntax.
@@ -129,12 +133,26 @@ def _holds(flt: dict[str, Any], ext: str, meta: dict[str, Any] | None) -> bool:
     return True
 
 
+def _unstorable(flt: Any) -> bool:
+    """Whether a NUL or a lone surrogate is anywhere in a filter, key or value."""
+    if isinstance(flt, str):
+        return any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in flt)
+    if isinstance(flt, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in flt.items())
+    if isinstance(flt, list | tuple):
+        return any(_unstorable(v) for v in flt)
+    return False
+
+
 # -- strategies --------------------------------------------------------------------------
 
-FIELDS = [*KEYS, "b.c", 'b.q"', "b.c.d", "missing"]
+# values and fields no document can hold (storage.values): a filter with one is refused
+UNSTORABLE = ["x\x00", "\x00", "\ud800", "a\udfffb"]
+FIELDS = [*KEYS, "b.c", 'b.q"', "b.c.d", "missing", "a\x00", "b.\ud800"]
 values = st.one_of(
     st.sampled_from(SCALARS),
     st.sampled_from([np.int64(1), np.float32(0.5), np.bool_(True), np.float64(-1.5)]),
+    st.sampled_from(UNSTORABLE),
 )
 orderable = st.sampled_from([v for v in SCALARS if _kind(v) in ("num", "str")])
 conditions = st.one_of(
@@ -149,7 +167,7 @@ conditions = st.one_of(
 leaves = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), conditions, min_size=1, max_size=2),
     st.fixed_dictionaries(
-        {"$ids": st.lists(st.sampled_from([f"d{i}" for i in range(80)]), max_size=6)}
+        {"$ids": st.lists(st.sampled_from([f"d{i}" for i in range(80)] + UNSTORABLE), max_size=6)}
     ),
 )
 filters = st.recursive(
@@ -186,6 +204,10 @@ def test_a_filter_selects_exactly_what_the_model_says(
     meta_index: tuple[Index, list[dict[str, Any]]], flt: dict[str, Any]
 ) -> None:
     index, metas = meta_index
+    if _unstorable(flt):
+        with pytest.raises(InvalidInput, match=r"NUL|surrogate"):
+            _matched(index, filter=flt)
+        return
     expected = {f"d{i}" for i, m in enumerate(metas) if _holds(flt, f"d{i}", m)}
     assert _matched(index, filter=flt) == expected
 
@@ -256,7 +278,7 @@ def test_large_id_sets_bind_one_parameter(meta_index: tuple[Index, list[dict[str
     index, _ = meta_index
     ids = [f"d{i}" for i in range(0, 60, 3)] + [f"nope-{i}" for i in range(50_000)]
     compiled = compile_filter(ids=ids)
-    assert compiled is not None and len(compiled.params) == 1
+    assert compiled is not None and len(compiled.predicate.params) == 1
     assert _matched(index, ids=ids) == {f"d{i}" for i in range(0, 60, 3)}
     assert _matched(index, ids=ids, filter={"a": {"$exists": True}}) <= set(ids)
 
@@ -267,6 +289,134 @@ def test_filter_sql_is_read_only(meta_index: tuple[Index, list[dict[str, Any]]])
         with pytest.raises(InvalidInput):
             _matched(index, filter_sql=hostile)
     assert len(_matched(index, filter_sql="doc_id < 5")) == 5
+
+
+# -- filter_sql: only the documents table, a condition, one budget ---------------------
+
+RUNAWAY = (  # a subquery that never ends: only the budget stops it
+    "doc_id IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    "SELECT x FROM c WHERE x < 0)"
+)
+
+
+def _small_index(path: Path, n: int = 12) -> tuple[list[str], list[np.ndarray]]:
+    ids, vectors = synthetic_corpus(n, 8, seed=5)
+    metas = [{"n": i, "flag": i % 2 == 0} for i in range(n)]
+    texts = [f"text number {i}" + "!" * i for i in range(n)]
+    Index.from_vectors(path, ids, vectors, texts=texts, metadata=metas, index_kind="flat").close()
+    return ids, vectors
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "0)) UNION SELECT 999999 --",  # closes the wrapper, adds a row, hides the rest
+        # the same, shaped to close storage's own CASE wrapper
+        "0)), 0) WHEN 0 THEN 0 ELSE 1 END UNION SELECT 999999 --",
+        "1) UNION SELECT 999999 /*",
+        "1; DELETE FROM documents",
+        "doc_id = 1 -- and the rest",
+        "(doc_id = 1",
+        "'unclosed = 1",
+        "(SELECT count(*) FROM meta) > 0",
+        "(SELECT count(*) FROM sqlite_master) > 0",
+        "doc_id IN (SELECT cid FROM pragma_table_info('documents'))",
+        "(SELECT load_extension('x')) IS NULL",
+    ],
+)
+def test_filter_sql_can_only_select_the_documents_of_the_index(tmp_path: Path, sql: str) -> None:
+    path = tmp_path / "idx"
+    _, vectors = _small_index(path)
+    with Index.open(path) as index:
+        generation = index.info()["generation"]
+        with pytest.raises(InvalidInput):
+            index.delete_where(filter_sql=sql)
+        with pytest.raises(InvalidInput):
+            index.search(vectors[0], filter_sql=sql)
+    assert verify_index(path).ok
+    with Index.open(path) as index:
+        assert index.info()["generation"] == generation and len(index) == 12
+
+
+@pytest.mark.parametrize(
+    "sql", ["text", "external_id", "doc_id", "0.5", "json_extract(metadata, '$.n')", "x'01'"]
+)
+def test_filter_sql_must_give_each_row_true_false_or_null(tmp_path: Path, sql: str) -> None:
+    path = tmp_path / "idx"
+    _, vectors = _small_index(path)
+    with Index.open(path) as index:
+        for flt in (None, {"n": {"$gte": 3}}):  # alone, and after a filter that holds
+            with pytest.raises(InvalidInput, match="not a condition") as info:
+                index.search(vectors[0], filter=flt, filter_sql=sql)
+            assert info.value.doc_id is not None  # the document it failed on
+        with pytest.raises(InvalidInput, match="not a condition"):
+            index.delete_where(filter_sql=sql)
+        assert len(index) == 12
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("length(text) > 16", set(range(4, 12))),
+        ("json_extract(metadata, '$.flag')", set(range(0, 12, 2))),  # JSON true is 1
+        ("json_extract(metadata, '$.missing') = 1", set()),  # NULL matches nothing
+        ("NOT json_extract(metadata, '$.flag') AND doc_id < 6", {1, 3, 5}),
+    ],
+)
+def test_filter_sql_conditions_select_their_documents(
+    tmp_path: Path, sql: str, expected: set[int]
+) -> None:
+    path = tmp_path / "idx"
+    ids, _ = _small_index(path)
+    with Index.open(path) as index:
+        assert _matched(index, filter_sql=sql) == {ids[i] for i in expected}
+        assert index.delete_where(filter_sql=sql).deleted == len(expected)
+        assert len(index) == 12 - len(expected)
+
+
+def _counting(n: int) -> str:
+    """A condition whose subquery counts to ``n`` on every segment, then matches nothing."""
+    return (
+        "doc_id IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+        f"WHERE x < {n}) SELECT x FROM c WHERE x < 0)"
+    )
+
+
+def test_one_filter_budget_covers_every_segment(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    ids, vectors = synthetic_corpus(40, 8, seed=7)
+    index = Index.from_vectors(path, ids[:5], vectors[:5], index_kind="flat")
+    for lo in range(5, 40, 5):  # each add is a segment
+        index.add_vectors(ids[lo : lo + 5], vectors[lo : lo + 5])
+    assert index.info()["segments"] == 8
+    budget = 1.0
+    # a count that takes each segment about half the budget on this machine, so
+    # that the budget holds only if it is one for all segments together
+    start = time.monotonic()
+    index.search(vectors[0], filter_sql=_counting(200_000), filter_budget_s=60.0)
+    per_step = (time.monotonic() - start) / (8 * 200_000)
+    slow = _counting(int(0.5 * budget / per_step))
+    start = time.monotonic()
+    with pytest.raises(InvalidInput, match="time budget"):
+        index.search(vectors[0], filter_sql=slow, filter_budget_s=budget)
+    assert time.monotonic() - start < budget + 2.0  # a bound, not a timing
+    for sql in (slow, RUNAWAY):
+        start = time.monotonic()
+        with StoreWriter(path) as writer, pytest.raises(InvalidInput, match="time budget"):
+            writer.delete_where(Predicate(sql), budget_s=budget)
+        assert time.monotonic() - start < budget + 2.0
+    index.refresh()
+    assert len(index) == 40 and verify_index(path).ok
+
+
+def test_a_giant_value_in_a_filter_fails_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    _, vectors = _small_index(path, n=120)
+    with Index.open(path) as index:
+        start = time.monotonic()
+        with pytest.raises(InvalidInput, match="longer than"):
+            index.search(vectors[0], filter_sql="length(randomblob(100000000)) > 0")
+        assert time.monotonic() - start < 2.0  # not the 10 s budget, nor 120 blobs
 
 
 @pytest.mark.parametrize(

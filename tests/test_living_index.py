@@ -312,7 +312,7 @@ class LivingIndexMachine(RuleBasedStateMachine):
         compiled = compile_filter({"version": version})
         assert compiled is not None
         doomed = {e for e, v in self.model.items() if v == version}
-        report = self.writer.delete_where(compiled.where, compiled.params)
+        report = self.writer.delete_where(compiled.predicate)
         assert report.deleted == len(doomed)
         for ext in doomed:
             del self.model[ext]

@@ -58,11 +58,15 @@ def _build(path: Path, batches: list[list[PendingDoc]], dim: int = 8) -> None:
         b.finish(encoder_spec={**SPEC, "dim": dim}, index_kind="flat")
 
 
+# storable text: a NUL or a lone surrogate is refused (storage.values)
+chars = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
 doc_strategy = st.lists(
     st.tuples(
         st.integers(1, 12),
-        st.text(min_size=1, max_size=30),
-        st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)),
+        st.text(chars, min_size=1, max_size=30),
+        st.one_of(
+            st.none(), st.dictionaries(st.text(chars, max_size=5), st.integers(), max_size=3)
+        ),
     ),
     min_size=1,
     max_size=25,

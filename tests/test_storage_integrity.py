@@ -20,6 +20,7 @@ from sie_index.errors import CorruptIndex, FormatVersionMismatch, InvalidInput, 
 from storage.docstore import DOCS_NAME
 from storage.generations import CURRENT_NAME
 from storage.manifest import MANIFEST_NAME
+from storage.predicate import Predicate
 from storage.snapshot import StoreSnapshot
 from storage.token_index import TOKEN_INDEX_NAME, TokenIndex
 from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME
@@ -374,14 +375,14 @@ def test_the_search_connection_cannot_write_and_a_runaway_filter_is_stopped(
         docs = StoreSnapshot.open(index.path).docs
         for hostile in ("1); DELETE FROM documents; --", "(SELECT load_extension('x'))"):
             with pytest.raises(InvalidInput):
-                docs.doc_ids_where(hostile)
+                docs.doc_ids_where(Predicate(hostile))
         runaway = (
             "doc_id IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
             "SELECT x FROM c WHERE x < 0)"
         )
         with pytest.raises(InvalidInput, match="time budget"):
-            docs.doc_ids_where(runaway, budget_s=0.2)
-        assert len(docs.doc_ids_where("1")) == N_DOCS  # nothing was deleted
+            docs.doc_ids_where(Predicate(runaway), budget_s=0.2)
+        assert len(docs.doc_ids_where(Predicate("1"))) == N_DOCS  # nothing was deleted
     assert sorted(p.name for p in gen_dir(path).iterdir()) == sorted(
         ["lease", MANIFEST_NAME, "deleted.i64"]
     )
