@@ -42,6 +42,7 @@ __all__ = [
     "EncoderUnavailable",
     "FormatVersionMismatch",
     "Hit",
+    "Hits",
     "Index",
     "IndexClosed",
     "IndexLocked",
@@ -53,6 +54,7 @@ __all__ = [
     "ReadOnlyIndex",
     "ResidentScan",
     "SearchParams",
+    "ShardedIndex",
     "SieEncoder",
     "SieIndexError",
     "StorageError",
@@ -62,9 +64,13 @@ __all__ = [
     "UpdateReport",
     "maxsim",
     "maxsim_batch",
+    "open_index",
 ]
 
 _WHERE = {
+    "open_index": "sie_index.sharded",
+    "Hits": "sie_index.params",
+    "ShardedIndex": "sie_index.sharded",
     "CompiledFilter": "sie_index.filters",
     "UpdateReport": "sie_index.updates",
     "ResidentScan": "sie_index.exhaustive",
@@ -130,9 +136,10 @@ if TYPE_CHECKING:
     from sie_index.exhaustive import ResidentScan
     from sie_index.filters import CompiledFilter
     from sie_index.index import Index
-    from sie_index.params import Hit, SearchParams
+    from sie_index.params import Hit, Hits, SearchParams
     from sie_index.scoring import maxsim, maxsim_batch
     from sie_index.search import Ranked
+    from sie_index.sharded import ShardedIndex, open_index
     from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
     from sie_index.writer import BuildReport
 

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sie_index.errors import SieIndexError
+from sie_index.errors import InvalidInput, SieIndexError
 
 __all__ = ["main"]
 
@@ -204,31 +204,60 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="build a sharded index of N shards (ids routed by hash; default: one index)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --shards: keep the shards an interrupted build committed, build the rest",
+    )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="with --shards: encode in a Ray Data actor pool (pip install 'sie-index[ray]')",
+    )
 
 
 def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
     from sie_index.encoders.registry import load_encoder
     from sie_index.index import Index
+    from sie_index.sharded import ShardedIndex
 
-    return Index.build(
-        out,
-        corpus,
-        encoder=load_encoder(
-            args.encoder or "minilm",
-            sie_url=args.sie_url,
-            model=args.model,
-            sie_format=args.sie_format,
-            sie_options=_sie_options(args),
-        ),
-        index_kind=args.index_kind,
-        codec=args.codec,
-        dim=args.dim,
-        limit=args.limit or None,
-        batch_size=args.batch_size,
-        on_error="skip" if args.skip_bad_lines else "raise",
-        overwrite=args.overwrite,
-        progress=False if args.quiet else None,
+    encoder = load_encoder(
+        args.encoder or "minilm",
+        sie_url=args.sie_url,
+        model=args.model,
+        sie_format=args.sie_format,
+        sie_options=_sie_options(args),
     )
+    options: dict[str, Any] = {
+        "index_kind": args.index_kind,
+        "codec": args.codec,
+        "limit": args.limit or None,
+        "batch_size": args.batch_size,
+        "on_error": "skip" if args.skip_bad_lines else "raise",
+        "overwrite": args.overwrite,
+        "progress": False if args.quiet else None,
+    }
+    if args.shards is not None:
+        if args.dim is not None:
+            raise InvalidInput("--dim is not available with --shards (one shared quantizer)")
+        return ShardedIndex.build(
+            out,
+            corpus,
+            shards=args.shards,
+            encoder=encoder,
+            resume=args.resume,
+            ray=args.ray,
+            **options,
+        )
+    if args.resume or args.ray:
+        raise InvalidInput("--resume and --ray build sharded indexes: add --shards N")
+    return Index.build(out, corpus, encoder=encoder, dim=args.dim, **options)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -243,6 +272,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     for bad in r.bad_lines:
         print(f"skipped {bad.source}:{bad.line}: {bad.reason}", file=sys.stderr)
     return 0
+
+
+def _sharded(path: Path) -> bool:
+    from storage import read_shard_map
+
+    return read_shard_map(path) is not None
+
+
+def open_index(path: str | Path, **options: Any) -> Any:
+    from sie_index.sharded import open_index as open_any
+
+    return open_any(path, **options)
 
 
 def _change_line(verb: str, index: Path, change: Any) -> str:
@@ -263,15 +304,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     from sie_index.updates import IndexWriter
 
     index = Path(args.index)
-    with IndexWriter(index, encoder=_query_encoder(args, index)) as writer:
-        add = writer.upsert if args.command == "upsert" else writer.add
-        report = add(
-            _corpus_arg(args.corpus),
-            on_error="skip" if args.skip_bad_lines else "raise",
-            limit=args.limit or None,
-            batch_size=args.batch_size,
-            progress=False if args.quiet else None,
-        )
+    options: dict[str, Any] = {
+        "on_error": "skip" if args.skip_bad_lines else "raise",
+        "limit": args.limit or None,
+        "batch_size": args.batch_size,
+        "progress": False if args.quiet else None,
+    }
+    if _sharded(index):
+        with open_index(index, encoder=_query_encoder(args, index), verify=False) as sharded:
+            add = sharded.upsert if args.command == "upsert" else sharded.add
+            report = add(_corpus_arg(args.corpus), **options)
+    else:
+        with IndexWriter(index, encoder=_query_encoder(args, index)) as writer:
+            add = writer.upsert if args.command == "upsert" else writer.add
+            report = add(_corpus_arg(args.corpus), **options)
     print(
         _change_line(
             args.command + "ed" if args.command == "add" else "upserted", index, report.change
@@ -292,7 +338,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
             "sie-index delete: name ids, or a filter (--where, --ids, --filter-json, --filter-sql)"
         )
     index = Path(args.index)
-    with IndexWriter(index) as writer:
+    with open_index(index, verify=False) if _sharded(index) else IndexWriter(index) as writer:
         change = writer.delete(args.doc_ids) if args.doc_ids else None
         if filtered:
             more = writer.delete_where(flt["filter"], ids=flt["ids"], filter_sql=flt["filter_sql"])
@@ -309,7 +355,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     index = Path(args.index)
     t = time.perf_counter()
-    with IndexWriter(index) as writer:
+    with open_index(index, verify=False) if _sharded(index) else IndexWriter(index) as writer:
         change = writer.compact(retrain=args.retrain)
     print(
         f"compacted {index}: {change.documents} documents, {change.tokens} tokens in one "
@@ -334,10 +380,9 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from sie_index.index import Index
 
     encoder = _query_encoder(args, Path(args.index))
-    index = Index.open(args.index, encoder=encoder, verify=not args.no_verify)
+    index = open_index(args.index, encoder=encoder, verify=not args.no_verify)
     results = index.search_batch(
         args.queries, params=_params(args), text=True, metadata=True, explain=args.explain
     )
@@ -386,9 +431,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from sie_index.index import Index
 
-    info = Index.open(args.index, verify=not args.no_verify).info()
+    info = open_index(args.index, verify=not args.no_verify).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -399,11 +443,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_sharded(args: argparse.Namespace) -> int:
+    from sie_index.sharded import ShardedIndex
+
+    with ShardedIndex.open(args.index, verify=False) as index:
+        report = index.verify()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif report["ok"]:
+        print(f"ok: {report['path']}: every shard verified, every id in the shard it routes to")
+    else:
+        for problem in report["problems"]:
+            print(f"DAMAGED: {problem}", file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from storage import verify_index
+    from storage import read_shard_map, verify_index
 
+    if read_shard_map(Path(args.index)) is not None:
+        return _verify_sharded(args)
     report = verify_index(Path(args.index), repair=args.repair)
     if args.json:
         print(json.dumps(asdict(report), indent=2))

@@ -139,6 +139,43 @@ class Index:
     ) -> Index:
         """Build an index from multivectors the user already has (one array per id;
         each argument one item per document, in any iterable, read once)."""
+        encoder, docs = cls.precomputed_documents(
+            ids,
+            vectors,
+            texts=texts,
+            metadata=metadata,
+            model=model,
+            normalize=normalize,
+            query_encoder=query_encoder,
+        )
+        index = cls.build(
+            path,
+            docs,
+            encoder=encoder,
+            index_kind=index_kind,
+            index_options=index_options,
+            codec=codec,
+            dim=dim,
+            overwrite=overwrite,
+            store_text=texts is not None,
+            progress=False,
+        )
+        index._encoder = encoder
+        return index
+
+    @staticmethod
+    def precomputed_documents(
+        ids: Iterable[str],
+        vectors: Iterable[Any],
+        *,
+        texts: Iterable[str] | None = None,
+        metadata: Iterable[Mapping[str, Any] | None] | None = None,
+        model: str = "precomputed",
+        normalize: bool = True,
+        query_encoder: Encoder | None = None,
+    ) -> tuple[PrecomputedEncoder, list[Document]]:
+        """The encoder and documents :meth:`from_vectors` builds from (one array per
+        id; each argument one item per document, in any iterable, read once)."""
         given = vector_docs(ids, vectors, texts, metadata)
         by_id = dict(zip(given.ids, given.vectors, strict=True))
         dims = {v.shape[1] for v in given.vectors if v.ndim == 2}
@@ -157,20 +194,7 @@ class Index:
             )
             for i, ext in enumerate(given.ids)
         ]
-        index = cls.build(
-            path,
-            docs,
-            encoder=encoder,
-            index_kind=index_kind,
-            index_options=index_options,
-            codec=codec,
-            dim=dim,
-            overwrite=overwrite,
-            store_text=texts is not None,
-            progress=False,
-        )
-        index._encoder = encoder
-        return index
+        return encoder, docs
 
     # -- using one -------------------------------------------------------------------
 

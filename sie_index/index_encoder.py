@@ -15,14 +15,19 @@ from typing import Any
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.registry import encoder_from_spec, load_encoder
 from sie_index.errors import InvalidInput
-from storage import read_manifest
+from storage import read_manifest, read_shard_map
 
 __all__ = ["encoder_for_index", "recorded_spec"]
 
 
 def recorded_spec(path: str | Path) -> EncoderSpec:
-    """The encoder spec the index at ``path`` records in its (verified) manifest."""
-    return EncoderSpec.from_dict(read_manifest(Path(path)).encoder)
+    """The encoder spec the index at ``path`` records in its (verified) manifest (a
+    sharded index's: its first shard's, which every shard shares)."""
+    path = Path(path)
+    shard_map = read_shard_map(path)
+    if shard_map is not None:
+        path = path / shard_map.shards[0]
+    return EncoderSpec.from_dict(read_manifest(path).encoder)
 
 
 def encoder_for_index(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -11,7 +11,7 @@ from sie_index.errors import InvalidInput
 from sie_index.filters import CompiledFilter, compile_filter
 from storage import FILTER_BUDGET_S
 
-__all__ = ["Hit", "MatchedToken", "SearchParams"]
+__all__ = ["Hit", "Hits", "MatchedToken", "SearchParams"]
 
 EXACT_FILTER_FACTOR = 8
 
@@ -122,3 +122,20 @@ class Hit:
     text: str | None = None
     metadata: dict[str, Any] | None = None
     explain: tuple[MatchedToken, ...] | None = None
+    shard: int | None = None
+    """The shard that holds the document (a :class:`~sie_index.ShardedIndex`'s hits;
+    ``doc_id`` is internal to that shard)."""
+
+
+class Hits(list[Hit]):
+    """A sharded search's hits, best first; ``missing`` names the shards that did not
+    answer (only with ``allow_partial``: otherwise their error is raised)."""
+
+    def __init__(self, hits: Iterable[Hit] = (), *, missing: tuple[int, ...] = ()) -> None:
+        super().__init__(hits)
+        self.missing = missing
+
+    @property
+    def partial(self) -> bool:
+        """Whether some shard's answer is missing from these hits."""
+        return bool(self.missing)

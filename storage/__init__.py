@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "DOCS_NAME",
     "FILTER_BUDGET_S",
+    "SHARD_MAP_NAME",
     "ChangeReport",
     "CodecChoice",
     "CorruptIndex",
@@ -42,6 +43,8 @@ __all__ = [
     "ReadOnlyIndex",
     "RowFilter",
     "SegmentedTokens",
+    "ShardMap",
+    "ShardedBuilder",
     "SieIndexError",
     "StorageError",
     "StorageFull",
@@ -58,6 +61,8 @@ __all__ = [
     "check_text",
     "plain_json",
     "read_manifest",
+    "read_shard_map",
+    "shard_of",
     "verify_index",
 ]
 
@@ -68,6 +73,11 @@ _WHERE = {
     "FILTER_BUDGET_S": "storage.predicate",
     "check_condition": "storage.predicate",
     "Predicate": "storage.predicate",
+    "SHARD_MAP_NAME": "storage.shard_map",
+    "shard_of": "storage.shard_map",
+    "read_shard_map": "storage.shard_map",
+    "ShardMap": "storage.shard_map",
+    "ShardedBuilder": "storage.sharded_build",
     "DOCS_NAME": "storage.docstore",
     "ChangeReport": "storage.store_writer",
     "CodecChoice": "storage.builder",
@@ -119,6 +129,8 @@ if TYPE_CHECKING:
     from storage.predicate import FILTER_BUDGET_S, Predicate, check_condition
     from storage.segment import PendingDoc, as_array
     from storage.segmented import SegmentedTokens
+    from storage.shard_map import SHARD_MAP_NAME, ShardMap, read_shard_map, shard_of
+    from storage.sharded_build import ShardedBuilder
     from storage.snapshot import StoreSnapshot, read_manifest
     from storage.store_writer import ChangeReport, StoreWriter
     from storage.token_index import RowFilter

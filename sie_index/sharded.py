@@ -1,0 +1,525 @@
+""":class:`ShardedIndex`: the :class:`~sie_index.index.Index` API over a folder of shards.
+
+A sharded index is a folder of ordinary indexes plus a shard map
+(:mod:`storage.shard_map`). An id lives in the shard its hash routes it to, so
+every add, upsert or delete of it reaches that one shard. A query is encoded
+once and sent to every shard (:mod:`sie_index.executors`: threads here, or one
+Ray actor a shard); each shard answers its own top ``k`` by exact MaxSim and the
+merge keeps the global top ``k`` by score (ties by shard, then internal id).
+Since the scores are exact, the merge equals one index over the same documents
+whenever each shard's answer equals its exhaustive top ``k``.
+
+Writes go from this process to the shard folders (each shard's own writer and
+commit; a change that spans shards is one commit a shard), then every shard's
+reader refreshes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from sie_index.corpus import Document
+from sie_index.encoders.base import Encoder, EncoderSpec
+from sie_index.encoders.precomputed import PrecomputedEncoder
+from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
+from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
+from sie_index.index import Index, Query
+from sie_index.params import Hit, Hits, SearchParams
+from sie_index.scoring import check_query
+from sie_index.sharded_build import build_sharded_index
+from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
+from sie_index.writer import BuildReport, open_corpus
+from storage import ShardMap, read_manifest, read_shard_map, shard_of, verify_index
+
+__all__ = ["ShardedIndex", "open_index"]
+
+_T = TypeVar("_T")
+
+
+class ShardedIndex:
+    """An opened sharded index. Make one with :meth:`open`, :meth:`build` or
+    :meth:`from_vectors`; it answers as :class:`Index` does."""
+
+    def __init__(
+        self,
+        path: Path,
+        shard_map: ShardMap,
+        executor: ShardExecutor,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self._path = path
+        self.shard_map = shard_map
+        self._executor: ShardExecutor | None = executor
+        self.spec = EncoderSpec.from_dict(read_manifest(self.shard_paths[0]).encoder)
+        self._encoder = encoder
+        if encoder is not None:
+            self.spec.check_query_encoder(encoder.spec)
+        self.build_report: BuildReport | None = None
+
+    # -- making one ----------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        encoder: Encoder | None = None,
+        verify: bool = True,
+        ray: bool = False,
+        ray_address: str | None = None,
+    ) -> ShardedIndex:
+        """Open the sharded index at ``path``; with ``ray`` (or ``ray_address``) each
+        shard is served by a Ray actor (``pip install 'sie-index[ray]'``)."""
+        path = Path(path)
+        shard_map = read_shard_map(path)
+        if shard_map is None:
+            raise NotAnIndex(f"{path} is not a sharded sie-index index: it has no shard map")
+        paths = [path / name for name in shard_map.shards]
+        executor: ShardExecutor
+        if ray or ray_address is not None:
+            executor = RayExecutor(paths, verify=verify, address=ray_address)
+        else:
+            executor = LocalExecutor(paths, verify=verify)
+        return cls(path, shard_map, executor, encoder)
+
+    @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        corpus: str | Path | Iterable[Document],
+        *,
+        shards: int,
+        encoder: Encoder | None = None,
+        ray: bool = False,
+        ray_address: str | None = None,
+        encode_actors: int | None = None,
+        resume: bool = False,
+        **options: Any,
+    ) -> ShardedIndex:
+        """Build a sharded index of ``shards`` shards and open it. ``options`` are
+        :meth:`Index.build`'s (``index_kind``, ``codec``, ``limit``, ``on_error``,
+        ``overwrite``...); ``resume`` continues a build that failed or was killed;
+        ``ray`` encodes in a Ray Data actor pool and serves shards from actors."""
+        if encoder is None:
+            from sie_index.encoders.token_states import TokenStatesEncoder
+
+            encoder = TokenStatesEncoder()
+        if ray_address is not None:
+            _init_ray(ray_address)
+        report = build_sharded_index(
+            path,
+            corpus,
+            encoder,
+            shards=shards,
+            resume=resume,
+            ray=ray or ray_address is not None,
+            encode_actors=encode_actors,
+            **options,
+        )
+        query_encoder = None if isinstance(encoder, PrecomputedEncoder) else encoder
+        index = cls.open(
+            path, encoder=query_encoder, verify=False, ray=ray, ray_address=ray_address
+        )
+        index.build_report = report
+        return index
+
+    @classmethod
+    def from_vectors(
+        cls,
+        path: str | Path,
+        ids: Sequence[str],
+        vectors: Sequence[Any],
+        *,
+        shards: int,
+        texts: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        model: str = "precomputed",
+        normalize: bool = True,
+        query_encoder: Encoder | None = None,
+        ray: bool = False,
+        **options: Any,
+    ) -> ShardedIndex:
+        """A sharded index of multivectors the user already has (see :meth:`Index.from_vectors`)."""
+        encoder, docs = Index.precomputed_documents(
+            ids,
+            vectors,
+            texts=texts,
+            metadata=metadata,
+            model=model,
+            normalize=normalize,
+            query_encoder=query_encoder,
+        )
+        options.setdefault("store_text", texts is not None)
+        options.setdefault("progress", False)
+        index = cls.build(path, docs, shards=shards, encoder=encoder, ray=ray, **options)
+        index._encoder = encoder
+        return index
+
+    # -- using one -------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        return [self._path / name for name in self.shard_map.shards]
+
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder (made from the shards' recorded spec on first use)."""
+        if self._encoder is None:
+            from sie_index.encoders.registry import encoder_from_spec
+
+            self._encoder = encoder_from_spec(self.spec)
+        return self._encoder
+
+    def _live_executor(self) -> ShardExecutor:
+        if self._executor is None:
+            raise IndexClosed(f"the sharded index at {self._path} is closed")
+        return self._executor
+
+    def _query_matrices(self, queries: Sequence[Query]) -> list[np.ndarray]:
+        texts = [q for q in queries if isinstance(q, str)]
+        encoded = iter(self.encoder.encode_queries(texts) if texts else [])
+        dim = self.spec.dim
+        return [
+            next(encoded) if isinstance(q, str) else check_query(q, f"query {i}", dim)
+            for i, q in enumerate(queries)
+        ]
+
+    def search(
+        self,
+        query: Query,
+        k: int | None = None,
+        *,
+        params: SearchParams | None = None,
+        text: bool = False,
+        metadata: bool = False,
+        explain: bool = False,
+        deadline_s: float | None = None,
+        allow_partial: bool = False,
+        **overrides: Any,
+    ) -> Hits:
+        """One query against every shard, merged (see :meth:`search_batch`)."""
+        return self.search_batch(
+            [query],
+            k,
+            params=params,
+            text=text,
+            metadata=metadata,
+            explain=explain,
+            deadline_s=deadline_s,
+            allow_partial=allow_partial,
+            **overrides,
+        )[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[Query],
+        k: int | None = None,
+        *,
+        params: SearchParams | None = None,
+        text: bool = False,
+        metadata: bool = False,
+        explain: bool = False,
+        deadline_s: float | None = None,
+        allow_partial: bool = False,
+        **overrides: Any,
+    ) -> list[Hits]:
+        """Many queries, each encoded once and answered by every shard, merged.
+
+        A shard that fails or does not answer within ``deadline_s`` raises its error
+        (naming the shard); with ``allow_partial`` the merge of the shards that
+        answered comes back instead, its ``missing`` naming the others.
+        """
+        if isinstance(queries, str | np.ndarray):
+            raise InvalidInput("search_batch takes a sequence of queries; use search for one")
+        params = (params or SearchParams()).with_(k=k, **overrides)
+        executor = self._live_executor()
+        matrices = self._query_matrices(queries)
+        answers = executor.run(
+            "search", matrices, params, text, metadata, explain, deadline_s=deadline_s
+        )
+        missing = tuple(i for i, a in enumerate(answers) if isinstance(a, BaseException))
+        if missing and not allow_partial:
+            error = answers[missing[0]]
+            assert isinstance(error, BaseException)
+            raise _naming_shard(error, missing[0], self.shard_map.shards[missing[0]]) from error
+        return [
+            merge_hits(
+                [None if isinstance(a, BaseException) else a[q] for a in answers],
+                params.k,
+                missing,
+            )
+            for q in range(len(matrices))
+        ]
+
+    # -- changing it -------------------------------------------------------------
+
+    def _route(self, external_id: str) -> int:
+        return shard_of(external_id, len(self.shard_map.shards))
+
+    def _each_shard(
+        self, fn: Callable[[IndexWriter], _T], positions: Iterable[int] | None = None
+    ) -> list[_T]:
+        self._live_executor()
+        out = []
+        for position in sorted(
+            set(positions if positions is not None else range(len(self.shard_paths)))
+        ):
+            with IndexWriter(self.shard_paths[position], encoder=self._encoder) as writer:
+                out.append(fn(writer))
+        self.refresh()
+        return out
+
+    def _by_shard(self, documents: Iterable[Document]) -> dict[int, list[Document]]:
+        groups: dict[int, list[Document]] = {}
+        for doc in documents:
+            if not isinstance(doc, Document):
+                raise InvalidInput(f"a corpus item is a {type(doc).__name__}, not a Document")
+            groups.setdefault(self._route(doc.id), []).append(doc)
+        return groups
+
+    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+        """Add documents, each to its shard (one commit a shard that gets any)."""
+        return self._change_docs(corpus, replace=False, **options)
+
+    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+        """Add documents, replacing those whose ids are in the index (in their shard)."""
+        return self._change_docs(corpus, replace=True, **options)
+
+    def _change_docs(
+        self, corpus: str | Path | Iterable[Document], *, replace: bool, **options: Any
+    ) -> UpdateReport:
+        feed = open_corpus(
+            corpus, on_error=options.pop("on_error", "raise"), limit=options.pop("limit", None)
+        )
+        groups = self._by_shard(feed.documents)
+        reports: dict[int, UpdateReport] = {}
+        for position, docs in sorted(groups.items()):
+
+            def change(w: IndexWriter, docs: list[Document] = docs) -> UpdateReport:
+                return w.upsert(docs, **options) if replace else w.add(docs, **options)
+
+            reports[position] = self._each_shard(change, [position])[0]
+        combined = combine_updates(list(reports.values()), len(self))
+        combined.bad_lines[:0] = feed.bad_lines
+        return combined
+
+    def add_vectors(
+        self,
+        ids: Sequence[str],
+        vectors: Sequence[Any],
+        *,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        replace: bool = False,
+    ) -> ChangeReport:
+        """Add (``replace``: upsert) documents from multivectors, each in its shard."""
+        ids = list(ids)
+        if len(ids) != len(vectors):
+            raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
+        groups: dict[int, list[int]] = {}
+        for i, ext in enumerate(ids):
+            if not isinstance(ext, str):
+                raise InvalidInput("document id must be a string", doc_id=str(ext))
+            groups.setdefault(self._route(ext), []).append(i)
+        reports: list[ChangeReport] = []
+        for position, rows in sorted(groups.items()):
+
+            def change(w: IndexWriter, rows: list[int] = rows) -> ChangeReport:
+                return w.add_vectors(
+                    [ids[i] for i in rows],
+                    [vectors[i] for i in rows],
+                    texts=[texts[i] for i in rows] if texts is not None else None,
+                    metadata=[metadata[i] for i in rows] if metadata is not None else None,
+                    replace=replace,
+                )
+
+            reports += self._each_shard(change, [position])
+        return combine_changes(reports, len(self))
+
+    def delete(self, ids: Iterable[str]) -> ChangeReport:
+        """Delete documents by id, each in the shard its id routes to."""
+        groups: dict[int, list[str]] = {}
+        for ext in ids:
+            groups.setdefault(self._route(ext), []).append(ext)
+        reports: list[ChangeReport] = []
+        for position, doomed in sorted(groups.items()):
+
+            def remove(w: IndexWriter, doomed: list[str] = doomed) -> ChangeReport:
+                return w.delete(doomed)
+
+            reports += self._each_shard(remove, [position])
+        return combine_changes(reports, len(self))
+
+    def delete_where(
+        self,
+        flt: Mapping[str, Any] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        filter_sql: str | None = None,
+    ) -> ChangeReport:
+        """Delete the documents matching a filter, in every shard."""
+        reports = self._each_shard(lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql))
+        return combine_changes(reports, len(self))
+
+    def compact(self, *, retrain: bool = False) -> ChangeReport:
+        """Compact every shard with the shared quantizer (``retrain`` would give each
+        shard a quantizer of its own: rebuild the sharded index instead)."""
+        if retrain:
+            raise InvalidInput(
+                "a sharded index shares one quantizer; compact(retrain=True) would make each "
+                "shard's its own: rebuild the sharded index (ShardedIndex.build, overwrite)"
+            )
+        return combine_changes(self._each_shard(lambda w: w.compact()), len(self))
+
+    def refresh(self) -> bool:
+        """Move every shard to its latest committed generation; True if any changed."""
+        answers = self._live_executor().run("refresh")
+        for a in answers:
+            if isinstance(a, BaseException):
+                raise a
+        return any(answers)
+
+    # -- describing it -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        total = 0
+        for a in self._live_executor().run("len"):
+            if isinstance(a, BaseException):
+                raise a
+            total += int(a)
+        return total
+
+    def info(self) -> dict[str, Any]:
+        """The shards, their sizes and the shared plan."""
+        shards = []
+        for path in self.shard_paths:
+            m = read_manifest(path)
+            shards.append(
+                {
+                    "path": str(path),
+                    "documents": m.live_documents,
+                    "tokens": m.tokens,
+                    "segments": len(m.segments),
+                    "generation": m.generation,
+                }
+            )
+        return {
+            "path": str(self._path),
+            "shards": shards,
+            "documents": sum(s["documents"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards),
+            "token_index": self.shard_map.token_index,
+            "shard_map_generation": self.shard_map.generation,
+        }
+
+    def verify(self) -> dict[str, Any]:
+        """Verify every shard (checksums, invariants) and that every live id sits in the
+        shard its id routes to; ``ok`` is True when all holds."""
+        problems = []
+        for position, path in enumerate(self.shard_paths):
+            report = verify_index(path)
+            if not report.ok:
+                problems.append(f"shard {position}: {report.problem}")
+                continue
+            with Index.open(path, verify=False) as shard:
+                live_ids = shard.lookup(shard.external_ids())
+                wrong = [e for e in live_ids if self._route(e) != position]
+                if wrong:
+                    problems.append(f"shard {position} holds {wrong[0]!r}, which routes elsewhere")
+        return {"path": str(self._path), "ok": not problems, "problems": problems}
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def __enter__(self) -> ShardedIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShardedIndex({str(self._path)!r}, shards={len(self.shard_map.shards)})"
+
+
+def merge_hits(
+    per_shard: Sequence[Sequence[Hit] | None], k: int, missing: tuple[int, ...] = ()
+) -> Hits:
+    """The global top ``k`` of each shard's exact top ``k``: by score, ties by shard
+    then internal id (as one index breaks ties by internal id)."""
+    pooled = [
+        (-h.score, shard, h.doc_id, h)
+        for shard, hits in enumerate(per_shard)
+        if hits is not None
+        for h in hits
+    ]
+    pooled.sort(key=lambda t: t[:3])
+    import dataclasses
+
+    return Hits(
+        [dataclasses.replace(h, shard=shard) for _, shard, _, h in pooled[:k]], missing=missing
+    )
+
+
+def combine_changes(reports: Sequence[ChangeReport], documents: int) -> ChangeReport:
+    return ChangeReport(
+        generation=max((r.generation for r in reports), default=0),
+        added=sum(r.added for r in reports),
+        deleted=sum(r.deleted for r in reports),
+        replaced=sum(r.replaced for r in reports),
+        tokens=sum(r.tokens for r in reports),
+        documents=documents,
+    )
+
+
+def combine_updates(reports: Sequence[UpdateReport], documents: int) -> UpdateReport:
+    return UpdateReport(
+        change=combine_changes([r.change for r in reports], documents),
+        encode_seconds=sum(r.encode_seconds for r in reports),
+        store_seconds=sum(r.store_seconds for r in reports),
+        bad_lines=[b for r in reports for b in r.bad_lines],
+    )
+
+
+def _init_ray(address: str) -> None:
+    from sie_index.executors import _ray
+
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False)
+
+
+def _naming_shard(error: BaseException, position: int, name: str) -> BaseException:
+    """``error`` of the same type with the shard named in its message (the error
+    itself where its type takes no plain message)."""
+    try:
+        return type(error)(f"shard {position} ({name}): {error}")
+    except TypeError:
+        return error
+
+
+def open_index(
+    path: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    verify: bool = True,
+    ray: bool = False,
+    ray_address: str | None = None,
+) -> Index | ShardedIndex:
+    """Open the index at ``path``, sharded or not (the faces take either)."""
+    if read_shard_map(Path(path)) is not None:
+        return ShardedIndex.open(
+            path, encoder=encoder, verify=verify, ray=ray, ray_address=ray_address
+        )
+    if ray or ray_address is not None:
+        raise InvalidInput(f"{path} is not a sharded index; Ray serves the shards of one")
+    return Index.open(path, encoder=encoder, verify=verify)
