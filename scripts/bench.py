@@ -8,6 +8,7 @@
     python scripts/bench.py --codecs             # codec x dim on this index (bench_codecs.py)
     python scripts/bench.py --phases             # ms a phase, single vs batch (bench_phases.py)
     python scripts/bench.py --rerank-codes       # MRR a product code keeps (bench_rerank_codes.py)
+    python scripts/bench.py --shards             # 1/2/4 shards, local and Ray (bench_shards.py)
     python scripts/bench.py --merges             # 10,000 single adds, merged? (bench_merges.py)
 
 Each phase runs in its own process so its peak RSS is its own:
@@ -243,6 +244,11 @@ def main() -> int:
         help="single-document adds with and without segment merging (bench_merges.py)",
     )
     parser.add_argument("--merge-adds", type=int, default=10_000, help="adds (--merges)")
+    parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="sharded search (1/2/4 shards, local and Ray) and Ray Data builds (bench_shards.py)",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -280,6 +286,13 @@ def main() -> int:
         if args.queries:
             codes_args += ["--queries", str(args.queries)]
         return bench_rerank_codes.main(codes_args)
+    if args.shards:
+        import bench_shards
+
+        shard_args = ["--index", args.index, "--out", str(out)]
+        if args.queries:
+            shard_args += ["--queries", str(args.queries)]
+        return bench_shards.main(shard_args)
     if args.merges:
         import bench_merges
 

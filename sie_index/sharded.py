@@ -30,7 +30,7 @@ from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
 from sie_index.params import Hit, Hits, SearchParams
 from sie_index.scoring import check_query
-from sie_index.sharded_build import build_sharded_index
+from sie_index.sharded_build import build_sharded_index, reshard_index
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
 from sie_index.writer import BuildReport, open_corpus
 from storage import ShardMap, read_manifest, read_shard_map, shard_of, verify_index
@@ -157,6 +157,24 @@ class ShardedIndex:
         options.setdefault("progress", False)
         index = cls.build(path, docs, shards=shards, encoder=encoder, ray=ray, **options)
         index._encoder = encoder
+        return index
+
+    @classmethod
+    def from_index(
+        cls,
+        source: str | Path,
+        path: str | Path,
+        *,
+        shards: int,
+        ray: bool = False,
+        **options: Any,
+    ) -> ShardedIndex:
+        """Reshard: a sharded index of the live documents of the index at ``source``,
+        from its stored vectors (nothing encoded again; see
+        :func:`~sie_index.sharded_build.reshard_index` for ``options``)."""
+        report = reshard_index(source, path, shards=shards, **options)
+        index = cls.open(path, verify=False, ray=ray)
+        index.build_report = report
         return index
 
     # -- using one -------------------------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from tqdm import tqdm
 
 from sie_index.corpus import Document, batched
@@ -25,7 +26,7 @@ from sie_index.writer import (
 )
 from storage import CodecChoice, PendingDoc, ShardedBuilder, check_build_options
 
-__all__ = ["build_sharded_index"]
+__all__ = ["build_sharded_index", "reshard_index"]
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,67 @@ def _encoded(
         yield from pending_batches(
             feed, encoder, encoded, store_text=store_text, timing=timing, bar=bar
         )
+
+
+def reshard_index(
+    source: str | Path,
+    path: str | Path,
+    *,
+    shards: int,
+    index_kind: str = "auto",
+    index_options: Mapping[str, Any] | None = None,
+    codec: str = "auto",
+    overwrite: bool = False,
+    chunk_docs: int = 2048,
+) -> BuildReport:
+    """A sharded index of the live documents of the index at ``source``, from its
+    stored vectors (nothing is encoded again): float16 vectors are moved as they
+    are, so a search of the result equals a search of a build from the corpus."""
+    from storage import StoreSnapshot
+
+    t0 = time.perf_counter()
+    timing = Timing()
+    with StoreSnapshot.open(Path(source), verify_vectors=False) as snap:
+        spec = dict(snap.manifest.encoder)
+        choice = CodecChoice(codec)
+        check_build_options(spec, index_kind, index_options, choice, int(spec["dim"]))
+        with ShardedBuilder(
+            Path(path), shards, int(spec["dim"]), codec=choice, overwrite=overwrite
+        ) as builder:
+            live = np.flatnonzero(~snap.spans.deleted)
+            for lo in range(0, len(live), chunk_docs):
+                t = time.perf_counter()
+                chunk = live[lo : lo + chunk_docs]
+                stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
+                starts = snap.spans.token_start[chunk]
+                counts = snap.spans.token_count[chunk]
+                rows = snap.tokens.spans(starts, counts)
+                parts = np.split(rows, np.cumsum(counts)[:-1])
+                batch = [
+                    PendingDoc(
+                        external_id=stored[d].external_id,
+                        text=stored[d].text,
+                        metadata=stored[d].metadata,
+                        vectors=v,
+                    )
+                    for d, v in zip(chunk.tolist(), parts, strict=True)
+                ]
+                timing.encode_seconds += time.perf_counter() - t
+                t = time.perf_counter()
+                builder.add(batch)
+                timing.store_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            shard_map = builder.finish(
+                encoder_spec=spec, index_kind=index_kind, index_options=index_options
+            )
+            index_s = time.perf_counter() - t
+    del shard_map
+    return BuildReport(
+        documents=len(live),
+        tokens=int(snap.spans.token_count[live].sum()),
+        encode_seconds=timing.encode_seconds,
+        store_seconds=timing.store_seconds,
+        index_seconds=index_s,
+        total_seconds=time.perf_counter() - t0,
+        bad_lines=[],
+    )

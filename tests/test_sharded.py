@@ -272,3 +272,21 @@ def test_the_cli_builds_searches_changes_and_verifies_a_sharded_index(
     assert "every shard verified" in capsys.readouterr().out
     with ShardedIndex.open(path) as index:
         assert len(index) == 39
+
+
+def test_resharding_an_index_moves_its_vectors_and_answers_the_same(
+    tmp_path: Path, corpus: tuple[list[str], list[np.ndarray]]
+) -> None:
+    ids, vectors = corpus
+    texts = [f"t {e}" for e in ids]
+    with Index.from_vectors(tmp_path / "one", ids, vectors, texts=texts, index_kind="flat") as one:
+        one.delete(ids[:7])
+        with ShardedIndex.from_index(tmp_path / "one", tmp_path / "sh", shards=4) as sharded:
+            assert len(sharded) == len(one) == 393
+            assert sharded.build_report is not None and sharded.build_report.documents == 393
+            for i in (9, 77, 300):
+                a = sharded.search(vectors[i][:3], k=6, text=True, exact_threshold=0)
+                b = one.search(vectors[i][:3], k=6, text=True, exact_threshold=0)
+                assert [(h.external_id, h.score, h.text) for h in a] == [
+                    (h.external_id, h.score, h.text) for h in b
+                ]
