@@ -42,7 +42,7 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, filters, changes, codecs = (code for lang, code in BLOCKS if lang == "python")
+    code, filters, changes, codecs, sharded = (code for lang, code in BLOCKS if lang == "python")
     monkeypatch.chdir(tmp_path)
     names: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), names)
@@ -56,6 +56,9 @@ def test_python_example_runs(
     assert segments == 1 and 0 < live < 300
     exec(compile(codecs, "README.md", "exec"), {"Index": names["Index"]})  # a pq build
     assert capsys.readouterr().out.split() == ["pq", "128", "34"]
+    exec(compile(sharded, "README.md", "exec"), {})  # shards, on the first example's index
+    documents, resharded, shards = map(int, capsys.readouterr().out.split())
+    assert documents == 200 and shards == 4 and 0 < resharded < 300
 
 
 def test_demo_main_job_on_a_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
