@@ -28,8 +28,9 @@ from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
 from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
-from sie_index.params import Hit, Hits, SearchParams
+from sie_index.params import Hits, SearchParams
 from sie_index.scoring import check_query
+from sie_index.shard_merge import combine_changes, combine_updates, merge_hits
 from sie_index.sharded_build import build_sharded_index, reshard_index
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
 from sie_index.writer import BuildReport, open_corpus
@@ -467,45 +468,6 @@ class ShardedIndex:
 
     def __repr__(self) -> str:
         return f"ShardedIndex({str(self._path)!r}, shards={len(self.shard_map.shards)})"
-
-
-def merge_hits(
-    per_shard: Sequence[Sequence[Hit] | None], k: int, missing: tuple[int, ...] = ()
-) -> Hits:
-    """The global top ``k`` of each shard's exact top ``k``: by score, ties by shard
-    then internal id (as one index breaks ties by internal id)."""
-    pooled = [
-        (-h.score, shard, h.doc_id, h)
-        for shard, hits in enumerate(per_shard)
-        if hits is not None
-        for h in hits
-    ]
-    pooled.sort(key=lambda t: t[:3])
-    import dataclasses
-
-    return Hits(
-        [dataclasses.replace(h, shard=shard) for _, shard, _, h in pooled[:k]], missing=missing
-    )
-
-
-def combine_changes(reports: Sequence[ChangeReport], documents: int) -> ChangeReport:
-    return ChangeReport(
-        generation=max((r.generation for r in reports), default=0),
-        added=sum(r.added for r in reports),
-        deleted=sum(r.deleted for r in reports),
-        replaced=sum(r.replaced for r in reports),
-        tokens=sum(r.tokens for r in reports),
-        documents=documents,
-    )
-
-
-def combine_updates(reports: Sequence[UpdateReport], documents: int) -> UpdateReport:
-    return UpdateReport(
-        change=combine_changes([r.change for r in reports], documents),
-        encode_seconds=sum(r.encode_seconds for r in reports),
-        store_seconds=sum(r.store_seconds for r in reports),
-        bad_lines=[b for r in reports for b in r.bad_lines],
-    )
 
 
 def _init_ray(address: str) -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sie_index import Hits, Index, IndexClosed, InvalidInput, ShardedIndex, open_index
-from sie_index.sharded import merge_hits
+from sie_index.shard_merge import merge_hits
 from storage import read_shard_map, shard_of
 from storage.failpoints import ENV
 from tests.conftest import synthetic_corpus
