@@ -10,8 +10,8 @@ so every variant holds the same vectors). The dev queries are encoded once;
 each variant answers each query one at a time (k=100, default settings):
 p50 / p95 ms, QPS, MRR@10 and R@100, and their ratios to the unsharded index.
 Build: ``--build-docs`` documents of debian-pkgs into 2 shards, encoded by a Ray
-Data pool of 1 and of 2 actors (documents/s, and the driver's peak RSS), each in
-its own process. Writes runs/bench/shards.json and shards.md.
+Data pool of 1 and of 2 actors, and half as many documents with 2 (documents/s,
+and the driver's peak RSS), each in its own process. Writes runs/bench/shards.json and shards.md.
 """
 
 from __future__ import annotations
@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     result["search"] = search_rows(Path(args.index), out, args.queries)
     ray.shutdown()
     result["build"] = []
-    for actors in () if args.skip_build else (1, 2):
+    # 1 and 2 actors on the same documents; 2 actors on half of them too, so the
+    # driver's peak RSS is seen against corpus size
+    runs = [(1, args.build_docs), (2, args.build_docs), (2, args.build_docs // 2)]
+    for actors, docs in () if args.skip_build else runs:
         done = subprocess.run(
             [
                 sys.executable,
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--worker-build",
                 str(actors),
                 "--build-docs",
-                str(args.build_docs),
+                str(docs),
                 "--worker-out",
                 str(out / "shards-build"),
             ],
