@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from sie_index.corpus import batched
+from sie_index.corpus import Document, batched
 from sie_index.encoders.base import Encoder, EncoderSpec, check_encoder_output
 from sie_index.encoders.precomputed import PrecomputedEncoder
+from sie_index.errors import InvalidInput
 from sie_index.writer import CorpusFeed, EncodeAhead, Timing, encoder_for, pending_batches
 from storage import PendingDoc
 
@@ -87,7 +88,11 @@ def ray_encoded_batches(
     from sie_index.writer import _check_document
 
     for window in batched(feed.documents, WINDOW_DOCS):
-        docs = {d.id: d for d in (_check_document(d) for d in window)}
+        docs: dict[str, Document] = {}
+        for doc in (_check_document(d) for d in window):
+            if doc.id in docs:  # the store would refuse it; say so before encoding
+                raise InvalidInput("duplicate document id", doc_id=doc.id)
+            docs[doc.id] = doc
         t = time.perf_counter()
         dataset = ray.data.from_items([{"id": d.id, "text": d.text} for d in docs.values()])
         encoded = dataset.map_batches(

@@ -16,7 +16,8 @@ reader refreshes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ import numpy as np
 from sie_index.corpus import Document
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.precomputed import PrecomputedEncoder
-from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
+from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex, SieIndexError
 from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
 from sie_index.params import Hits, SearchParams
@@ -34,7 +35,15 @@ from sie_index.shard_merge import combine_changes, combine_updates, merge_hits
 from sie_index.sharded_build import build_sharded_index, reshard_index
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
 from sie_index.writer import BuildReport, open_corpus
-from storage import ShardMap, read_manifest, read_shard_map, shard_of, verify_index
+from storage import (
+    ShardMap,
+    WriteLock,
+    mapped_os_errors,
+    read_manifest,
+    read_shard_map,
+    shard_of,
+    verify_index,
+)
 
 __all__ = ["ShardedIndex", "open_index"]
 
@@ -51,8 +60,12 @@ class ShardedIndex:
         shard_map: ShardMap,
         executor: ShardExecutor,
         encoder: Encoder | None = None,
+        *,
+        ray: bool = False,
+        ray_address: str | None = None,
     ) -> None:
         self._path = path
+        self._ray = (ray or ray_address is not None, ray_address)
         self.shard_map = shard_map
         self._executor: ShardExecutor | None = executor
         self.spec = EncoderSpec.from_dict(read_manifest(self.shard_paths[0]).encoder)
@@ -85,7 +98,7 @@ class ShardedIndex:
             executor = RayExecutor(paths, verify=verify, address=ray_address)
         else:
             executor = LocalExecutor(paths, verify=verify)
-        return cls(path, shard_map, executor, encoder)
+        return cls(path, shard_map, executor, encoder, ray=ray, ray_address=ray_address)
 
     @classmethod
     def build(
@@ -281,19 +294,38 @@ class ShardedIndex:
     # -- changing it -------------------------------------------------------------
 
     def _route(self, external_id: str) -> int:
+        if not isinstance(external_id, str):
+            raise InvalidInput("document id must be a string", doc_id=repr(external_id))
         return shard_of(external_id, len(self.shard_map.shards))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A change: the sharded folder's write lock held (so no rebuild replaces the
+        shards under it), on the shards the committed map names now; every shard's
+        reader refreshed afterwards."""
+        self._live_executor()
+        with mapped_os_errors(str(self._path)), WriteLock(self._path):
+            self._follow_map()
+            try:
+                yield
+            finally:
+                self.refresh()
 
     def _each_shard(
         self, fn: Callable[[IndexWriter], _T], positions: Iterable[int] | None = None
     ) -> list[_T]:
-        self._live_executor()
+        """``fn`` on the writer of each shard in ``positions`` (default all), in order;
+        an error names the shard (shards before it have committed)."""
         out = []
         for position in sorted(
             set(positions if positions is not None else range(len(self.shard_paths)))
         ):
-            with IndexWriter(self.shard_paths[position], encoder=self._encoder) as writer:
-                out.append(fn(writer))
-        self.refresh()
+            try:
+                with IndexWriter(self.shard_paths[position], encoder=self._encoder) as writer:
+                    out.append(fn(writer))
+            except SieIndexError as exc:
+                name = self.shard_map.shards[position]
+                raise _naming_shard(exc, position, name) from exc
         return out
 
     def _by_shard(self, documents: Iterable[Document]) -> dict[int, list[Document]]:
@@ -318,6 +350,10 @@ class ShardedIndex:
         feed = open_corpus(
             corpus, on_error=options.pop("on_error", "raise"), limit=options.pop("limit", None)
         )
+        with self._writing():
+            return self._change_groups(feed, replace=replace, **options)
+
+    def _change_groups(self, feed: Any, *, replace: bool, **options: Any) -> UpdateReport:
         groups = self._by_shard(feed.documents)
         reports: dict[int, UpdateReport] = {}
         for position, docs in sorted(groups.items()):
@@ -340,9 +376,22 @@ class ShardedIndex:
         replace: bool = False,
     ) -> ChangeReport:
         """Add (``replace``: upsert) documents from multivectors, each in its shard."""
+        if isinstance(ids, str):
+            raise InvalidInput("add_vectors takes a sequence of ids, not one string")
         ids = list(ids)
         if len(ids) != len(vectors):
             raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
+        with self._writing():
+            return self._add_vectors(ids, vectors, texts, metadata, replace)
+
+    def _add_vectors(
+        self,
+        ids: list[str],
+        vectors: Sequence[Any],
+        texts: Sequence[str | None] | None,
+        metadata: Sequence[Mapping[str, Any] | None] | None,
+        replace: bool,
+    ) -> ChangeReport:
         groups: dict[int, list[int]] = {}
         for i, ext in enumerate(ids):
             if not isinstance(ext, str):
@@ -365,16 +414,19 @@ class ShardedIndex:
 
     def delete(self, ids: Iterable[str]) -> ChangeReport:
         """Delete documents by id, each in the shard its id routes to."""
-        groups: dict[int, list[str]] = {}
-        for ext in ids:
-            groups.setdefault(self._route(ext), []).append(ext)
-        reports: list[ChangeReport] = []
-        for position, doomed in sorted(groups.items()):
+        if isinstance(ids, str):
+            raise InvalidInput("delete takes a collection of ids, not one string")
+        with self._writing():
+            groups: dict[int, list[str]] = {}
+            for ext in ids:
+                groups.setdefault(self._route(ext), []).append(ext)
+            reports: list[ChangeReport] = []
+            for position, doomed in sorted(groups.items()):
 
-            def remove(w: IndexWriter, doomed: list[str] = doomed) -> ChangeReport:
-                return w.delete(doomed)
+                def remove(w: IndexWriter, doomed: list[str] = doomed) -> ChangeReport:
+                    return w.delete(doomed)
 
-            reports += self._each_shard(remove, [position])
+                reports += self._each_shard(remove, [position])
         return combine_changes(reports, len(self))
 
     def delete_where(
@@ -385,7 +437,10 @@ class ShardedIndex:
         filter_sql: str | None = None,
     ) -> ChangeReport:
         """Delete the documents matching a filter, in every shard."""
-        reports = self._each_shard(lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql))
+        with self._writing():
+            reports = self._each_shard(
+                lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql)
+            )
         return combine_changes(reports, len(self))
 
     def compact(self, *, retrain: bool = False) -> ChangeReport:
@@ -396,28 +451,54 @@ class ShardedIndex:
                 "a sharded index shares one quantizer; compact(retrain=True) would make each "
                 "shard's its own: rebuild the sharded index (ShardedIndex.build, overwrite)"
             )
-        return combine_changes(self._each_shard(lambda w: w.compact()), len(self))
+        with self._writing():
+            reports = self._each_shard(lambda w: w.compact())
+        return combine_changes(reports, len(self))
 
     def refresh(self) -> bool:
-        """Move every shard to its latest committed generation; True if any changed."""
+        """Move to the latest committed shard map (a rebuild) and every shard to its
+        latest committed generation; True if anything changed."""
+        rebuilt = self._follow_map()
         answers = self._live_executor().run("refresh")
-        for a in answers:
+        for position, a in enumerate(answers):
             if isinstance(a, BaseException):
-                raise a
-        return any(answers)
+                raise _naming_shard(a, position, self.shard_map.shards[position]) from a
+        return rebuilt or any(answers)
+
+    def _follow_map(self) -> bool:
+        """Open the shards of a newer committed map (another process rebuilt the index);
+        True if there was one."""
+        current = read_shard_map(self._path)
+        if current is None:
+            raise NotAnIndex(f"{self._path} no longer holds a sharded index")
+        if current == self.shard_map:
+            return False
+        fresh = self._open_executor(current)
+        old, self._executor, self.shard_map = self._executor, fresh, current
+        if old is not None:
+            old.close()
+        return True
+
+    def _open_executor(self, shard_map: ShardMap) -> ShardExecutor:
+        paths = [self._path / name for name in shard_map.shards]
+        on_ray, address = self._ray
+        if on_ray:
+            return RayExecutor(paths, verify=False, address=address)
+        return LocalExecutor(paths, verify=False)
 
     # -- describing it -------------------------------------------------------------
 
     def __len__(self) -> int:
         total = 0
-        for a in self._live_executor().run("len"):
+        for position, a in enumerate(self._live_executor().run("len")):
             if isinstance(a, BaseException):
-                raise a
+                raise _naming_shard(a, position, self.shard_map.shards[position]) from a
             total += int(a)
         return total
 
     def info(self) -> dict[str, Any]:
         """The shards, their sizes and the shared plan."""
+        self._live_executor()
         shards = []
         for path in self.shard_paths:
             m = read_manifest(path)
@@ -442,6 +523,7 @@ class ShardedIndex:
     def verify(self) -> dict[str, Any]:
         """Verify every shard (checksums, invariants) and that every live id sits in the
         shard its id routes to; ``ok`` is True when all holds."""
+        self._live_executor()
         problems = []
         for position, path in enumerate(self.shard_paths):
             report = verify_index(path)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from sie_index.corpus import Document, batched
 from sie_index.encoders.base import Encoder
+from sie_index.errors import InvalidInput
 from sie_index.writer import (
     BuildReport,
     CorpusFeed,
@@ -64,8 +65,20 @@ def build_sharded_index(
     feed = open_corpus(corpus, on_error=on_error, limit=limit)
     timing = Timing()
     disable = None if progress is None else not progress
+    request = {
+        "encoder": {k: v for k, v in spec.to_dict().items() if k != "runtime"},
+        "index_kind": index_kind,
+        "index_options": dict(index_options or {}),
+        "codec": codec,
+    }
     with ShardedBuilder(
-        Path(path), shards, spec.dim, codec=choice, overwrite=overwrite, resume=resume
+        Path(path),
+        shards,
+        spec.dim,
+        codec=choice,
+        overwrite=overwrite,
+        resume=resume,
+        request=request,
     ) as builder:
         wanted = CorpusFeed(
             documents=(d for d in feed.documents if builder.wants(_checked_id(d))),
@@ -159,6 +172,11 @@ def reshard_index(
     timing = Timing()
     with StoreSnapshot.open(Path(source), verify_vectors=False) as snap:
         spec = dict(snap.manifest.encoder)
+        if snap.manifest.dim != spec["dim"]:
+            raise InvalidInput(
+                f"{source} stores {snap.manifest.dim}-dim projections of {spec['dim']}-dim "
+                "vectors; a sharded index shares no projection: reshard an unprojected index"
+            )
         choice = CodecChoice(codec)
         check_build_options(spec, index_kind, index_options, choice, int(spec["dim"]))
         with ShardedBuilder(

@@ -54,11 +54,13 @@ __all__ = [
     "TokenReader",
     "TooManyOpenFiles",
     "VerifyReport",
+    "WriteLock",
     "as_array",
     "check_build_options",
     "check_condition",
     "check_document",
     "check_text",
+    "mapped_os_errors",
     "plain_json",
     "read_manifest",
     "read_shard_map",
@@ -67,6 +69,8 @@ __all__ = [
 ]
 
 _WHERE = {
+    "mapped_os_errors": "storage.errors",
+    "WriteLock": "storage.lock",
     "as_array": "storage.segment",
     "check_document": "storage.values",
     "check_text": "storage.values",
@@ -124,7 +128,9 @@ if TYPE_CHECKING:
         StorageError,
         StorageFull,
         TooManyOpenFiles,
+        mapped_os_errors,
     )
+    from storage.lock import WriteLock
     from storage.merging import MergePolicy
     from storage.predicate import FILTER_BUDGET_S, Predicate, check_condition
     from storage.segment import PendingDoc, as_array

@@ -39,7 +39,12 @@ from storage.generations import (
 )
 from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest
 from storage.segment import segment_numbers
-from storage.snapshot import StoreSnapshot, check_generation, parse_manifest
+from storage.snapshot import (
+    MAX_MANIFEST_BYTES,
+    StoreSnapshot,
+    check_generation,
+    parse_manifest,
+)
 
 __all__ = ["commit_generation", "next_number"]
 
@@ -69,6 +74,11 @@ def _checked_bytes(manifest: Manifest, deleted: bytes, where: str) -> bytes:
         raise InvalidInput(
             f"refusing to commit {where}: a recorded value is not JSON: {exc}"
         ) from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise InvalidInput(
+            f"refusing to commit {where}: its manifest would take {len(raw)} bytes, more than "
+            f"a reader reads ({MAX_MANIFEST_BYTES}); a recorded value is far too large"
+        )
     try:
         check_generation(parse_manifest(raw, where), deleted, where)
     except StorageError as exc:

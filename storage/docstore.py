@@ -7,8 +7,10 @@ segment's; also the row's position in the span arrays), the user's
 ``[token_start, token_start + token_count)`` in the token-vector store. A
 segment's rows are committed batch by batch, one transaction each; the
 segment counts once a generation names it (:mod:`storage.commit`). The
-``deleted`` column stays 0: deletes are the generation's list
-(:mod:`storage.deletions`), since segments are never written again.
+``deleted`` column is 0 when a row is written: deletes are the generation's
+list (:mod:`storage.deletions`), since segments are never written again; only a
+merge (:mod:`storage.merging`), copying a document that list already holds,
+writes it as 1, so the copy holds no live external id.
 
 Every row carries two checksums, because SQLite checks its page structure but
 not the values in it (``PRAGMA integrity_check`` passes when a stored id or a

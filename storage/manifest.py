@@ -52,6 +52,7 @@ MANIFEST_NAME = "manifest.json"
 DELETED_NAME = "deleted.i64"
 _SEGMENT_NAME = re.compile(r"seg-\d{6,}\Z")
 MAX_DIM = 65_536
+MAX_ENCODER_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _FIELDS = {
     "format_version",
@@ -241,9 +242,11 @@ def check_encoder_record(encoder: Any, where: str) -> None:
     check = _Checker(where)
     _encoder_record(check, check.obj({"encoder": encoder}, "encoder"))
     try:
-        json.dumps(encoder, allow_nan=False)
+        size = len(json.dumps(encoder, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise CorruptIndex(f"{where}: encoder is not plain JSON: {exc}") from exc
+    if size > MAX_ENCODER_BYTES:
+        raise CorruptIndex(f"{where}: the encoder spec takes {size} bytes of JSON, over 1 MiB")
 
 
 def _file_record(check: _Checker, rec: dict[str, Any], prefix: str) -> FileRecord:

@@ -17,7 +17,10 @@ and asks again until there is none, as Lucene's log merge policy does:
 
 The first segment (a build's or a compaction's, holding the trained FAISS index)
 is never merged: only segments written by adds are. A merge copies rows as they
-are stored, so internal ids, token rows and every search result stay the same.
+are stored, so internal ids and token rows stay the same, and so does every
+search result of the kinds whose segments hold codes (``flat``, ``ivf-*``); an
+``hnsw`` merge builds one graph over the merged rows, whose answers equal the
+separate graphs' at an exhaustive ``ef_search`` and may differ below it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ shared quantizer from a committed shard.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from storage.codec import auto_codec
 from storage.errors import InvalidInput, StorageError, mapped_os_errors
 from storage.failpoints import failpoint
 from storage.fsio import atomic_replace
-from storage.generations import CURRENT_NAME
+from storage.generations import CURRENT_NAME, LEASE_NAME
 from storage.lock import LOCK_NAME, WriteLock
 from storage.manifest import MANIFEST_NAME
 from storage.segment import PendingDoc
@@ -89,6 +90,23 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def _held(shard: Path) -> bool:
+    """Whether a reader holds a generation of the shard folder ``shard`` (then it stays,
+    for a later build's sweep, as a single index keeps a generation a reader holds)."""
+    for gen in shard.glob("gen-*"):
+        try:
+            fd = os.open(gen / LEASE_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def _committed(folder: Path) -> bool:
     return (folder / CURRENT_NAME).is_file()
 
@@ -106,8 +124,13 @@ class ShardedBuilder:
         codec: CodecChoice | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        request: Mapping[str, Any] | None = None,
     ) -> None:
+        """``request``: what the build was asked for (encoder spec, index kind and
+        options, as plain JSON), recorded in ``BUILDING``; a resume must ask for the
+        same, or its shards would not belong to one index."""
         self.target = Path(target)
+        self.request = dict(request or {})
         self.n_shards = check_shard_count(n_shards)
         self.dim = dim
         self.codec = codec or CodecChoice()
@@ -146,12 +169,23 @@ class ShardedBuilder:
     def _start(self, overwrite: bool, resume: bool) -> None:
         self.previous = read_shard_map(self.target)
         building = self._building()
-        if self.previous is not None and not (overwrite or resume):
+        resuming = resume and building is not None
+        if self.previous is not None and not overwrite and not resuming:
             raise StorageError(
-                f"{self.target} already holds a sharded index; pass overwrite to rebuild it"
+                f"{self.target} already holds a sharded index"
+                + ("" if not resume else " and no interrupted build to resume")
+                + "; pass overwrite to rebuild it"
             )
         self.kept: set[int] = set()
-        if resume and building is not None and building["shards"] == self.n_shards:
+        if resuming:
+            assert building is not None
+            asked = {"shards": self.n_shards, "request": self.request}
+            started = {"shards": building["shards"], "request": building.get("request", {})}
+            if asked != started:
+                raise InvalidInput(
+                    f"{self.target}: the interrupted build was started with {started}; "
+                    f"resume it with the same shards, encoder and index settings, not {asked}"
+                )
             self.generation = int(building["generation"])
             self.kept = {i for i in range(self.n_shards) if _committed(self._shard_folder(i))}
         else:
@@ -159,7 +193,9 @@ class ShardedBuilder:
             if building is not None:
                 used.append(int(building["generation"]))
             self.generation = max(used) + 1
-            body = json.dumps({"generation": self.generation, "shards": self.n_shards})
+            body = json.dumps(
+                {"generation": self.generation, "shards": self.n_shards, "request": self.request}
+            )
             atomic_replace(self.target / BUILDING_NAME, lambda tmp: _write(tmp, body))
         self._sweep(keep_build=True)
         for i in range(self.n_shards):
@@ -169,7 +205,7 @@ class ShardedBuilder:
                     shutil.rmtree(folder)
                 self.builders[i] = StoreBuilder(folder, self.dim, codec=self.codec)
 
-    def _building(self) -> dict[str, int] | None:
+    def _building(self) -> dict[str, Any] | None:
         try:
             raw = json.loads((self.target / BUILDING_NAME).read_text())
         except (FileNotFoundError, ValueError):
@@ -190,7 +226,7 @@ class ShardedBuilder:
         if keep_build:
             keep |= {shard_dirname(self.generation, i) for i in range(self.n_shards)}
         for name in os.listdir(self.target):
-            if is_shard_dirname(name) and name not in keep:
+            if is_shard_dirname(name) and name not in keep and not _held(self.target / name):
                 shutil.rmtree(self.target / name, ignore_errors=True)
 
     def wants(self, external_id: str) -> bool:

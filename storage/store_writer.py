@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ from storage.token_index import (
 from storage.vectors import VECTOR_DTYPE, TokenReader
 
 __all__ = ["ChangeReport", "StoreWriter"]
+
+log = logging.getLogger(__name__)
 
 COMPACT_CHUNK_DOCS = 1024
 
@@ -278,8 +281,12 @@ class StoreWriter:
         for offset, ext in enumerate(added):
             self.live[ext] = record.doc_base + offset
             self._ext_of[record.doc_base + offset] = ext
-        # the add is committed; a merge that fails (or is killed) leaves it as it is
-        self.merge_as_needed()
+        # the add is committed: a merge that fails (a full disk, say) or is killed leaves
+        # it as it is, and must not report the committed add as failed
+        try:
+            self.merge_as_needed()
+        except Exception as exc:
+            log.warning("%s: merging small segments failed, left for later: %s", self.target, exc)
         return self._report(
             self.manifest.generation,
             added=len(added) - len(replaced),
@@ -291,7 +298,8 @@ class StoreWriter:
     def merge(self, lo: int, hi: int) -> ChangeReport:
         """Merge the adjacent tail segments at positions ``lo .. hi - 1`` into one, in
         one commit (see :mod:`storage.merging`): rows are copied as stored, so ids,
-        token rows and search results stay the same."""
+        token rows and (but for ``hnsw``, whose merged segment gets one new graph)
+        search results stay the same."""
         self._check_usable()
         m = self.manifest
         if not 1 <= lo < hi <= len(m.segments):

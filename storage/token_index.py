@@ -126,6 +126,15 @@ class TokenIndexPlan:
             train_sample=raw["train_sample"],
             seed=raw["seed"],
         )
+        used = {
+            "ivf-flat": ("nlist",),
+            "ivf-sq8": ("nlist",),
+            "ivf-pq": ("nlist", "pq_m"),
+            "hnsw": ("hnsw_m",),
+            "flat": (),
+        }[kind]
+        if any(raw[name] == 0 for name in used):
+            raise CorruptIndex(f"{where}: a {kind} token index needs {', '.join(used)} above 0")
         if raw["factory"] != plan.factory_string() or plan.to_dict() != raw:
             raise CorruptIndex(f"{where}: token_index parameters do not fit together")
         return plan

@@ -242,3 +242,29 @@ def test_close_while_threads_search_gives_results_or_index_closed(tmp_path: Path
     assert all(r == 5 for r in results)
     with pytest.raises(SieIndexError):
         index.search(vectors[0])
+
+
+def test_a_merge_that_fails_after_an_add_leaves_the_add_committed_and_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk in the merge an add runs after its commit (injected: a real disk
+    cannot be made to fill at that one instant) does not report the add as failed."""
+    import errno
+
+    import storage.store_writer as store_writer
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ids, vectors = synthetic_corpus(10, DIM, seed=9)
+    path = tmp_path / "idx"
+    Index.from_vectors(path, ids[:2], vectors[:2], index_kind="flat").close()
+    monkeypatch.setattr(store_writer, "copy_segment", full)
+    policy = MergePolicy(factor=2, min_tokens=1, max_segments=2)
+    with StoreWriter(path, merge_policy=policy) as writer:
+        for ext, v in zip(ids[2:], vectors[2:], strict=True):
+            v = v / np.linalg.norm(v, axis=1, keepdims=True)
+            report = writer.add([[PendingDoc(external_id=ext, text=ext, metadata=None, vectors=v)]])
+            assert report.added == 1
+    assert _ids_of(path) == sorted(ids)
+    assert verify_index(path).ok

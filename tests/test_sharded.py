@@ -290,3 +290,64 @@ def test_resharding_an_index_moves_its_vectors_and_answers_the_same(
                 assert [(h.external_id, h.score, h.text) for h in a] == [
                     (h.external_id, h.score, h.text) for h in b
                 ]
+
+
+def test_ids_must_be_strings_and_a_string_is_not_a_list_of_ids(tmp_path: Path) -> None:
+    ids = ["a", "b", "c", "abc"]
+    vectors = _normalized(synthetic_corpus(4, DIM, seed=3)[1])
+    with ShardedIndex.from_vectors(
+        tmp_path / "sh", ids, vectors, shards=2, index_kind="flat"
+    ) as index:
+        for bad in ("abc", [1], [None]):
+            with pytest.raises(InvalidInput):
+                index.delete(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            index.add_vectors("abc", vectors[:3])
+        assert len(index) == 4
+
+
+def test_resume_needs_an_interrupted_build_with_the_same_settings(tmp_path: Path) -> None:
+    from sie_index import StorageError
+
+    ids, vectors = synthetic_corpus(30, DIM, seed=4)
+    vectors = _normalized(vectors)
+    path = tmp_path / "sh"
+    ShardedIndex.from_vectors(path, ids, vectors, shards=2, index_kind="flat").close()
+    with pytest.raises(StorageError, match="no interrupted build to resume"):
+        ShardedIndex.from_vectors(path, ids[:5], vectors[:5], shards=2, resume=True)
+    (path / "BUILDING").write_text('{"generation": 7, "shards": 2, "request": {}}')
+    with pytest.raises(InvalidInput, match="started with"):
+        ShardedIndex.from_vectors(path, ids, vectors, shards=2, index_kind="flat", resume=True)
+    with ShardedIndex.open(path) as index:
+        assert len(index) == 30
+
+
+def test_an_open_sharded_index_follows_a_rebuild(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(60, DIM, seed=6)
+    vectors = _normalized(vectors)
+    path = tmp_path / "sh"
+    ShardedIndex.from_vectors(path, ids[:20], vectors[:20], shards=2, index_kind="flat").close()
+    with ShardedIndex.open(path) as reader:
+        old = set(reader.shard_map.shards)
+        ShardedIndex.from_vectors(
+            path, ids, vectors, shards=3, index_kind="flat", overwrite=True
+        ).close()
+        # the folders the open reader holds are kept; it answers from them until it refreshes
+        assert all((path / name).is_dir() for name in old)
+        assert len(reader) == 20
+        assert reader.refresh() and len(reader) == 60 and len(reader.shard_map.shards) == 3
+        reader.delete([ids[0]])  # a write goes to the new shards
+        assert len(reader) == 59
+    ShardedIndex.from_vectors(
+        path, ids, vectors, shards=3, index_kind="flat", overwrite=True
+    ).close()
+    assert not any((path / name).exists() for name in old)  # swept once no reader holds them
+
+
+def test_a_projected_index_is_not_resharded(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(60, DIM, seed=8)
+    Index.from_vectors(
+        tmp_path / "one", ids, vectors, index_kind="flat", codec="f16", dim=8
+    ).close()
+    with pytest.raises(InvalidInput, match="projection"):
+        ShardedIndex.from_index(tmp_path / "one", tmp_path / "sh", shards=2)
