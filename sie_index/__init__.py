@@ -54,6 +54,7 @@ __all__ = [
     "ReadOnlyIndex",
     "ResidentScan",
     "SearchParams",
+    "ShardTimeout",
     "ShardedIndex",
     "SieEncoder",
     "SieIndexError",
@@ -68,6 +69,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ShardTimeout": "sie_index.errors",
     "open_index": "sie_index.sharded",
     "Hits": "sie_index.params",
     "ShardedIndex": "sie_index.sharded",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:
         InvalidInput,
         NotAnIndex,
         ReadOnlyIndex,
+        ShardTimeout,
         SieIndexError,
         StorageError,
         StorageFull,

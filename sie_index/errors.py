@@ -17,6 +17,7 @@ The tree::
     │   ├── ReadOnlyIndex            the index's folder cannot be written
     │   ├── TooManyOpenFiles         the process has no file descriptor left
     │   └── DimensionMismatch        vectors or a query encoder of the wrong dimension
+    ├── ShardTimeout                 a shard did not answer within a search's deadline
     └── InvalidInput (ValueError)    bad user input: corpus lines, ids, texts, vectors
 
 Lower libraries' errors (FAISS, SQLite, json, torch) are mapped to these at the
@@ -55,6 +56,7 @@ __all__ = [
     "InvalidInput",
     "NotAnIndex",
     "ReadOnlyIndex",
+    "ShardTimeout",
     "SieIndexError",
     "StorageError",
     "StorageFull",
@@ -79,3 +81,7 @@ class EncoderMismatch(EncoderError):
 
     A query encoder of the wrong dimension raises :class:`DimensionMismatch` instead.
     """
+
+
+class ShardTimeout(SieIndexError):
+    """A shard of a sharded index did not answer within the request's deadline."""

@@ -23,16 +23,12 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Protocol
 
-from sie_index.errors import SieIndexError
+from sie_index.errors import ShardTimeout
 from sie_index.index import Index
 
 __all__ = ["LocalExecutor", "RayExecutor", "ShardExecutor", "ShardTimeout", "shard_call"]
 
 ACTOR_RESTARTS = 3
-
-
-class ShardTimeout(SieIndexError):
-    """A shard did not answer within the request's deadline."""
 
 
 def shard_call(index: Index, call: str, *args: Any, **kwargs: Any) -> Any:

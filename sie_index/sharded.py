@@ -271,6 +271,14 @@ class ShardedIndex:
         """
         if isinstance(queries, str | np.ndarray):
             raise InvalidInput("search_batch takes a sequence of queries; use search for one")
+        if deadline_s is not None and (
+            isinstance(deadline_s, bool)
+            or not isinstance(deadline_s, int | float)
+            or not 0 < deadline_s < float("inf")
+        ):
+            raise InvalidInput(
+                f"deadline_s must be a positive number of seconds, not {deadline_s!r}"
+            )
         params = (params or SearchParams()).with_(k=k, **overrides)
         executor = self._live_executor()
         matrices = self._query_matrices(queries)
