@@ -246,17 +246,27 @@ class BatchingWriter:
     # -- in the writer's thread ------------------------------------------------------
 
     def _commit(self, batch: list[WriteOp]) -> list[Outcome]:
-        outcomes: list[Outcome]
-        try:
-            outcomes = list(self._apply(batch))
-        except _REQUEST_ERRORS as exc:
-            if len(batch) == 1:
-                return [exc]
-            outcomes = [self._one(op) for op in batch]  # nothing was committed: one by one
-        except Exception as exc:
-            self._failed(exc)
-            return [exc] * len(batch)
-        done = [o for o in outcomes if isinstance(o, ChangeOut)]
+        outcomes: dict[int, Outcome] = {}
+        groups = [batch]
+        while groups:
+            group = groups.pop(0)
+            if not group:
+                continue
+            try:
+                for op, out in zip(group, self._apply(group), strict=True):
+                    outcomes[id(op)] = out
+            except _REQUEST_ERRORS as exc:  # nothing of the group was committed
+                if len(group) == 1:
+                    outcomes[id(group[0])] = exc
+                else:
+                    groups[0:0] = self._split(group, exc, outcomes)
+            except Exception as exc:
+                self._failed(exc)
+                for op in [*group, *(op for g in groups for op in g)]:
+                    outcomes[id(op)] = exc
+                groups = []
+        results = [outcomes[id(op)] for op in batch]
+        done = [o for o in results if isinstance(o, ChangeOut)]
         if done:
             try:
                 self._index.refresh()
@@ -266,18 +276,26 @@ class BatchingWriter:
                     f"the change is committed (generation {done[-1].generation}), but this "
                     f"server could not move to it: {exc}"
                 )
-                return [gone if isinstance(o, ChangeOut) else o for o in outcomes]
+                return [gone if isinstance(o, ChangeOut) else o for o in results]
             self.failure = None
-        return outcomes
+        return results
 
-    def _one(self, op: WriteOp) -> Outcome:
-        try:
-            return self._apply([op])[0]
-        except _REQUEST_ERRORS as exc:
-            return exc
-        except Exception as exc:
-            self._failed(exc)
-            return exc
+    @staticmethod
+    def _split(
+        group: list[WriteOp], exc: Exception, outcomes: dict[int, Outcome]
+    ) -> list[list[WriteOp]]:
+        """What to try after ``group`` failed on one request's input: without the request
+        the error names; split before the second request naming a document the error
+        names twice (each half may be fine alone); else each request alone."""
+        doc_id = getattr(exc, "doc_id", None)
+        holders = [i for i, op in enumerate(group) if doc_id in getattr(op, "ids", ())]
+        if doc_id is not None and len(holders) == 1:
+            culprit = holders[0]
+            outcomes[id(group[culprit])] = exc
+            return [group[:culprit] + group[culprit + 1 :]]
+        if doc_id is not None and len(holders) > 1:
+            return [group[: holders[1]], group[holders[1] :]]
+        return [[op] for op in group]
 
     def _failed(self, exc: Exception) -> None:
         """After a failed commit, start again from a fresh writer (it rereads the index)."""
