@@ -22,7 +22,6 @@ from sie_index import (
     IndexLocked,
     IndexWriter,
     InvalidInput,
-    UpdateReport,
 )
 from sie_index.client import _TYPED, AsyncClient, Client, ServerError
 from sie_index.server.errors_http import TABLE
@@ -141,24 +140,3 @@ def test_the_client_retries_503_within_its_deadline(tmp_path: Path) -> None:
         with pytest.raises(ServerError) as caught:
             client.search(vectors[0])
         assert caught.value.code == "unreachable"
-
-
-def test_add_from_a_corpus_needs_the_encoder_and_reports_an_update(tmp_path: Path) -> None:
-    """The one test with the default text encoder: text queries and text documents."""
-    docs = [
-        Document(id="apt", text="apt installs Debian packages from repositories"),
-        Document(id="gimp", text="GIMP edits and resizes photos and images"),
-        Document(id="nginx", text="nginx is a fast web server and reverse proxy"),
-    ]
-    path = tmp_path / "text-idx"
-    Index.build(path, docs, index_kind="flat", progress=False).close()
-    with ServerProcess(path, "--batch-window-ms", "5") as server, Client(server.url) as client:
-        report = client.add([Document(id="ruff", text="ruff lints Python code quickly")])
-        assert isinstance(report, UpdateReport) and report.change.added == 1
-        assert report.encode_seconds > 0
-        with Index.open(path) as local:
-            for q in ("a linter for python", "serve web pages", "resize a picture"):
-                hits = client.search(q, k=2, text=True)
-                assert hits == local.search(q, k=2, text=True)
-            assert hits[0].external_id == "gimp"
-        assert client.search("python code checker", k=1)[0].external_id == "ruff"
