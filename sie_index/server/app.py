@@ -353,8 +353,15 @@ def serve(index: Index, config: ServerConfig) -> None:
         log.warning(
             "serving on %s without API keys: anyone who can reach it may write", config.host
         )
-    family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.create_server((config.host, config.port), family=family)
+    family, kind, proto, _, address = socket.getaddrinfo(
+        config.host, config.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets that do, and without
+    # it a kept-alive connection waits 40 ms for a delayed ACK between header and body
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(2048)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     # the port may have been 0: this line says which one was taken
