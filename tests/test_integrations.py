@@ -5,6 +5,7 @@ and documents added as text through the server."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +108,14 @@ def test_text_queries_and_text_documents_through_the_server(
         local.refresh()
         q = "python code checker"
         assert client.search(q, k=3, metadata=True) == local.search(q, k=3, metadata=True)
+
+
+def test_the_readme_serve_example_runs_as_written(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (code,) = [b for b in blocks if "sie_index.client" in b]
+    exec(compile(code.replace("http://127.0.0.1:8000", server.url), "README.md", "exec"), {})
+    hits, same = capsys.readouterr().out.splitlines()
+    assert "'gimp'" in hits and same == "True"

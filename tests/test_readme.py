@@ -42,7 +42,7 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, filters, changes, codecs = (code for lang, code in BLOCKS if lang == "python")
+    code, filters, changes, codecs, _serve = (code for lang, code in BLOCKS if lang == "python")
     monkeypatch.chdir(tmp_path)
     names: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), names)
