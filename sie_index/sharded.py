@@ -16,8 +16,7 @@ reader refreshes.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,19 +25,18 @@ import numpy as np
 from sie_index.corpus import Document
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.precomputed import PrecomputedEncoder
-from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex, SieIndexError
+from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
 from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
 from sie_index.params import Hits, SearchParams
 from sie_index.scoring import check_query
-from sie_index.shard_merge import combine_changes, combine_updates, merge_hits
+from sie_index.shard_merge import merge_hits
 from sie_index.sharded_build import build_sharded_index, reshard_index
-from sie_index.updates import ChangeReport, IndexWriter, UpdateReport
-from sie_index.writer import BuildReport, open_corpus
+from sie_index.sharded_writer import ShardedWriter, _naming_shard
+from sie_index.updates import ChangeReport, UpdateReport
+from sie_index.writer import BuildReport
 from storage import (
     ShardMap,
-    WriteLock,
-    mapped_os_errors,
     read_manifest,
     read_shard_map,
     shard_of,
@@ -210,6 +208,10 @@ class ShardedIndex:
             self._encoder = encoder_from_spec(self.spec)
         return self._encoder
 
+    def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Query multivectors for ``texts`` with the index's query encoder."""
+        return self.encoder.encode_queries(list(texts))
+
     def _live_executor(self) -> ShardExecutor:
         if self._executor is None:
             raise IndexClosed(f"the sharded index at {self._path} is closed")
@@ -261,11 +263,13 @@ class ShardedIndex:
         explain: bool = False,
         deadline_s: float | None = None,
         allow_partial: bool = False,
+        threads: int | None = None,
         **overrides: Any,
     ) -> list[Hits]:
         """Many queries, each encoded once and answered by every shard, merged.
 
-        A shard that fails or does not answer within ``deadline_s`` raises its error
+        ``threads`` is each shard's, as :meth:`Index.search_batch` takes it. A shard
+        that fails or does not answer within ``deadline_s`` raises its error
         (naming the shard); with ``allow_partial`` the merge of the shards that
         answered comes back instead, its ``missing`` naming the others.
         """
@@ -283,7 +287,7 @@ class ShardedIndex:
         executor = self._live_executor()
         matrices = self._query_matrices(queries)
         answers = executor.run(
-            "search", matrices, params, text, metadata, explain, deadline_s=deadline_s
+            "search", matrices, params, text, metadata, explain, threads, deadline_s=deadline_s
         )
         missing = tuple(i for i, a in enumerate(answers) if isinstance(a, BaseException))
         if missing and not allow_partial:
@@ -301,141 +305,44 @@ class ShardedIndex:
 
     # -- changing it -------------------------------------------------------------
 
-    def _route(self, external_id: str) -> int:
-        if not isinstance(external_id, str):
-            raise InvalidInput("document id must be a string", doc_id=repr(external_id))
-        return shard_of(external_id, len(self.shard_map.shards))
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A change: the sharded folder's write lock held (so no rebuild replaces the
-        shards under it), on the shards the committed map names now; every shard's
-        reader refreshed afterwards."""
+    def writer(self) -> ShardedWriter:
+        """The sharded index's writer (holds the sharded folder's lock until closed),
+        on the shards the committed map names now."""
         self._live_executor()
-        with mapped_os_errors(str(self._path)), WriteLock(self._path):
-            self._follow_map()
+        writer = ShardedWriter(self._path, self.shard_map, self._encoder)
+        try:
+            if self._follow_map():
+                writer.close()
+                writer = ShardedWriter(self._path, self.shard_map, self._encoder)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    def _change(self, fn: Callable[[ShardedWriter], _T]) -> _T:
+        with self.writer() as w:
             try:
-                yield
+                return fn(w)
             finally:
                 self.refresh()
 
-    def _each_shard(
-        self, fn: Callable[[IndexWriter], _T], positions: Iterable[int] | None = None
-    ) -> list[_T]:
-        """``fn`` on the writer of each shard in ``positions`` (default all), in order;
-        an error names the shard (shards before it have committed)."""
-        out = []
-        for position in sorted(
-            set(positions if positions is not None else range(len(self.shard_paths)))
-        ):
-            try:
-                with IndexWriter(self.shard_paths[position], encoder=self._encoder) as writer:
-                    out.append(fn(writer))
-            except SieIndexError as exc:
-                name = self.shard_map.shards[position]
-                raise _naming_shard(exc, position, name) from exc
-        return out
-
-    def _by_shard(self, documents: Iterable[Document]) -> dict[int, list[Document]]:
-        groups: dict[int, list[Document]] = {}
-        for doc in documents:
-            if not isinstance(doc, Document):
-                raise InvalidInput(f"a corpus item is a {type(doc).__name__}, not a Document")
-            groups.setdefault(self._route(doc.id), []).append(doc)
-        return groups
-
     def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
         """Add documents, each to its shard (one commit a shard that gets any)."""
-        return self._change_docs(corpus, replace=False, **options)
+        return self._change(lambda w: w.add(corpus, **options))
 
     def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index (in their shard)."""
-        return self._change_docs(corpus, replace=True, **options)
-
-    def _change_docs(
-        self, corpus: str | Path | Iterable[Document], *, replace: bool, **options: Any
-    ) -> UpdateReport:
-        feed = open_corpus(
-            corpus, on_error=options.pop("on_error", "raise"), limit=options.pop("limit", None)
-        )
-        with self._writing():
-            return self._change_groups(feed, replace=replace, **options)
-
-    def _change_groups(self, feed: Any, *, replace: bool, **options: Any) -> UpdateReport:
-        groups = self._by_shard(feed.documents)
-        reports: dict[int, UpdateReport] = {}
-        for position, docs in sorted(groups.items()):
-
-            def change(w: IndexWriter, docs: list[Document] = docs) -> UpdateReport:
-                return w.upsert(docs, **options) if replace else w.add(docs, **options)
-
-            reports[position] = self._each_shard(change, [position])[0]
-        combined = combine_updates(list(reports.values()), len(self))
-        combined.bad_lines[:0] = feed.bad_lines
-        return combined
+        return self._change(lambda w: w.upsert(corpus, **options))
 
     def add_vectors(
-        self,
-        ids: Sequence[str],
-        vectors: Sequence[Any],
-        *,
-        texts: Sequence[str | None] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        replace: bool = False,
+        self, ids: Sequence[str], vectors: Sequence[Any], **options: Any
     ) -> ChangeReport:
-        """Add (``replace``: upsert) documents from multivectors, each in its shard."""
-        if isinstance(ids, str):
-            raise InvalidInput("add_vectors takes a sequence of ids, not one string")
-        ids = list(ids)
-        if len(ids) != len(vectors):
-            raise InvalidInput(f"{len(ids)} ids but {len(vectors)} vector arrays")
-        with self._writing():
-            return self._add_vectors(ids, vectors, texts, metadata, replace)
-
-    def _add_vectors(
-        self,
-        ids: list[str],
-        vectors: Sequence[Any],
-        texts: Sequence[str | None] | None,
-        metadata: Sequence[Mapping[str, Any] | None] | None,
-        replace: bool,
-    ) -> ChangeReport:
-        groups: dict[int, list[int]] = {}
-        for i, ext in enumerate(ids):
-            if not isinstance(ext, str):
-                raise InvalidInput("document id must be a string", doc_id=str(ext))
-            groups.setdefault(self._route(ext), []).append(i)
-        reports: list[ChangeReport] = []
-        for position, rows in sorted(groups.items()):
-
-            def change(w: IndexWriter, rows: list[int] = rows) -> ChangeReport:
-                return w.add_vectors(
-                    [ids[i] for i in rows],
-                    [vectors[i] for i in rows],
-                    texts=[texts[i] for i in rows] if texts is not None else None,
-                    metadata=[metadata[i] for i in rows] if metadata is not None else None,
-                    replace=replace,
-                )
-
-            reports += self._each_shard(change, [position])
-        return combine_changes(reports, len(self))
+        """Add (``replace=True``: upsert) documents from multivectors, each in its shard."""
+        return self._change(lambda w: w.add_vectors(ids, vectors, **options))
 
     def delete(self, ids: Iterable[str]) -> ChangeReport:
         """Delete documents by id, each in the shard its id routes to."""
-        if isinstance(ids, str):
-            raise InvalidInput("delete takes a collection of ids, not one string")
-        with self._writing():
-            groups: dict[int, list[str]] = {}
-            for ext in ids:
-                groups.setdefault(self._route(ext), []).append(ext)
-            reports: list[ChangeReport] = []
-            for position, doomed in sorted(groups.items()):
-
-                def remove(w: IndexWriter, doomed: list[str] = doomed) -> ChangeReport:
-                    return w.delete(doomed)
-
-                reports += self._each_shard(remove, [position])
-        return combine_changes(reports, len(self))
+        return self._change(lambda w: w.delete(ids))
 
     def delete_where(
         self,
@@ -445,23 +352,11 @@ class ShardedIndex:
         filter_sql: str | None = None,
     ) -> ChangeReport:
         """Delete the documents matching a filter, in every shard."""
-        with self._writing():
-            reports = self._each_shard(
-                lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql)
-            )
-        return combine_changes(reports, len(self))
+        return self._change(lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql))
 
     def compact(self, *, retrain: bool = False) -> ChangeReport:
-        """Compact every shard with the shared quantizer (``retrain`` would give each
-        shard a quantizer of its own: rebuild the sharded index instead)."""
-        if retrain:
-            raise InvalidInput(
-                "a sharded index shares one quantizer; compact(retrain=True) would make each "
-                "shard's its own: rebuild the sharded index (ShardedIndex.build, overwrite)"
-            )
-        with self._writing():
-            reports = self._each_shard(lambda w: w.compact())
-        return combine_changes(reports, len(self))
+        """Compact every shard with the shared quantizer (see :meth:`ShardedWriter.compact`)."""
+        return self._change(lambda w: w.compact(retrain=retrain))
 
     def refresh(self) -> bool:
         """Move to the latest committed shard map (a rebuild) and every shard to its
@@ -524,8 +419,10 @@ class ShardedIndex:
             "shards": shards,
             "documents": sum(s["documents"] for s in shards),
             "tokens": sum(s["tokens"] for s in shards),
+            "segments": sum(s["segments"] for s in shards),
+            "generation": self.shard_map.generation,
+            "encoder": self.spec.to_dict(),
             "token_index": self.shard_map.token_index,
-            "shard_map_generation": self.shard_map.generation,
         }
 
     def verify(self) -> dict[str, Any]:
@@ -540,7 +437,7 @@ class ShardedIndex:
                 continue
             with Index.open(path, verify=False) as shard:
                 live_ids = shard.lookup(shard.external_ids())
-                wrong = [e for e in live_ids if self._route(e) != position]
+                wrong = [e for e in live_ids if shard_of(e, len(self.shard_paths)) != position]
                 if wrong:
                     problems.append(f"shard {position} holds {wrong[0]!r}, which routes elsewhere")
         return {"path": str(self._path), "ok": not problems, "problems": problems}
@@ -566,15 +463,6 @@ def _init_ray(address: str) -> None:
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
-
-
-def _naming_shard(error: BaseException, position: int, name: str) -> BaseException:
-    """``error`` of the same type with the shard named in its message (the error
-    itself where its type takes no plain message)."""
-    try:
-        return type(error)(f"shard {position} ({name}): {error}")
-    except TypeError:
-        return error
 
 
 def open_index(

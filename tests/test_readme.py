@@ -42,7 +42,9 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, filters, changes, codecs, sharded = (code for lang, code in BLOCKS if lang == "python")
+    code, filters, changes, codecs, _serve, sharded = (
+        code for lang, code in BLOCKS if lang == "python"
+    )
     monkeypatch.chdir(tmp_path)
     names: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), names)
