@@ -3,6 +3,7 @@
     python scripts/bench.py --server                      # a synthetic index of 20,000
     python scripts/bench_server.py --synthetic 2000 --requests 200     # a quick look
     python scripts/bench_server.py --index runs/bench/index            # a real index
+    python scripts/bench_server.py --index runs/bench/index --text     # text queries
 
 A ``sie-index serve`` child process on 127.0.0.1 serves the index; an httpx
 async loop of our own runs N concurrent clients, each sending requests until
@@ -60,18 +61,34 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def _plan(requests: int, write_fraction: float, dim: int, seed: int) -> list[tuple[str, Any]]:
+def _plan(
+    requests: int, write_fraction: float, dim: int, seed: int, texts: list[str] | None = None
+) -> list[tuple[str, Any]]:
+    """What each request sends: a search (query vectors, or with ``texts`` a query text
+    the server encodes) or a one-document write of random vectors."""
     rng = np.random.default_rng(seed)
-    return [
-        ("write" if rng.random() < write_fraction else "search", _unit(rng, 8, dim).tolist())
-        for _ in range(requests)
-    ]
+    plan: list[tuple[str, Any]] = []
+    for i in range(requests):
+        if rng.random() < write_fraction:
+            plan.append(("write", _unit(rng, 8, dim).tolist()))
+        elif texts:
+            plan.append(("search", texts[(seed * 7919 + i) % len(texts)]))
+        else:
+            plan.append(("search", _unit(rng, 8, dim).tolist()))
+    return plan
 
 
 async def _load(
-    url: str, clients: int, requests: int, write_fraction: float, dim: int, seed: int
+    url: str,
+    clients: int,
+    requests: int,
+    write_fraction: float,
+    dim: int,
+    seed: int,
+    texts: list[str] | None = None,
+    acked: list[str] | None = None,
 ) -> dict[str, Any]:
-    plan = _plan(requests, write_fraction, dim, seed)
+    plan = _plan(requests, write_fraction, dim, seed, texts)
     times: dict[str, list[float]] = {"search": [], "write": []}
     errors = 0
     cursor = iter(range(requests))
@@ -82,10 +99,13 @@ async def _load(
             kind, vectors = plan[i]
             t0 = time.perf_counter()
             if kind == "search":
-                r = await http.post("/search", json={"vectors": vectors, "k": 10})
+                query = {"query": vectors} if isinstance(vectors, str) else {"vectors": vectors}
+                r = await http.post("/search", json={**query, "k": 10})
             else:
                 doc = {"id": f"bench-{seed}-{i}", "vectors": vectors}
                 r = await http.post("/documents", json={"documents": [doc]})
+                if r.status_code == 200 and acked is not None:
+                    acked.append(doc["id"])
             times[kind].append((time.perf_counter() - t0) * 1000)
             errors += r.status_code != 200
 
@@ -107,11 +127,14 @@ async def _load(
     }
 
 
-def in_process_p50(path: Path, dim: int, n: int) -> float:
+def in_process_p50(path: Path, dim: int, n: int, texts: list[str] | None = None) -> float:
     """``Index.search``'s p50 on the queries the first server run sent (seed 0)."""
     from sie_index import Index
 
-    queries = [np.asarray(q, dtype=np.float32) for _, q in _plan(n, 0.0, dim, seed=0)]
+    queries = [
+        q if isinstance(q, str) else np.asarray(q, dtype=np.float32)
+        for _, q in _plan(n, 0.0, dim, seed=0, texts=texts)
+    ]
     with Index.open(path, verify=False) as index:
         for q in queries[:5]:
             index.search(q, k=10)  # warm
@@ -123,13 +146,26 @@ def in_process_p50(path: Path, dim: int, n: int) -> float:
     return statistics.median(times)
 
 
-def run(index: Path, levels: list[int], requests: int, write_fraction: float) -> dict[str, Any]:
+def run(
+    index: Path,
+    levels: list[int],
+    requests: int,
+    write_fraction: float,
+    texts: list[str] | None = None,
+) -> dict[str, Any]:
     from sie_index import Index
 
     with Index.open(index, verify=False) as opened:
         dim = int(opened.info()["dim"])
         documents = int(opened.info()["documents"])
-    report: dict[str, Any] = {"index": str(index), "documents": documents, "dim": dim, "runs": []}
+    report: dict[str, Any] = {
+        "index": str(index),
+        "documents": documents,
+        "dim": dim,
+        "queries": "text (encoded by the server)" if texts else "vectors",
+        "runs": [],
+    }
+    acked: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-server-") as work:
         copy = Path(work) / "idx"
         shutil.copytree(index, copy, ignore=shutil.ignore_patterns("write.lock"))
@@ -138,13 +174,25 @@ def run(index: Path, levels: list[int], requests: int, write_fraction: float) ->
                 for clients in levels:
                     result = asyncio.run(
                         _load(
-                            server.url, clients, requests, fraction, dim, seed=len(report["runs"])
+                            server.url,
+                            clients,
+                            requests,
+                            fraction,
+                            dim,
+                            seed=len(report["runs"]),
+                            texts=texts,
+                            acked=acked,
                         )
                     )
                     result["mix"] = mix
                     report["runs"].append(result)
                     print(json.dumps(result), flush=True)
-        report["in_process_p50_ms"] = in_process_p50(copy, dim, requests)
+        # the index holds every acknowledged write after the run
+        with Index.open(copy, verify=True) as after:
+            present = after.lookup(acked)
+        report["acked_writes"] = len(acked)
+        report["acked_present"] = len(present)
+        report["in_process_p50_ms"] = in_process_p50(copy, dim, requests, texts)
     one = next(r for r in report["runs"] if r["clients"] == levels[0] and r["mix"] == "search")
     report["server_overhead_p50_ms"] = one["search_p50_ms"] - report["in_process_p50_ms"]
     return report
@@ -154,7 +202,9 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['documents']:,} documents, dim {report['dim']}; in-process search p50 "
         f"{report['in_process_p50_ms']:.2f} ms, the server adds "
-        f"{report['server_overhead_p50_ms']:.2f} ms at one client",
+        f"{report['server_overhead_p50_ms']:.2f} ms at one client; queries: "
+        f"{report['queries']}; acknowledged writes in the index after the run: "
+        f"{report['acked_present']} of {report['acked_writes']}",
         "",
         "| mix | clients | QPS | search p50 / p99 ms | write p50 / p99 ms | errors |",
         "|---|---|---|---|---|---|",
@@ -178,21 +228,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per level")
     parser.add_argument("--write-fraction", type=float, default=0.1)
     parser.add_argument("--out", default="runs/bench", help="folder for server.json")
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="search with debian-pkgs dev query texts, encoded by the server (with --index)",
+    )
     args = parser.parse_args(argv)
+    texts = None
+    if args.text:
+        from sie_index.corpus import BeirDataset
+
+        texts = list(BeirDataset.load("debian-pkgs", "dev").queries.values())
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-server-index-") as work:
         index = args.index
         if args.synthetic is not None:
             index = Path(work) / "synthetic"
             build_synthetic(index, args.synthetic, args.dim)
-        report = run(index, levels, args.requests, args.write_fraction)
+        report = run(index, levels, args.requests, args.write_fraction, texts)
     report["command"] = "python " + " ".join(sys.argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "server.json").write_text(json.dumps(report, indent=2))
     print(table(report))
     bad = sum(r["errors"] for r in report["runs"])
-    return 1 if bad else 0
+    return 1 if bad or report["acked_present"] != report["acked_writes"] else 0
 
 
 if __name__ == "__main__":
