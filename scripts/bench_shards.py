@@ -67,7 +67,7 @@ def search_rows(index_path: Path, work: Path, queries: int | None) -> list[dict[
             if not (path / "SHARDS").exists():
                 if path.exists():
                     shutil.rmtree(path)
-                ShardedIndex.from_index(index_path, path, shards=shards, codec="f16").close()
+                ShardedIndex.from_index(index_path, path, shards=shards).close()
             for executor in ("local", "ray"):
                 with ShardedIndex.open(path, verify=False, ray=executor == "ray") as sharded:
                     sharded.search(Qs[0], k=100)  # warm

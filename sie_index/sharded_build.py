@@ -157,15 +157,13 @@ def reshard_index(
     path: str | Path,
     *,
     shards: int,
-    index_kind: str = "auto",
-    index_options: Mapping[str, Any] | None = None,
-    codec: str = "auto",
     overwrite: bool = False,
     chunk_docs: int = 2048,
 ) -> BuildReport:
     """A sharded index of the live documents of the index at ``source``, from its
-    stored vectors (nothing is encoded again): float16 vectors are moved as they
-    are, so a search of the result equals a search of a build from the corpus."""
+    stored vectors (nothing is encoded again) and with its trained quantizer and
+    codec (nothing is trained again): float16 vectors are moved as they are, so a
+    search of the result equals a search of the source."""
     from storage import StoreSnapshot
 
     t0 = time.perf_counter()
@@ -177,8 +175,7 @@ def reshard_index(
                 f"{source} stores {snap.manifest.dim}-dim projections of {spec['dim']}-dim "
                 "vectors; a sharded index shares no projection: reshard an unprojected index"
             )
-        choice = CodecChoice(codec)
-        check_build_options(spec, index_kind, index_options, choice, int(spec["dim"]))
+        choice = CodecChoice(snap.manifest.codec)
         with ShardedBuilder(
             Path(path), shards, int(spec["dim"]), codec=choice, overwrite=overwrite
         ) as builder:
@@ -205,9 +202,7 @@ def reshard_index(
                 builder.add(batch)
                 timing.store_seconds += time.perf_counter() - t
             t = time.perf_counter()
-            shard_map = builder.finish(
-                encoder_spec=spec, index_kind=index_kind, index_options=index_options
-            )
+            shard_map = builder.finish(encoder_spec=spec, quantizer_of=Path(source))
             index_s = time.perf_counter() - t
     del shard_map
     return BuildReport(

@@ -86,6 +86,15 @@ class _Across:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
 
+def _quantizer_of(index: Path) -> tuple[TokenIndexPlan, faiss.Index | None, CodecChoice]:
+    """The token-index plan, trained (empty) FAISS index and codec of the index at
+    ``index``: what shards built with it share."""
+    with StoreWriter(index, merge_policy=None) as w:
+        codec = w.codec()
+        trained = w.trained_index() if w.plan.kind != "hnsw" else None
+        return w.plan, trained, CodecChoice(codec.name)
+
+
 def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
@@ -251,10 +260,7 @@ class ShardedBuilder:
         self, index_kind: str, index_options: Mapping[str, Any] | None
     ) -> tuple[TokenIndexPlan, faiss.Index | None, CodecChoice]:
         if self.kept:  # resume: the quantizer the committed shards were built with
-            with StoreWriter(self._shard_folder(min(self.kept)), merge_policy=None) as w:
-                codec = w.codec()
-                trained = w.trained_index() if w.plan.kind != "hnsw" else None
-                return w.plan, trained, CodecChoice(codec.name)
+            return _quantizer_of(self._shard_folder(min(self.kept)))
         readers = []
         for b in self.builders.values():
             assert b.segment is not None
@@ -291,10 +297,16 @@ class ShardedBuilder:
         index_kind: str = "auto",
         index_options: Mapping[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
+        quantizer_of: Path | None = None,
     ) -> ShardMap:
-        """Train the shared quantizer, commit every shard, then the shard map."""
+        """Train the shared quantizer (or with ``quantizer_of``, take that index's
+        trained quantizer and codec: a reshard of its vectors), commit every shard,
+        then the shard map."""
         with mapped_os_errors(str(self.target)):
-            plan, trained, choice = self._shared_quantizer(index_kind, index_options)
+            if quantizer_of is not None:
+                plan, trained, choice = _quantizer_of(quantizer_of)
+            else:
+                plan, trained, choice = self._shared_quantizer(index_kind, index_options)
             for position in sorted(self.builders):
                 builder = self.builders[position]
                 builder.codec = choice

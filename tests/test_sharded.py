@@ -351,3 +351,21 @@ def test_a_projected_index_is_not_resharded(tmp_path: Path) -> None:
     ).close()
     with pytest.raises(InvalidInput, match="projection"):
         ShardedIndex.from_index(tmp_path / "one", tmp_path / "sh", shards=2)
+
+
+def test_resharding_keeps_the_source_quantizer(
+    tmp_path: Path, corpus: tuple[list[str], list[np.ndarray]]
+) -> None:
+    ids, vectors = corpus
+    Index.from_vectors(
+        tmp_path / "one", ids, vectors, index_kind="ivf-flat", index_options={"nlist": 8}
+    ).close()
+    ShardedIndex.from_index(tmp_path / "one", tmp_path / "sh", shards=3).close()
+    trained = {
+        p.read_bytes()
+        for p in [
+            *tmp_path.glob("one/seg-*/trained.faiss"),
+            *tmp_path.glob("sh/*/seg-*/trained.faiss"),
+        ]
+    }
+    assert len(trained) == 1  # the source's, shared by every shard: nothing trained again
