@@ -59,6 +59,8 @@ def search_rows(index_path: Path, work: Path, queries: int | None) -> list[dict[
     with Index.open(index_path, verify=False) as one:
         Qs = one.encode_queries([dataset.queries[q] for q in qids])
         names = one.external_ids()
+        for Q in Qs[:20]:  # warm, as every variant is
+            one.search(Q, k=100)
         base = _search_all(one, Qs, qids, lambda h: names[h.doc_id])
         base_m = metrics_of_run(qrels, base.pop("run"))
         rows.append({"variant": "unsharded", **base, **base_m})
@@ -70,7 +72,8 @@ def search_rows(index_path: Path, work: Path, queries: int | None) -> list[dict[
                 ShardedIndex.from_index(index_path, path, shards=shards).close()
             for executor in ("local", "ray"):
                 with ShardedIndex.open(path, verify=False, ray=executor == "ray") as sharded:
-                    sharded.search(Qs[0], k=100)  # warm
+                    for Q in Qs[:20]:  # warm
+                        sharded.search(Q, k=100)
                     result = _search_all(sharded, Qs, qids, lambda h: h.external_id)
                 m = metrics_of_run(qrels, result.pop("run"))
                 rows.append({"variant": f"{shards} shards, {executor}", **result, **m})
