@@ -109,7 +109,10 @@ def test_searches_during_writes_see_committed_prefixes_and_every_ack(tmp_path: P
         seen_before = 0
         searches = 0
         with Client(server.url) as client:
-            while writer.is_alive() or searches < 3:
+            # Searches go on until the writer is done and at least six ran; the last one
+            # starts after the final acknowledgement, so it must see every add.
+            while True:
+                finished = not writer.is_alive()
                 acked_before = len(acked)
                 hits = client.search(doc_vectors("probe"), k=len(new), ids=new)
                 acked_after = len(acked)
@@ -122,8 +125,11 @@ def test_searches_during_writes_see_committed_prefixes_and_every_ack(tmp_path: P
                 assert len(got) >= seen_before
                 seen_before = len(got)
                 searches += 1
+                if finished and searches >= 6:
+                    break
         writer.join(timeout=60)
-        assert seen_before == len(new) and searches > 5
+        assert not writer.is_alive() and len(acked) == len(new)
+        assert seen_before == len(new) and searches >= 6
 
 
 def test_writes_within_the_window_share_one_commit_and_a_bad_one_fails_alone(
