@@ -213,7 +213,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="with --shards: keep the shards an interrupted build committed, build the rest",
+        help="continue an interrupted build (same corpus and settings): keep what it "
+        "encoded, encode the rest (with --shards: keep the shards it committed)",
     )
     p.add_argument(
         "--ray",
@@ -255,15 +256,17 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
             ray=args.ray,
             **options,
         )
-    if args.resume or args.ray:
-        raise InvalidInput("--resume and --ray build sharded indexes: add --shards N")
-    return Index.build(out, corpus, encoder=encoder, dim=args.dim, **options)
+    if args.ray:
+        raise InvalidInput("--ray builds sharded indexes: add --shards N")
+    return Index.build(out, corpus, encoder=encoder, dim=args.dim, resume=args.resume, **options)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     index = _build(args, _corpus_arg(args.corpus), Path(args.index))
     r = index.build_report
     assert r is not None  # set by Index.build
+    if r.resumed_documents:
+        print(f"resumed: {r.resumed_documents} documents kept from the interrupted build")
     print(
         f"built {index.path}: {r.documents} documents, {r.tokens} tokens "
         f"(encoding {r.encode_seconds:.1f}s, storing {r.store_seconds:.1f}s, "

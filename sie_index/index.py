@@ -83,6 +83,7 @@ class Index:
         overwrite: bool = False,
         store_text: bool = True,
         progress: bool | None = None,
+        resume: bool = False,
     ) -> Index:
         """Build a new index at ``path`` from a corpus and open it.
 
@@ -93,7 +94,9 @@ class Index:
         are stored, ``f16``, ``sq8`` or ``pq``, or ``auto`` by corpus size; ``dim``:
         keep that many dimensions through a projection fitted at build time (see
         :mod:`storage.codec`). The report of the build is on the returned index's
-        ``build_report``.
+        ``build_report``. A build that fails or is killed keeps the batches it
+        encoded: ``resume=True``, with the same corpus and settings, encodes only the
+        rest (see :func:`sie_index.writer.build_index`).
         """
         if encoder is None:
             from sie_index.encoders.token_states import TokenStatesEncoder
@@ -113,6 +116,7 @@ class Index:
             overwrite=overwrite,
             store_text=store_text,
             progress=progress,
+            resume=resume,
         )
         query_encoder = None if isinstance(encoder, PrecomputedEncoder) else encoder
         index = cls.open(path, encoder=query_encoder, verify=False)

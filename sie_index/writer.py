@@ -12,11 +12,14 @@ replaces the target in one rename.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +43,7 @@ __all__ = [
     "CorpusFeed",
     "EncodeAhead",
     "Timing",
+    "batch_digest",
     "build_index",
     "encoder_for",
     "open_corpus",
@@ -60,6 +64,8 @@ class BuildReport:
     index_seconds: float
     total_seconds: float
     bad_lines: list[BadLine] = field(default_factory=list)
+    resumed_documents: int = 0
+    """Documents an interrupted build had stored, kept rather than encoded again."""
 
 
 def _check_document(doc: Any) -> Document:
@@ -224,6 +230,43 @@ def encoder_for(encoder: Encoder) -> Callable[[list[Document]], list[np.ndarray]
     return encode
 
 
+def batch_digest(batch: Sequence[Document]) -> str:
+    """A digest of a batch's documents as a build reads them (ids, texts, metadata):
+    what a resumed build checks the corpus against (:mod:`storage.build_journal`)."""
+    h = hashlib.blake2b(digest_size=16)
+    for d in batch:
+        h.update(
+            json.dumps([d.id, d.text, d.metadata], sort_keys=True).encode("utf-8", "surrogatepass")
+        )
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _skip_resumed(
+    batches: Iterator[list[Document]], builder: StoreBuilder
+) -> Iterator[list[Document]]:
+    """The batches a resumed build still has to encode: the first ones, which it
+    kept, are read and checked against what it recorded of them, not encoded."""
+    for position in range(len(builder.resumed)):
+        batch = next(batches, None)
+        if batch is None or len(batch) != builder.resumed[position].docs:
+            raise InvalidInput(
+                f"{builder.target}: the corpus is shorter than what the interrupted build "
+                "read; resume with the same corpus, or rebuild it from the start (--overwrite)"
+            )
+        builder.check_resumed(position, batch_digest(batch))
+    return batches
+
+
+def _phase(bar: Any, text: str, started: float) -> None:
+    """Say which indexing step runs (training shows no progress of its own)."""
+    line = f"indexing: {text} ({time.perf_counter() - started:.1f} s so far)"
+    log.info(line)
+    if not bar.disable:
+        bar.set_description_str(text)
+        bar.write(line)
+
+
 def build_index(
     path: str | Path,
     corpus: str | Path | Iterable[Document],
@@ -239,6 +282,7 @@ def build_index(
     overwrite: bool = False,
     store_text: bool = True,
     progress: bool | None = None,
+    resume: bool = False,
 ) -> BuildReport:
     """Encode ``corpus`` with ``encoder`` and write a new index at ``path``.
 
@@ -247,6 +291,12 @@ def build_index(
     fails on the first one, naming file and line, before anything is encoded.
     ``progress`` None shows bars only on a terminal. ``codec`` and ``dim``: how the
     vectors are stored (:mod:`storage.codec`; ``auto`` picks by corpus size).
+
+    Every batch is stored as it is encoded, so a build that fails or is killed
+    keeps what it encoded: ``resume=True`` (same corpus and settings) encodes only
+    the rest and makes the index an uninterrupted build makes; the corpus is
+    checked against digests of what was kept. Without an interrupted build to
+    resume, ``resume=True`` builds from the start.
     """
     t0 = time.perf_counter()
     spec = encoder.spec
@@ -255,16 +305,39 @@ def build_index(
     feed = open_corpus(corpus, on_error=on_error, limit=limit)
     timing = Timing()
     disable = None if progress is None else not progress
-    with (
-        StoreBuilder(Path(path), spec.dim, overwrite=overwrite, codec=choice) as builder,
-        EncodeAhead(batched(feed.documents, batch_size), encoder_for(encoder)) as encoded,
-    ):
-        bar = tqdm(total=feed.total, desc="encoding", unit="doc", disable=disable)
-        for batch in pending_batches(
-            feed, encoder, encoded, store_text=store_text, timing=timing, bar=bar
-        ):
-            builder.add(batch)
-        bar.close()
+    request = {
+        "encoder": spec.to_dict(),
+        "index_kind": index_kind,
+        "index_options": dict(index_options or {}),
+        "codec": codec,
+        "dim": dim,
+        "limit": limit,
+        "batch_size": batch_size,
+        "on_error": on_error,
+        "store_text": store_text,
+    }
+    with StoreBuilder(
+        Path(path), spec.dim, overwrite=overwrite, codec=choice, request=request, resume=resume
+    ) as builder:
+        kept = builder.n_docs
+        todo = _skip_resumed(iter(batched(feed.documents, batch_size)), builder)
+        if kept:
+            log.info("%s: resuming an interrupted build: %d documents kept", path, kept)
+        encode = encoder_for(encoder)
+        digests: deque[str] = deque()  # one a batch, in order, from the encoding thread
+
+        def encode_and_digest(batch: list[Document]) -> list[np.ndarray]:
+            vectors = encode(batch)
+            digests.append(batch_digest(batch))
+            return vectors
+
+        with EncodeAhead(todo, encode_and_digest) as encoded:
+            bar = tqdm(total=feed.total, initial=kept, desc="encoding", unit="doc", disable=disable)
+            for batch in pending_batches(
+                feed, encoder, encoded, store_text=store_text, timing=timing, bar=bar
+            ):
+                builder.add(batch, input_digest=digests.popleft())
+            bar.close()
         t = time.perf_counter()
         ibar = tqdm(total=builder.n_tokens, desc="indexing", unit="tok", disable=disable)
         manifest = builder.finish(
@@ -272,6 +345,7 @@ def build_index(
             index_kind=index_kind,
             index_options=index_options,
             progress=ibar.update,
+            phase=lambda text: _phase(ibar, text, t),
         )
         ibar.close()
         index_s = time.perf_counter() - t
@@ -283,6 +357,7 @@ def build_index(
         index_seconds=index_s,
         total_seconds=time.perf_counter() - t0,
         bad_lines=feed.bad_lines,
+        resumed_documents=kept,
     )
     log.info("built %s: %d documents, %d tokens", path, report.documents, report.tokens)
     return report

@@ -15,7 +15,9 @@ build); the next writer removes its remains.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,14 @@ from typing import Any
 import faiss
 import numpy as np
 
+from storage.build_journal import (
+    JOURNAL_NAME,
+    BatchRecord,
+    BuildJournal,
+    read_journal,
+    remove_journal,
+    write_journal,
+)
 from storage.codec import (
     CODEC_INDEX_NAME,
     PROJECTION_NAME,
@@ -55,6 +65,7 @@ from storage.segment import (
     PendingDoc,
     SegmentWriter,
     check_vectors,
+    segment_dirname,
 )
 from storage.token_index import (
     ADD_CHUNK_ROWS,
@@ -79,6 +90,8 @@ __all__ = [
     "write_codec_files",
     "write_first_segment_index",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,8 +150,11 @@ def _train_codec(
     return codec, trained
 
 
-def _transcode(segment: SegmentWriter, scratch: TokenReader, codec: VectorCodec) -> None:
-    """Write the segment's vector file from its float16 scratch, then drop the scratch."""
+def _transcode(
+    segment: SegmentWriter, scratch: TokenReader, codec: VectorCodec, *, keep_scratch: bool
+) -> None:
+    """Write the segment's vector file from its float16 scratch, then drop the scratch
+    (a journaled build keeps it until its commit: a resume checks its batches on it)."""
     project = scratch.dim != codec.dim
     with open(segment.folder / codec.file_name, "wb") as out:
         for start, stop in scratch.chunks(ADD_CHUNK_ROWS):
@@ -148,7 +164,8 @@ def _transcode(segment: SegmentWriter, scratch: TokenReader, codec: VectorCodec)
         out.flush()
         os.fsync(out.fileno())
     scratch.close()
-    (segment.folder / SCRATCH_NAME).unlink()
+    if not keep_scratch:
+        (segment.folder / SCRATCH_NAME).unlink()
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -174,6 +191,8 @@ def write_first_segment_index(
     choice: CodecChoice | None = None,
     input_dim: int | None = None,
     projection: np.ndarray | None = None,
+    keep_scratch: bool = False,
+    phase: Callable[[str], None] | None = None,
 ) -> VectorCodec:
     """Write the FAISS and codec files of a build's or a compaction's segment.
 
@@ -190,6 +209,11 @@ def write_first_segment_index(
     segment.close_data()
     choice = choice or CodecChoice()
     codec = segment.codec
+
+    def say(text: str) -> None:
+        if phase is not None:
+            phase(text)
+
     if codec is None:
         in_dim = input_dim or segment.dim
         if choice.exact(in_dim) and projection is None:
@@ -201,6 +225,7 @@ def write_first_segment_index(
             scratch = TokenReader(
                 segment.folder, scratch_dim, segment.n_tokens, file_name=SCRATCH_NAME
             )
+            say(f"training the {choice.name} codec on sampled tokens")
             try:
                 codec, trained = _train_codec(
                     scratch,
@@ -210,7 +235,7 @@ def write_first_segment_index(
                     projection=projection,
                     trained=trained,
                 )
-                _transcode(segment, scratch, codec)
+                _transcode(segment, scratch, codec, keep_scratch=keep_scratch)
             finally:
                 scratch.close()
     write_codec_files(segment.folder, codec)
@@ -221,6 +246,9 @@ def write_first_segment_index(
             progress(segment.n_tokens)
         return codec
     reader = TokenReader(segment.folder, codec.dim, segment.n_tokens, codec=codec)
+    if trained is None and plan.kind != "flat" and plan.kind != "hnsw":
+        say(f"training the {plan.factory_string()} token index on sampled tokens")
+    say(f"adding {segment.n_tokens:,} tokens to the token index")
     try:
         token_index = TokenIndex.build(plan, reader, progress, trained=trained)
     finally:
@@ -264,7 +292,7 @@ def _claim_folder(target: Path) -> bool:
     except FileExistsError:
         pass
     names = set(os.listdir(target))
-    ours = {CURRENT_NAME, LOCK_NAME, MANIFEST_NAME} & names
+    ours = {CURRENT_NAME, LOCK_NAME, MANIFEST_NAME, JOURNAL_NAME} & names
     if names and not ours:
         raise StorageError(
             f"{target} exists and is not a sie-index index; refusing to write into it"
@@ -274,8 +302,9 @@ def _claim_folder(target: Path) -> bool:
 
 class StoreBuilder:
     """Writes a new index at ``target`` (a first build, or a rebuild with ``overwrite``);
-    use as a context manager, so that a failure throws the unfinished work away and
-    frees the lock."""
+    use as a context manager, so that a failure frees the lock and throws the
+    unfinished work away, or, for a journaled build that stored a batch, keeps it
+    for a resume (:mod:`storage.build_journal`)."""
 
     def __init__(
         self,
@@ -284,11 +313,24 @@ class StoreBuilder:
         *,
         overwrite: bool = False,
         codec: CodecChoice | VectorCodec | None = None,
+        request: Mapping[str, Any] | None = None,
+        resume: bool = False,
     ) -> None:
         """``dim`` is the encoder's dimension. ``codec``: what to store (a
         :class:`CodecChoice`, trained at :meth:`finish`), or a trained codec to
-        encode with as documents arrive (a fresh build equal to another index)."""
+        encode with as documents arrive (a fresh build equal to another index).
+
+        ``request`` (plain JSON: what the caller was asked to build) makes the build
+        journaled, for a :class:`CodecChoice` build: each :meth:`add` then takes an
+        input digest, and a build that fails after storing a batch keeps its batches.
+        ``resume`` continues the interrupted build of the same request that the
+        folder's journal names: :attr:`resumed` lists the batches kept, which the
+        caller checks against its corpus (:meth:`check_resumed`) and does not add
+        again. Without a journal to resume, ``resume`` builds from the start.
+        """
         self.target = Path(target)
+        self.request = dict(request) if request is not None else None
+        self.resumed: list[BatchRecord] = []
         if type(dim) is not int or not 0 < dim <= MAX_DIM:
             raise InvalidInput(f"dimension must be an integer in 1..{MAX_DIM}, got {dim!r}")
         codec = codec if codec is not None else CodecChoice()
@@ -296,6 +338,8 @@ class StoreBuilder:
             check_codec(codec.name, codec.dim, dim)
         elif codec.input_dim != dim:
             raise InvalidInput(f"the codec encodes {codec.input_dim} dimensions, not {dim}")
+        if self.request is not None and not isinstance(codec, CodecChoice):
+            raise InvalidInput("a journaled build takes a codec choice, not a trained codec")
         self.codec = codec
         with mapped_os_errors(str(self.target)):
             self._made_folder = _claim_folder(self.target)
@@ -309,22 +353,36 @@ class StoreBuilder:
         self.segment: SegmentWriter | None = None
         try:
             with mapped_os_errors(str(self.target)):
-                self._start(dim, overwrite, codec)
+                self._start(dim, overwrite, codec, resume)
         except BaseException:
             self._release()
             raise
         self.dim = dim
 
-    def _start(self, dim: int, overwrite: bool, codec: CodecChoice | VectorCodec) -> None:
+    def _start(
+        self, dim: int, overwrite: bool, codec: CodecChoice | VectorCodec, resume: bool
+    ) -> None:
         current, committed = self._current_generation()
+        journal = self._live_journal(current)
+        if journal is not None and not resume and current is None and not overwrite:
+            raise StorageError(
+                f"{self.target} holds an interrupted build: resume it (resume=True, "
+                "--resume), or rebuild it from the start (overwrite=True, --overwrite)"
+            )
         if current is not None and not overwrite:
             raise StorageError(
-                f"{self.target} already holds an index; pass overwrite to rebuild it"
+                f"{self.target} already holds an index; rebuild it with overwrite=True "
+                "(--overwrite)"
             )
         # a rebuild keeps the old index whole until its commit: sweep only debris
         remove_debris(self.target, current, committed=committed)
-        self.generation = next_number(self.target, current)
         choice = codec if isinstance(codec, CodecChoice) else None
+        file_name = TOKENS_NAME if choice is None or choice.exact(dim) else SCRATCH_NAME
+        if journal is not None and resume and self._resume(journal, dim, file_name):
+            return
+        if journal is not None:  # not resumed: its batches are thrown away
+            self._discard(journal)
+        self.generation = next_number(self.target, current)
         self.segment = SegmentWriter(
             self.target,
             self.generation,
@@ -333,8 +391,84 @@ class StoreBuilder:
             token_base=0,
             generation=self.generation,
             codec=None if choice is not None else codec,  # type: ignore[arg-type]
-            file_name=TOKENS_NAME if choice is None or choice.exact(dim) else SCRATCH_NAME,
+            file_name=file_name,
+            journaled=self.request is not None,
         )
+        if self.request is not None:
+            write_journal(
+                self.target,
+                BuildJournal(
+                    generation=self.generation,
+                    segment=self.segment.name,
+                    request={**self.request, "file_name": file_name},
+                ),
+            )
+
+    def _live_journal(self, current: int | None) -> BuildJournal | None:
+        """The journal of an interrupted build, if one is here: a damaged one is
+        removed (its batches cannot be trusted), one whose build committed is
+        cleared (with the scratch file it kept till then)."""
+        try:
+            journal = read_journal(self.target)
+        except CorruptIndex as exc:
+            log.warning("%s; an interrupted build there is not resumable", exc)
+            remove_journal(self.target)
+            return None
+        if journal is not None and current is not None and journal.generation <= current:
+            with contextlib.suppress(FileNotFoundError):
+                (self.target / journal.segment / SCRATCH_NAME).unlink()
+            remove_journal(self.target)
+            return None
+        return journal
+
+    def _resume(self, journal: BuildJournal, dim: int, file_name: str) -> bool:
+        """Reopen the journal's segment; False when it cannot be resumed (then it is
+        thrown away and the build starts over)."""
+        asked = {**(self.request or {}), "file_name": file_name}
+        differ = sorted(
+            k for k in set(asked) | set(journal.request) if asked.get(k) != journal.request.get(k)
+        )
+        if differ:
+            raise InvalidInput(
+                f"{self.target}: the interrupted build was asked for other settings "
+                f"({', '.join(differ)}); resume it with the same ones, or rebuild it from "
+                "the start (overwrite=True, --overwrite)"
+            )
+        if (
+            segment_dirname(journal.generation) != journal.segment
+            or not (self.target / journal.segment).is_dir()
+        ):
+            log.warning("%s: the interrupted build's segment is gone; building anew", self.target)
+            return False
+        try:
+            self.segment, self.resumed = SegmentWriter.reopen(
+                self.target,
+                journal.generation,
+                dim,
+                generation=journal.generation,
+                file_name=file_name,
+            )
+        except CorruptIndex as exc:
+            log.warning("%s; building anew", exc)
+            return False
+        self.generation = journal.generation
+        return True
+
+    def _discard(self, journal: BuildJournal) -> None:
+        """Remove an interrupted build's segment (the journal names it: it is ours)."""
+        shutil.rmtree(self.target / journal.segment, ignore_errors=True)
+        remove_journal(self.target)
+
+    def check_resumed(self, position: int, input_digest: str) -> None:
+        """Refuse a resume whose corpus is not the interrupted build's: batch
+        ``position`` of the corpus must have the digest its record kept."""
+        if self.resumed[position].input_digest != input_digest:
+            first = self.resumed[position].first_doc
+            raise InvalidInput(
+                f"{self.target}: the corpus is not the one the interrupted build read "
+                f"(documents {first}..{first + self.resumed[position].docs - 1} differ); "
+                "resume with the same corpus, or rebuild it from the start (--overwrite)"
+            )
 
     def _current_generation(self) -> tuple[int | None, bool]:
         """The committed generation, or None for no index; and whether ``CURRENT`` is sound.
@@ -354,14 +488,17 @@ class StoreBuilder:
         return (0 if (self.target / MANIFEST_NAME).exists() else None), False
 
     @typed_os_errors
-    def add(self, batch: Sequence[PendingDoc]) -> None:
-        """Store one batch: all of it, or (on any error) none of it."""
+    def add(self, batch: Sequence[PendingDoc], *, input_digest: str | None = None) -> None:
+        """Store one batch: all of it, or (on any error) none of it. A journaled
+        build's batches come with the caller's ``input_digest`` of their documents."""
         assert self.segment is not None
+        if (input_digest is None) != (self.request is None):
+            raise InvalidInput("a journaled build's batches, and only they, take an input digest")
         checked = [check_vectors(d.vectors, self.dim, doc_id=d.external_id) for d in batch]
         existing = self.segment.docs.first_existing([d.external_id for d in batch])
         if existing is not None:
             raise InvalidInput("duplicate document id", doc_id=existing)
-        self.segment.add(batch, checked)
+        self.segment.add(batch, checked, input_digest=input_digest)
 
     @property
     def n_docs(self) -> int:
@@ -381,6 +518,7 @@ class StoreBuilder:
         progress: Callable[[int], None] | None = None,
         plan: TokenIndexPlan | None = None,
         trained: faiss.Index | None = None,
+        phase: Callable[[str], None] | None = None,
     ) -> Manifest:
         """Build the token index, write the manifest and commit the generation.
 
@@ -404,7 +542,14 @@ class StoreBuilder:
         if self.segment.codec is not None and self.segment.codec.name == "pq" and trained is None:
             trained = self.segment.codec.quantizer
         codec = write_first_segment_index(
-            self.segment, plan, progress, trained=trained, choice=choice, input_dim=self.dim
+            self.segment,
+            plan,
+            progress,
+            trained=trained,
+            choice=choice,
+            input_dim=self.dim,
+            keep_scratch=self.request is not None,
+            phase=phase,
         )
         record = self.segment.finish()
         manifest = Manifest(
@@ -420,15 +565,38 @@ class StoreBuilder:
             deleted=FileRecord(bytes=0, sha256_blocks=[]),
         )
         manifest = commit_generation(self.target, manifest, np.zeros(0, np.int64), open_first=True)
+        if self.request is not None:  # committed: the journal and its scratch go
+            with contextlib.suppress(FileNotFoundError):
+                (self.segment.folder / SCRATCH_NAME).unlink()
+            remove_journal(self.target)
         self.segment = None
         self.lock.release()
         return manifest
 
     def abort(self) -> None:
-        """Throw the unfinished segment away and free the lock."""
+        """Throw the unfinished segment (and a journaled build's journal) away and
+        free the lock."""
         if self.segment is not None:
             self.segment.abort()
             self.segment = None
+            if self.request is not None:
+                remove_journal(self.target)
+        self._release()
+
+    def suspend(self) -> None:
+        """Keep what a journaled build stored, for a resume, and free the lock."""
+        assert self.segment is not None
+        with contextlib.suppress(Exception):
+            self.segment.docs.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.segment.close_data()
+        log.warning(
+            "%s: the build stopped after %d documents; they are kept: resume it "
+            "(resume=True, --resume) to encode only the rest",
+            self.target,
+            self.segment.n_docs,
+        )
+        self.segment = None
         self._release()
 
     def _release(self) -> None:
@@ -456,4 +624,7 @@ class StoreBuilder:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is not None and self.lock.held:
-            self.abort()
+            if self.request is not None and self.segment is not None and self.segment.n_docs:
+                self.suspend()
+            else:
+                self.abort()

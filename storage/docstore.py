@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
+from storage.build_journal import BATCHES_TABLE, BatchRecord
 from storage.errors import CorruptIndex, InvalidInput, read_failure
 from storage.predicate import Predicate, matching_ids
 
@@ -61,6 +62,16 @@ _INSERT = (
     "deleted, generation, span_sum, doc_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"
+_BATCHES = """CREATE TABLE build_batches (
+    first_doc INTEGER PRIMARY KEY,
+    docs INTEGER NOT NULL,
+    token_start INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    input_digest TEXT NOT NULL,
+    rows_sha256 TEXT NOT NULL
+)"""
+"""A journaled build's batch records (:mod:`storage.build_journal`), committed with
+each batch's rows and dropped when the segment is finished: no reader sees it."""
 _SCHEMA = {
     ("table", "documents", _DOCUMENTS),
     ("index", "live_external_id", _LIVE_IDS),
@@ -135,16 +146,48 @@ class DocWriter:
         self.db = sqlite_utils.Database(conn)
 
     @classmethod
-    def create(cls, path: Path) -> DocWriter:
-        """Create an empty store at ``path``."""
+    def create(cls, path: Path, *, journaled: bool = False) -> DocWriter:
+        """Create an empty store at ``path`` (``journaled``: with a batch-record table)."""
         store = cls(path)
         with store.db.atomic():
-            for statement in (_DOCUMENTS, _LIVE_IDS, _META):
+            for statement in (_DOCUMENTS, _LIVE_IDS, _META, *([_BATCHES] if journaled else [])):
                 store.db.execute(statement)
         return store
 
-    def insert_batch(self, rows: Sequence[DocRow], generation: int) -> None:
-        """Commit ``rows`` in one transaction; a duplicate external id commits nothing."""
+    def batch_records(self) -> list[BatchRecord] | None:
+        """The batch records of a journaled build, in order; None when the store has none."""
+        tables = self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", [BATCHES_TABLE]
+        ).fetchall()
+        if not tables:
+            return None
+        rows = self.db.execute(
+            "SELECT first_doc, docs, token_start, tokens, input_digest, rows_sha256 "
+            "FROM build_batches ORDER BY first_doc"
+        ).fetchall()
+        return [
+            BatchRecord(
+                first_doc=r[0],
+                docs=r[1],
+                token_start=r[2],
+                tokens=r[3],
+                input_digest=r[4],
+                rows_sha256=r[5],
+            )
+            for r in rows
+        ]
+
+    def cut_from(self, first_doc: int) -> None:
+        """Remove, in one transaction, every document (and batch record) from ``first_doc`` on."""
+        with self.db.atomic():
+            self.db.execute("DELETE FROM documents WHERE doc_id >= ?", [first_doc])
+            self.db.execute("DELETE FROM build_batches WHERE first_doc >= ?", [first_doc])
+
+    def insert_batch(
+        self, rows: Sequence[DocRow], generation: int, *, batch: BatchRecord | None = None
+    ) -> None:
+        """Commit ``rows`` (and a journaled build's ``batch`` record) in one transaction;
+        a duplicate external id commits nothing."""
         records = []
         for r in rows:
             meta = r.metadata_json
@@ -173,6 +216,18 @@ class DocWriter:
         try:
             with db.atomic():  # one transaction; a plain executemany, not row dicts
                 db.conn.executemany(_INSERT, records)
+                if batch is not None:
+                    db.execute(
+                        "INSERT INTO build_batches VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            batch.first_doc,
+                            batch.docs,
+                            batch.token_start,
+                            batch.tokens,
+                            batch.input_digest,
+                            batch.rows_sha256,
+                        ],
+                    )
         except sqlite3.IntegrityError as exc:
             dup = self.first_existing([r.external_id for r in rows])
             raise InvalidInput(
@@ -198,8 +253,10 @@ class DocWriter:
         return int(self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
     def finish(self, meta: Mapping[str, str]) -> None:
-        """Record ``meta`` and close: the file is complete (rollback journal, no WAL)."""
+        """Record ``meta`` (dropping a journaled build's batch records, which no reader
+        knows) and close: the file is complete (rollback journal, no WAL)."""
         with self.db.atomic():
+            self.db.execute("DROP TABLE IF EXISTS build_batches")
             self.db.table("meta").upsert_all(
                 [{"key": k, "value": v} for k, v in meta.items()], pk="key"
             )

@@ -38,14 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from storage.build_journal import BatchRecord, rows_digest
 from storage.codec import CODEC_INDEX_NAME, CODECS, PROJECTION_NAME, VectorCodec, vector_file
 from storage.docstore import DOCS_NAME, DocRow, DocWriter
-from storage.errors import DimensionMismatch, InvalidInput
+from storage.errors import CorruptIndex, DimensionMismatch, InvalidInput
 from storage.fsio import block_checksums, fsync_dir, fsync_file
 from storage.manifest import FileRecord, SegmentRecord
 from storage.token_index import TOKEN_INDEX_NAME
 from storage.values import check_document
-from storage.vectors import TOKEN_DOC_NAME, TOKENS_NAME, VECTOR_DTYPE, TokenWriter
+from storage.vectors import DOC_DTYPE, TOKEN_DOC_NAME, TOKENS_NAME, VECTOR_DTYPE, TokenWriter
 
 __all__ = [
     "CODES_NAME",
@@ -180,7 +181,10 @@ class SegmentWriter:
         file_name: str = TOKENS_NAME,
         encode_codes: Callable[[np.ndarray], np.ndarray] | None = None,
         copy_codes: bool = False,
+        journaled: bool = False,
     ) -> None:
+        """``journaled``: a build that records each batch for a resume
+        (:mod:`storage.build_journal`); its batches come with an input digest."""
         self.name = segment_dirname(number)
         self.folder = Path(target) / self.name
         self.folder.mkdir()
@@ -192,7 +196,7 @@ class SegmentWriter:
         self._encode_codes = encode_codes
         self._codes = None
         self.codec = codec
-        self.docs = DocWriter.create(self.folder / DOCS_NAME)
+        self.docs = DocWriter.create(self.folder / DOCS_NAME, journaled=journaled)
         if codec is None:
             self.tokens = TokenWriter(self.folder, dim, file_name=file_name)
         else:
@@ -206,16 +210,73 @@ class SegmentWriter:
     def n_tokens(self) -> int:
         return self.tokens.rows
 
-    def add(self, batch: Sequence[PendingDoc], checked: Sequence[np.ndarray]) -> None:
+    @classmethod
+    def reopen(
+        cls, target: Path, number: int, dim: int, *, generation: int, file_name: str
+    ) -> tuple[SegmentWriter, list[BatchRecord]]:
+        """A journaled build's float16 segment, reopened to take more batches.
+
+        What its finishing step had begun is undone (the FAISS and codec files
+        removed, a scratch file renamed to ``tokens.f16`` named back). Then every
+        batch record is checked in order against the stored bytes; the first that
+        does not match, and everything after it, is cut, as is what a killed batch
+        appended past its last committed one. Returns the writer and the batches
+        kept. A store without batch records (a build finished an instant before a
+        kill) is :class:`CorruptIndex`: nothing in it can be trusted for a resume.
+        """
+        folder = Path(target) / segment_dirname(number)
+        _undo_finish(folder, file_name)
+        docs = DocWriter(folder / DOCS_NAME)
+        try:
+            records = docs.batch_records()
+            if records is None:
+                raise CorruptIndex(f"{folder / DOCS_NAME} holds no batch records to resume from")
+            kept = _sound_prefix(folder, file_name, dim, records)
+            n_docs = kept[-1].first_doc + kept[-1].docs if kept else 0
+            n_tokens = kept[-1].token_start + kept[-1].tokens if kept else 0
+            docs.cut_from(n_docs)
+            for name, width in ((file_name, dim * VECTOR_DTYPE.itemsize), (TOKEN_DOC_NAME, 4)):
+                path = folder / name
+                if not path.exists():
+                    path.touch()
+                os.truncate(path, n_tokens * width)
+                fsync_file(path)
+        except BaseException:
+            docs.close()
+            raise
+        self = cls.__new__(cls)
+        self.name = folder.name
+        self.folder = folder
+        self.dim = dim
+        self.doc_base = 0
+        self.token_base = 0
+        self.generation = generation
+        self.n_docs = n_docs
+        self._encode_codes = None
+        self._codes = None
+        self.codec = None
+        self.docs = docs
+        self.tokens = TokenWriter(folder, dim, file_name=file_name)
+        return self, kept
+
+    def add(
+        self,
+        batch: Sequence[PendingDoc],
+        checked: Sequence[np.ndarray],
+        *,
+        input_digest: str | None = None,
+    ) -> None:
         """Store one batch whose vectors ``check_vectors`` passed: vectors, codes, rows.
 
-        The batch is durable on return; its rows commit in one SQLite transaction.
+        The batch is durable on return; its rows commit in one SQLite transaction,
+        with a journaled build's batch record (``input_digest``: the caller's
+        digest of the batch's documents).
         """
         if not batch:
             return
         vectors = np.concatenate(checked)
         rows = vectors.astype(VECTOR_DTYPE) if self.codec is None else self.codec.encode(vectors)
-        self.add_rows(batch, rows, [len(v) for v in checked])
+        self.add_rows(batch, rows, [len(v) for v in checked], input_digest=input_digest)
 
     def add_rows(
         self,
@@ -225,6 +286,7 @@ class SegmentWriter:
         *,
         codes: np.ndarray | None = None,
         deleted: Sequence[bool] | None = None,
+        input_digest: str | None = None,
     ) -> None:
         """Store one batch whose tokens are already stored rows (``counts`` a document):
         what :meth:`add` stores after encoding, or what a compaction or a merge copies
@@ -249,7 +311,7 @@ class SegmentWriter:
             )
             start += count
         doc_ids = np.repeat(np.arange(first_doc, first_doc + len(batch)), counts)
-        self.tokens.append(rows, doc_ids)
+        first = self.tokens.append(rows, doc_ids)
         if self._codes is not None:
             if codes is None:
                 assert self._encode_codes is not None
@@ -260,7 +322,20 @@ class SegmentWriter:
             self._codes.flush()
             os.fsync(self._codes.fileno())
         self.tokens.sync()
-        self.docs.insert_batch(doc_rows, self.generation)
+        record = None
+        if input_digest is not None:
+            record = BatchRecord(
+                first_doc=first_doc,
+                docs=len(batch),
+                token_start=self.token_base + first,
+                tokens=len(rows),
+                input_digest=input_digest,
+                rows_sha256=rows_digest(
+                    np.ascontiguousarray(rows, dtype=self.tokens.dtype).tobytes(),
+                    np.ascontiguousarray(doc_ids, dtype=DOC_DTYPE).tobytes(),
+                ),
+            )
+        self.docs.insert_batch(doc_rows, self.generation, batch=record)
         self.n_docs += len(batch)
 
     def close_data(self) -> None:
@@ -296,3 +371,40 @@ class SegmentWriter:
         with contextlib.suppress(OSError, ValueError):
             self.close_data()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_FINISH_FILES = (TOKEN_INDEX_NAME, TRAINED_NAME, CODES_NAME, CODEC_INDEX_NAME, PROJECTION_NAME)
+
+
+def _undo_finish(folder: Path, file_name: str) -> None:
+    """Put a journaled build's segment back as its batches left it, before finishing."""
+    renamed = file_name == SCRATCH_NAME and not (folder / SCRATCH_NAME).exists()
+    if renamed and (folder / TOKENS_NAME).exists():  # ``auto`` kept float16: renamed the scratch
+        os.replace(folder / TOKENS_NAME, folder / SCRATCH_NAME)
+    for name in (*_FINISH_FILES, *(vector_file(c) for c in CODECS)):
+        if name != file_name and (folder / name).exists():
+            (folder / name).unlink()
+    fsync_dir(folder)
+
+
+def _sound_prefix(
+    folder: Path, file_name: str, dim: int, records: Sequence[BatchRecord]
+) -> list[BatchRecord]:
+    """The batch records, in order, up to the first whose stored bytes do not match."""
+    width = dim * VECTOR_DTYPE.itemsize
+    kept: list[BatchRecord] = []
+    docs = tokens = 0
+    with open(folder / file_name, "rb") as vec, open(folder / TOKEN_DOC_NAME, "rb") as ids:
+        for r in records:
+            if r.first_doc != docs or r.token_start != tokens:
+                break
+            vec.seek(r.token_start * width)
+            ids.seek(r.token_start * DOC_DTYPE.itemsize)
+            vector_bytes = vec.read(r.tokens * width)
+            id_bytes = ids.read(r.tokens * DOC_DTYPE.itemsize)
+            if rows_digest(vector_bytes, id_bytes) != r.rows_sha256:
+                break
+            kept.append(r)
+            docs += r.docs
+            tokens += r.tokens
+    return kept

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.build_journal import JOURNAL_NAME
 from storage.codec import (
     CODEC_INDEX_NAME,
     PROJECTION_NAME,
@@ -87,6 +88,11 @@ def _lease_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
                 raise FormatVersionMismatch(
                     f"{folder} holds an index of format version 1; this release of sie-index "
                     "reads format version 2. Rebuild the index (overwrite)."
+                )
+            if os.path.exists(folder / JOURNAL_NAME):
+                raise NotAnIndex(
+                    f"{folder} holds an interrupted build, not an index yet: resume it "
+                    "(resume=True, --resume), or rebuild it (overwrite=True, --overwrite)"
                 )
             raise NotAnIndex(
                 f"{folder} is not a sie-index index: it has no committed generation (CURRENT)"
