@@ -3,8 +3,9 @@
 Queries are encoded once; each grid point (``k_token`` x ``nprobe`` x
 ``n_rerank``) runs every query one at a time and records MRR@10, R@100 and
 search latency (p50 / p95). Exhaustive MaxSim over every stored token is
-scored once, as the ceiling. :func:`plot_sweep` draws MRR@10 and R@100 against
-p50 latency with the oracle as a line (matplotlib, no display needed).
+scored once, as the ceiling, its latency that of an in-memory scan.
+:func:`plot_sweep` (:mod:`sie_index.sweep_plot`) draws MRR@10 and R@100 against
+p50 latency.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -33,6 +33,7 @@ from sie_index.evaluation import (
 )
 from sie_index.index import Index
 from sie_index.params import SearchParams
+from sie_index.sweep_plot import plot_sweep
 
 __all__ = ["SweepPoint", "SweepReport", "grid_from_args", "plot_sweep", "sweep"]
 
@@ -52,10 +53,13 @@ class SweepPoint:
 
 @dataclass(frozen=True, kw_only=True)
 class SweepReport:
-    """Every grid point, and the exhaustive oracle's metrics."""
+    """Every grid point, the settings the grid varies from (``base_settings``:
+    ``k_token``, ``nprobe``, ``n_rerank`` of the base search parameters, the
+    defaults unless changed), and the exhaustive oracle's metrics and latency."""
 
     dataset: str
     queries: int
+    base_settings: dict[str, int]
     points: list[SweepPoint]
     exhaustive_metrics: dict[str, float]
     exhaustive_latency_ms: dict[str, float]
@@ -111,52 +115,11 @@ def sweep(
     return SweepReport(
         dataset=dataset_name,
         queries=len(qids),
+        base_settings={k: getattr(params, k) for k in DEFAULT_GRID},
         points=points,
         exhaustive_metrics=ex,
         exhaustive_latency_ms=ex_latency,
     )
-
-
-def plot_sweep(report: SweepReport, path: Path) -> None:
-    """A PNG: MRR@10 and R@100 against search p50 latency, one point per setting,
-    the exhaustive oracle as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write the file only
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, metric in zip(axes, ("MRR@10", "R@100"), strict=True):
-        for n_rerank in sorted({p.n_rerank for p in report.points}):
-            pts = sorted(
-                (p for p in report.points if p.n_rerank == n_rerank),
-                key=lambda p: p.latency_ms["p50"],
-            )
-            xs = [p.latency_ms["p50"] for p in pts]
-            ax.plot(xs, [p.metrics[metric] for p in pts], "o-", label=f"n_rerank {n_rerank}")
-            for p in pts:
-                ax.annotate(
-                    f"{p.k_token}/{p.nprobe}",
-                    (p.latency_ms["p50"], p.metrics[metric]),
-                    fontsize=7,
-                    textcoords="offset points",
-                    xytext=(3, 3),
-                )
-        ax.axhline(report.exhaustive_metrics[metric], color="k", ls="--", label="exhaustive")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no crowded minor labels
-        ax.set_xlabel("search latency p50 (ms, log scale)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs latency (labels: k_token/nprobe)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{report.dataset}: {report.queries} queries")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def grid_from_args(k_token: str | None, nprobe: str | None, n_rerank: str | None) -> dict[str, Any]:
