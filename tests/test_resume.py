@@ -22,6 +22,7 @@ from sie_index.errors import InvalidInput, NotAnIndex, StorageError
 from sie_index.index import Index
 from sie_index.writer import build_index
 from storage.build_journal import JOURNAL_NAME, read_journal
+from storage.codec import vector_file
 from storage.segment import SCRATCH_NAME, segment_numbers
 from tests.conftest import synthetic_corpus, synthetic_queries
 
@@ -155,28 +156,30 @@ def test_a_resume_refuses_another_corpus_or_other_settings(tmp_path: Path) -> No
         build(path, docs, vectors, resume=True, **SETTINGS[0])
 
 
-def test_a_build_interrupted_while_indexing_resumes(tmp_path: Path) -> None:
-    """Ctrl-C while FAISS trains: the transcoded and FAISS files are undone on resume."""
+def test_a_build_interrupted_while_indexing_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (a real SIGINT) as the token index is filled, after the codec was
+    trained and the vectors transcoded: a resume undoes that and indexes again."""
     docs, vectors = corpus()
     settings = SETTINGS[1]
     build(tmp_path / "ref", docs, vectors, **settings)
     path = tmp_path / "idx"
-    calls = []
+    calls: list[str] = []
 
-    def interrupt(text: str) -> None:
+    def interrupt(bar: Any, text: str, started: float) -> None:
         calls.append(text)
         if text.startswith("adding"):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
-    import sie_index.writer as writer
-
-    original = writer._phase
-    writer._phase = lambda bar, text, t: interrupt(text)  # type: ignore[assignment]
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            build(path, docs, vectors, **settings)
-    finally:
-        writer._phase = original  # type: ignore[assignment]
+    monkeypatch.setattr("sie_index.writer._phase", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build(path, docs, vectors, **settings)
+    monkeypatch.undo()
+    journal = read_journal(path)
+    assert journal is not None  # the half-done step's files are there for the resume to undo
+    assert (path / journal.segment / vector_file("sq8")).exists()
+    assert (path / journal.segment / SCRATCH_NAME).exists()
     assert any(c.startswith("training the sq8 codec") for c in calls)
     encoder = build(path, docs, vectors, resume=True, **settings)
     assert encoder.encoded == []  # every batch was kept
