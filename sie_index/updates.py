@@ -34,9 +34,13 @@ class UpdateReport:
     """What an add or upsert of a corpus committed, and the corpus lines it skipped."""
 
     change: ChangeReport
+    """What the change committed (summed over its commits; the last one's generation)."""
     encode_seconds: float
     store_seconds: float
     bad_lines: list[BadLine] = field(default_factory=list)
+    skipped: int = 0
+    """Documents left out because their ids were live already (``skip_existing``)."""
+    commits: int = 1
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,28 @@ class IndexWriter:
         batch_size: int = 256,
         store_text: bool = True,
         progress: bool | None = None,
+        commit_every: int | None = None,
+        skip_existing: bool = False,
     ) -> UpdateReport:
         """Encode and add new documents (a JSONL file, a BEIR folder, or Documents)
-        in one commit. An id already in the index is an error naming it."""
-        return self._add_corpus(corpus, False, on_error, limit, batch_size, store_text, progress)
+        in one commit. An id already in the index is an error naming it.
+
+        A large add can be made resumable: ``commit_every=N`` commits each N
+        documents (each commit all or nothing), so a failure or a kill loses at most
+        the encoding of the last N; run it again with ``skip_existing=True`` (CLI
+        ``add --resume``) to leave out the documents whose ids are live already.
+        """
+        return self._add_corpus(
+            corpus,
+            False,
+            on_error,
+            limit,
+            batch_size,
+            store_text,
+            progress,
+            commit_every=commit_every,
+            skip_existing=skip_existing,
+        )
 
     def upsert(
         self,
@@ -171,24 +193,43 @@ class IndexWriter:
         batch_size: int,
         store_text: bool,
         progress: bool | None,
+        *,
+        commit_every: int | None = None,
+        skip_existing: bool = False,
     ) -> UpdateReport:
+        if commit_every is not None and (type(commit_every) is not int or commit_every < 1):
+            raise InvalidInput(f"commit_every must be a positive integer, got {commit_every!r}")
         feed = open_corpus(corpus, on_error=on_error, limit=limit)
         timing = Timing()
         disable = None if progress is None else not progress
-        with EncodeAhead(batched(feed.documents, batch_size), encoder_for(self.encoder)) as enc:
+        skipped = 0
+        live = self._store.live
+
+        def fresh(docs: Iterable[Document]) -> Iterator[Document]:
+            nonlocal skipped
+            for d in docs:
+                if d.id in live:
+                    skipped += 1
+                    continue
+                yield d
+
+        documents = fresh(feed.documents) if skip_existing else feed.documents
+        changes: list[ChangeReport] = []
+        with EncodeAhead(batched(documents, batch_size), encoder_for(self.encoder)) as enc:
             bar = tqdm(total=feed.total, desc="adding", unit="doc", disable=disable)
-            change = self._store.add(
-                pending_batches(
-                    feed, self.encoder, enc, store_text=store_text, timing=timing, bar=bar
-                ),
-                replace=replace,
+            stream = pending_batches(
+                feed, self.encoder, enc, store_text=store_text, timing=timing, bar=bar
             )
+            for chunk in _commit_chunks(stream, commit_every):
+                changes.append(self._store.add(chunk, replace=replace))
             bar.close()
         return UpdateReport(
-            change=change,
+            change=_summed(changes),
             encode_seconds=timing.encode_seconds,
             store_seconds=timing.store_seconds,
             bad_lines=feed.bad_lines,
+            skipped=skipped,
+            commits=len(changes),
         )
 
     def add_vectors(
@@ -278,3 +319,43 @@ class IndexWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _commit_chunks(
+    batches: Iterator[list[PendingDoc]], every: int | None
+) -> Iterator[Iterator[list[PendingDoc]]]:
+    """``batches`` cut into the runs that commit together: runs of at least ``every``
+    documents (whole batches), or one run; always at least one (an empty add commits)."""
+    first: list[PendingDoc] | None = next(batches, None)
+    yield_empty = first is None
+    if yield_empty:
+        yield iter(())
+        return
+    while first is not None:
+        head = first
+
+        def run(head: list[PendingDoc] = head) -> Iterator[list[PendingDoc]]:
+            n = len(head)
+            yield head
+            while every is None or n < every:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                n += len(batch)
+                yield batch
+
+        yield run()
+        first = next(batches, None)
+
+
+def _summed(changes: Sequence[ChangeReport]) -> ChangeReport:
+    """One report for an add's commits: counts summed, the last commit's state."""
+    last = changes[-1]
+    return ChangeReport(
+        generation=last.generation,
+        added=sum(c.added for c in changes),
+        deleted=sum(c.deleted for c in changes),
+        replaced=sum(c.replaced for c in changes),
+        tokens=sum(c.tokens for c in changes),
+        documents=last.documents,
+    )

@@ -20,6 +20,7 @@ from sie_index.corpus import Document
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import InvalidInput, NotAnIndex, StorageError
 from sie_index.index import Index
+from sie_index.updates import IndexWriter
 from sie_index.writer import build_index
 from storage.build_journal import JOURNAL_NAME, read_journal
 from storage.codec import vector_file
@@ -258,3 +259,34 @@ def assert_same_text_index(a: Path, b: Path) -> None:
     finally:
         ia.close()
         ib.close()
+
+
+def test_a_large_add_commits_in_runs_and_resumes_skipping_what_it_committed(
+    tmp_path: Path,
+) -> None:
+    docs, vectors = corpus()
+    base, rest = docs[:100], docs[100:]
+    for name in ("ref", "idx"):
+        build(tmp_path / name, base, vectors, **SETTINGS[1])
+    with IndexWriter(tmp_path / "ref", encoder=CountingEncoder(vectors)) as w:
+        w.add(rest, batch_size=BATCH)
+    index = Index.open(tmp_path / "idx")
+    writer = IndexWriter(tmp_path / "idx", encoder=CountingEncoder(vectors))
+    with writer as w, pytest.raises(RuntimeError, match="went away"):
+        w.add(failing(rest, 150), batch_size=BATCH, commit_every=64)
+    index.refresh()
+    assert len(index) == 100 + 128  # two runs of two batches committed, the third did not
+    encoder = CountingEncoder(vectors)
+    with IndexWriter(tmp_path / "idx", encoder=encoder) as w:
+        report = w.add(rest, batch_size=BATCH, commit_every=64, skip_existing=True)
+    assert report.skipped == 128 and report.change.added == len(rest) - 128
+    assert encoder.encoded == [d.id for d in rest[128:]]
+    assert report.commits == 2  # 72 documents: a run of 64 (two batches) and one of 8
+    index.refresh()
+    with Index.open(tmp_path / "ref") as ref:
+        assert sorted(index.external_ids()) == sorted(ref.external_ids())
+        for q in synthetic_queries(list(vectors.values()), 5):
+            assert [(h.external_id, h.score) for h in index.search(q, k=10)] == [
+                (h.external_id, h.score) for h in ref.search(q, k=10)
+            ]
+    index.close()
