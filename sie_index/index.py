@@ -12,7 +12,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast, overload
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from sie_index.errors import EncoderError, IndexClosed, InvalidInput
 from sie_index.exhaustive import ResidentScan, exhaustive_search
 from sie_index.params import Hit, SearchParams
 from sie_index.phases import PhaseTimes
+from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport, vector_docs
@@ -252,9 +253,17 @@ class Index:
             timings=timings,
         )
 
+    @overload
+    def search(self, query: Query, k: int | None = None, **options: Any) -> list[Hit]: ...
+
+    @overload
+    def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[list[Hit]]: ...
+
     def search(
         self,
-        query: Query,
+        query: Query | list[str] | tuple[str, ...],
         k: int | None = None,
         *,
         params: SearchParams | None = None,
@@ -263,16 +272,21 @@ class Index:
         explain: bool = False,
         timings: PhaseTimes | None = None,
         **overrides: Any,
-    ) -> list[Hit]:
+    ) -> list[Hit] | list[list[Hit]]:
         """Search with one query: text, or a query multivector ``[n_tokens, dim]``.
 
-        ``params`` (or keyword overrides such as ``k_token=128, filter={...}``)
-        tune the pipeline; ``text``/``metadata`` add the stored fields to hits;
+        A list or tuple of texts is a batch: the answer is :meth:`search_batch`'s,
+        one hit list per query. ``params`` (or keyword overrides such as
+        ``k_token=128, filter={...}``) tune the pipeline; ``text``/``metadata`` add
+        the stored fields to hits (without ``text=True`` a hit's ``text`` is None);
         ``explain`` adds, per query token, the best-matching document token;
         ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
         """
-        return self.search_batch(
-            [query],
+        texts = texts_of_batch(query)
+        # one query that is no text is a matrix (an array or nested lists), checked later
+        queries: Sequence[Query] = [cast(Query, query)] if texts is None else texts
+        results = self.search_batch(
+            queries,
             k,
             params=params,
             text=text,
@@ -280,7 +294,8 @@ class Index:
             explain=explain,
             timings=timings,
             **overrides,
-        )[0]
+        )
+        return results[0] if texts is None else results
 
     def search_batch(
         self,
