@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx
 import numpy as np
@@ -43,6 +43,7 @@ from sie_index.errors import (
     TooManyOpenFiles,
 )
 from sie_index.params import Hit, MatchedToken, SearchParams
+from sie_index.query_batch import texts_of_batch
 from sie_index.updates import ChangeReport, UpdateReport
 from sie_index.writer import open_corpus
 
@@ -134,6 +135,7 @@ def _hit(raw: Mapping[str, Any]) -> Hit:
         text=raw.get("text"),
         metadata=raw.get("metadata"),
         explain=None if explain is None else tuple(MatchedToken(**m) for m in explain),
+        shard=raw.get("shard"),
     )
 
 
@@ -236,6 +238,14 @@ class Client(_Base):
                 raise error
             time.sleep(delay)
 
+    @overload
+    def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[list[Hit]]: ...
+
+    @overload
+    def search(self, query: Any, k: int | None = None, **options: Any) -> list[Hit]: ...
+
     def search(
         self,
         query: Any,
@@ -246,8 +256,14 @@ class Client(_Base):
         metadata: bool = False,
         explain: bool = False,
         **overrides: Any,
-    ) -> list[Hit]:
-        """As :meth:`Index.search`: text or a query multivector ``[n_tokens, dim]``."""
+    ) -> list[Hit] | list[list[Hit]]:
+        """As :meth:`Index.search`: text or a query multivector ``[n_tokens, dim]``;
+        a list or tuple of texts is a batch (:meth:`search_batch`'s answer)."""
+        texts = texts_of_batch(query)
+        if texts is not None:
+            return self.search_batch(
+                texts, k, params=params, text=text, metadata=metadata, explain=explain, **overrides
+            )
         body = _search_body(self._params(params, k, overrides), text, metadata, explain)
         body["query" if isinstance(query, str) else "vectors"] = _query(query)
         return [_hit(h) for h in self._call("POST", "/search", body)["hits"]]

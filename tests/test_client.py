@@ -161,8 +161,8 @@ def test_a_served_sharded_index_answers_and_changes_as_it_does_locally(tmp_path:
                 for q in queries:
                     got = client.search(q, **settings)
                     want = local.search(q, **settings)
-                    assert [(h.external_id, h.score) for h in got] == [
-                        (h.external_id, h.score) for h in want
+                    assert [(h.external_id, h.score, h.shard) for h in got] == [
+                        (h.external_id, h.score, h.shard) for h in want
                     ]
         client.add_vectors(["new-one"], [vectors[0]])
         assert client.delete([ids[1]]).deleted == 1

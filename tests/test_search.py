@@ -111,6 +111,19 @@ def test_a_list_of_texts_is_a_batch(
     index.close()
 
 
+def test_hits_carry_text_and_metadata_only_when_asked(make_index: MakeIndex) -> None:
+    index, ids, vectors = make_index(
+        30, texts=[f"text of {i}" for i in range(30)], metadata=[{"n": i} for i in range(30)]
+    )
+    Q = synthetic_queries(vectors, 1, seed=3)[0]
+    plain = index.search(Q, k=3)[0]
+    assert plain.id == plain.external_id and plain.text is None and plain.metadata is None
+    assert set(plain.to_dict()) == {"id", "doc_id", "score"}
+    full = index.search(Q, k=3, text=True, metadata=True)[0]
+    n = ids.index(full.id)
+    assert full.to_dict()["text"] == f"text of {n}" and full.to_dict()["metadata"] == {"n": n}
+
+
 def test_results_are_the_same_after_reopening(make_index: MakeIndex) -> None:
     index, _, vectors = make_index(200)
     queries = synthetic_queries(vectors, 5, seed=7)
