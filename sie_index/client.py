@@ -22,13 +22,12 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, overload
 
 import httpx
 import numpy as np
 
-from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.errors import (
     CorruptIndex,
     DimensionMismatch,
@@ -151,9 +150,7 @@ def _update(raw: Mapping[str, Any]) -> UpdateReport:
     )
 
 
-def _documents_body(
-    corpus: str | Path | Iterable[Document], mode: str, options: Mapping[str, Any]
-) -> dict[str, Any]:
+def _documents_body(corpus: Corpus, mode: str, options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(options) - {"on_error", "limit"}
     if unknown:
         raise InvalidInput(f"a Client's add/upsert takes on_error and limit, not {sorted(unknown)}")
@@ -286,11 +283,11 @@ class Client(_Base):
             [_hit(h) for h in hits] for hits in self._call("POST", "/search/batch", body)["hits"]
         ]
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents (encoded by the server), in one commit."""
         return _update(self._call("POST", "/documents", _documents_body(corpus, "add", options)))
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index, in one commit."""
         body = _documents_body(corpus, "upsert", options)
         return _update(self._call("POST", "/documents", body))
@@ -412,11 +409,11 @@ class AsyncClient(_Base):
         answer = await self._call("POST", "/search/batch", body)
         return [[_hit(h) for h in hits] for hits in answer["hits"]]
 
-    async def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    async def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         body = _documents_body(corpus, "add", options)
         return _update(await self._call("POST", "/documents", body))
 
-    async def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    async def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         body = _documents_body(corpus, "upsert", options)
         return _update(await self._call("POST", "/documents", body))
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, cast, overload
 import numpy as np
 
 from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import EncoderError, IndexClosed, InvalidInput
@@ -71,7 +72,7 @@ class Index:
     def build(
         cls,
         path: str | Path,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         *,
         encoder: Encoder | None = None,
         index_kind: str = "auto",
@@ -87,7 +88,12 @@ class Index:
     ) -> Index:
         """Build a new index at ``path`` from a corpus and open it.
 
-        ``corpus``: a JSONL or JSONL.gz file, a BEIR folder, or Documents.
+        ``corpus``: a JSONL or JSONL.gz file (``{"id", "text"}``, BEIR's
+        ``{"_id", "title", "text"}``, Pyserini's ``{"id", "contents"}``), a TSV file
+        (ColBERT's ``collection.tsv``: ``id<TAB>text`` lines), a BEIR folder, or
+        the documents themselves: Documents, dicts with a JSONL line's fields, or
+        plain texts, whose ids are their positions (``"0"``, ``"1"``, ...; see
+        :mod:`sie_index.corpus_items`).
         ``encoder``: defaults to the embedded all-MiniLM-L6-v2 token-state encoder.
         ``index_kind``: ``auto``, ``flat``, ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``
         or ``hnsw`` (see :mod:`storage.token_index`). ``codec``: how token vectors
@@ -415,12 +421,12 @@ class Index:
         self.refresh()
         return out
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
-        """Encode and add new documents in one commit, then :meth:`refresh`
-        (options as :meth:`IndexWriter.add`)."""
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
+        """Encode and add new documents (a corpus as :meth:`build` takes it) in one
+        commit, then :meth:`refresh` (options as :meth:`IndexWriter.add`)."""
         return self._change(lambda w: w.add(corpus, **options))
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index, in one commit."""
         return self._change(lambda w: w.upsert(corpus, **options))
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast, overload
 
 import numpy as np
 
-from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
@@ -103,7 +103,7 @@ class ShardedIndex:
     def build(
         cls,
         path: str | Path,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         *,
         shards: int,
         encoder: Encoder | None = None,
@@ -340,11 +340,11 @@ class ShardedIndex:
             finally:
                 self.refresh()
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, each to its shard (one commit a shard that gets any)."""
         return self._change(lambda w: w.add(corpus, **options))
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index (in their shard)."""
         return self._change(lambda w: w.upsert(corpus, **options))
 
