@@ -662,7 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="build an index from a JSONL corpus or a BEIR folder")
-    p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz, a BEIR folder, or 'debian-pkgs'")
+    p.add_argument(
+        "corpus", help="corpus .jsonl / .jsonl.gz / .tsv, a BEIR folder, or 'debian-pkgs'"
+    )
     p.add_argument("index", help="folder to write the index to")
     _add_build_options(p)
     p.set_defaults(func=cmd_build)
@@ -673,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("index", help=INDEX_HELP)
-        p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz or a BEIR folder")
+        p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz / .tsv or a BEIR folder")
         _add_encoder_options(p, building=False)
         p.add_argument("--limit", type=int, default=None, help="only the first N documents")
         p.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")

@@ -376,6 +376,14 @@ class AsyncClient(_Base):
                 raise error
             await asyncio.sleep(delay)
 
+    @overload
+    async def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[list[Hit]]: ...
+
+    @overload
+    async def search(self, query: Any, k: int | None = None, **options: Any) -> list[Hit]: ...
+
     async def search(
         self,
         query: Any,
@@ -386,8 +394,13 @@ class AsyncClient(_Base):
         metadata: bool = False,
         explain: bool = False,
         **overrides: Any,
-    ) -> list[Hit]:
+    ) -> list[Hit] | list[list[Hit]]:
         """As :meth:`Client.search`."""
+        texts = texts_of_batch(query)
+        if texts is not None:
+            return await self.search_batch(
+                texts, k, params=params, text=text, metadata=metadata, explain=explain, **overrides
+            )
         body = _search_body(self._params(params, k, overrides), text, metadata, explain)
         body["query" if isinstance(query, str) else "vectors"] = _query(query)
         return [_hit(h) for h in (await self._call("POST", "/search", body))["hits"]]
