@@ -769,3 +769,16 @@ def test_build_and_add_take_texts_dicts_and_tsv_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as info:
         index.add(bad)
     assert (info.value.source, info.value.line) == (str(bad), 2)
+
+
+def test_a_sharded_build_takes_texts_and_dicts_too(tmp_path: Path) -> None:
+    from sie_index import ShardedIndex
+
+    _, vectors = synthetic_corpus(4, 8)
+    encoder = PrecomputedEncoder(dict(zip(["0", "1", "a", "b"], vectors, strict=True)), dim=8)
+    corpus: list[Any] = ["zero", "one", {"id": "a", "text": "A"}, {"_id": "b", "contents": "B"}]
+    with ShardedIndex.build(
+        tmp_path / "s", corpus, shards=2, encoder=encoder, index_kind="flat", progress=False
+    ) as index:
+        assert len(index) == 4
+        assert index.search(vectors[3], k=1, text=True)[0].to_dict()["text"] == "B"
