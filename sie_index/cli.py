@@ -17,9 +17,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sie_index.errors import InvalidInput, SieIndexError
+
+if TYPE_CHECKING:
+    from sie_index.params import Hit
 
 __all__ = ["main"]
 
@@ -382,6 +385,16 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+def _hit_json(rank: int, hit: Hit) -> dict[str, Any]:
+    """A hit as ``search --json`` prints it: :meth:`Hit.to_dict` after its rank, with
+    ``text`` and ``metadata`` always there (null when the document has none), as
+    this command has always printed them."""
+    out = {"rank": rank, **hit.to_dict()}
+    out.setdefault("text", None)
+    out.setdefault("metadata", None)
+    return out
+
+
 def cmd_search(args: argparse.Namespace) -> int:
 
     encoder = _query_encoder(args, Path(args.index))
@@ -393,17 +406,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         out = [
             {
                 "query": q,
-                "hits": [
-                    {
-                        "rank": i + 1,
-                        "id": h.external_id,
-                        "score": h.score,
-                        "text": h.text,
-                        "metadata": h.metadata,
-                        **({"explain": [asdict(m) for m in h.explain]} if h.explain else {}),
-                    }
-                    for i, h in enumerate(hits)
-                ],
+                "hits": [_hit_json(i + 1, h) for i, h in enumerate(hits)],
             }
             for q, hits in zip(args.queries, results, strict=True)
         ]
@@ -486,7 +489,6 @@ def _verify_sharded(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
 
     from storage import read_shard_map, verify_index
 
@@ -663,7 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="build an index from a JSONL corpus or a BEIR folder")
-    p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz, a BEIR folder, or 'debian-pkgs'")
+    p.add_argument(
+        "corpus", help="corpus .jsonl / .jsonl.gz / .tsv, a BEIR folder, or 'debian-pkgs'"
+    )
     p.add_argument("index", help="folder to write the index to")
     _add_build_options(p)
     p.set_defaults(func=cmd_build)
@@ -674,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("index", help=INDEX_HELP)
-        p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz or a BEIR folder")
+        p.add_argument("corpus", help="corpus .jsonl / .jsonl.gz / .tsv or a BEIR folder")
         _add_encoder_options(p, building=False)
         p.add_argument("--limit", type=int, default=None, help="only the first N documents")
         p.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")

@@ -22,13 +22,12 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx
 import numpy as np
 
-from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.errors import (
     CorruptIndex,
     DimensionMismatch,
@@ -43,6 +42,7 @@ from sie_index.errors import (
     TooManyOpenFiles,
 )
 from sie_index.params import Hit, MatchedToken, SearchParams
+from sie_index.query_batch import texts_of_batch
 from sie_index.updates import ChangeReport, UpdateReport
 from sie_index.writer import open_corpus
 
@@ -134,6 +134,7 @@ def _hit(raw: Mapping[str, Any]) -> Hit:
         text=raw.get("text"),
         metadata=raw.get("metadata"),
         explain=None if explain is None else tuple(MatchedToken(**m) for m in explain),
+        shard=raw.get("shard"),
     )
 
 
@@ -149,9 +150,7 @@ def _update(raw: Mapping[str, Any]) -> UpdateReport:
     )
 
 
-def _documents_body(
-    corpus: str | Path | Iterable[Document], mode: str, options: Mapping[str, Any]
-) -> dict[str, Any]:
+def _documents_body(corpus: Corpus, mode: str, options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(options) - {"on_error", "limit"}
     if unknown:
         raise InvalidInput(f"a Client's add/upsert takes on_error and limit, not {sorted(unknown)}")
@@ -236,6 +235,14 @@ class Client(_Base):
                 raise error
             time.sleep(delay)
 
+    @overload
+    def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[list[Hit]]: ...
+
+    @overload
+    def search(self, query: Any, k: int | None = None, **options: Any) -> list[Hit]: ...
+
     def search(
         self,
         query: Any,
@@ -246,8 +253,14 @@ class Client(_Base):
         metadata: bool = False,
         explain: bool = False,
         **overrides: Any,
-    ) -> list[Hit]:
-        """As :meth:`Index.search`: text or a query multivector ``[n_tokens, dim]``."""
+    ) -> list[Hit] | list[list[Hit]]:
+        """As :meth:`Index.search`: text or a query multivector ``[n_tokens, dim]``;
+        a list or tuple of texts is a batch (:meth:`search_batch`'s answer)."""
+        texts = texts_of_batch(query)
+        if texts is not None:
+            return self.search_batch(
+                texts, k, params=params, text=text, metadata=metadata, explain=explain, **overrides
+            )
         body = _search_body(self._params(params, k, overrides), text, metadata, explain)
         body["query" if isinstance(query, str) else "vectors"] = _query(query)
         return [_hit(h) for h in self._call("POST", "/search", body)["hits"]]
@@ -270,11 +283,11 @@ class Client(_Base):
             [_hit(h) for h in hits] for hits in self._call("POST", "/search/batch", body)["hits"]
         ]
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents (encoded by the server), in one commit."""
         return _update(self._call("POST", "/documents", _documents_body(corpus, "add", options)))
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index, in one commit."""
         body = _documents_body(corpus, "upsert", options)
         return _update(self._call("POST", "/documents", body))
@@ -363,6 +376,14 @@ class AsyncClient(_Base):
                 raise error
             await asyncio.sleep(delay)
 
+    @overload
+    async def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[list[Hit]]: ...
+
+    @overload
+    async def search(self, query: Any, k: int | None = None, **options: Any) -> list[Hit]: ...
+
     async def search(
         self,
         query: Any,
@@ -373,8 +394,13 @@ class AsyncClient(_Base):
         metadata: bool = False,
         explain: bool = False,
         **overrides: Any,
-    ) -> list[Hit]:
+    ) -> list[Hit] | list[list[Hit]]:
         """As :meth:`Client.search`."""
+        texts = texts_of_batch(query)
+        if texts is not None:
+            return await self.search_batch(
+                texts, k, params=params, text=text, metadata=metadata, explain=explain, **overrides
+            )
         body = _search_body(self._params(params, k, overrides), text, metadata, explain)
         body["query" if isinstance(query, str) else "vectors"] = _query(query)
         return [_hit(h) for h in (await self._call("POST", "/search", body))["hits"]]
@@ -396,11 +422,11 @@ class AsyncClient(_Base):
         answer = await self._call("POST", "/search/batch", body)
         return [[_hit(h) for h in hits] for hits in answer["hits"]]
 
-    async def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    async def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         body = _documents_body(corpus, "add", options)
         return _update(await self._call("POST", "/documents", body))
 
-    async def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    async def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         body = _documents_body(corpus, "upsert", options)
         return _update(await self._call("POST", "/documents", body))
 

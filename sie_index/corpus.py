@@ -1,11 +1,16 @@
 """Reading corpora and BEIR evaluation data, strictly and as a stream.
 
 A corpus is JSON lines, plain or gzip-compressed (told apart by the gzip magic
-bytes, not the suffix), or a BEIR folder holding ``corpus.jsonl[.gz]``. Records are
-``{"_id", "title", "text"}`` (BEIR) or ``{"id", "text", "metadata"}``:
+bytes, not the suffix), a BEIR folder holding ``corpus.jsonl[.gz]``, or a TSV
+file (``.tsv`` or ``.tsv.gz``: ColBERT's ``collection.tsv``, one ``id<TAB>text``
+line a document, an optional third field its title; a first line
+``id<TAB>text`` (or ``passage``, ``contents``) is a header). Records are
+``{"_id", "title", "text"}`` (BEIR), ``{"id", "text", "metadata"}``, or
+Pyserini's ``{"id", "contents"}``:
 
 - The id (``_id`` or ``id``, not both) is a non-empty string; an int is accepted
   and turned into its decimal string. Anything else is an error.
+- The text is ``text`` or ``contents`` (not both).
 - A non-empty ``title`` is kept in metadata as ``"title"`` and prefixed to the
   text as ``title + "\\n" + text``; a document may then have an empty text.
 - Other top-level fields go into metadata, next to the fields of a ``metadata``
@@ -42,6 +47,7 @@ __all__ = [
     "CorpusStats",
     "Document",
     "batched",
+    "document_of",
     "load_qrels",
     "load_queries",
     "packaged_dataset",
@@ -62,7 +68,8 @@ T = TypeVar("T")
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _DRAIN_CHUNK = 1 << 20
-_RESERVED = frozenset({"_id", "id", "text", "title", "metadata"})
+_RESERVED = frozenset({"_id", "id", "text", "contents", "title", "metadata"})
+_TSV_HEADER_TEXTS = frozenset({"text", "passage", "contents"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -298,7 +305,8 @@ def _documents(
     produced = 0
     if limit == 0:
         return
-    for at, record in _records(file, max_line_bytes):
+    records = _tsv_records if _is_tsv(file) else _records
+    for at, record in records(file, max_line_bytes):
         try:
             if isinstance(record, InvalidInput):
                 raise record
@@ -320,9 +328,23 @@ def _documents(
             return
 
 
+def document_of(record: Any, where: str) -> Document:
+    """One record given in memory (a dict with a corpus line's fields) as a
+    :class:`Document`, by a corpus line's rules; a bad one is :class:`InvalidInput`
+    naming ``where`` (say ``corpus[3]``) and the id when known."""
+    try:
+        doc = _document(record, _At(where, 0))
+    except InvalidInput as err:
+        raise InvalidInput(err.reason, source=where, doc_id=err.doc_id) from None
+    return Document(id=doc.id, text=doc.text, metadata=doc.metadata, source=where)
+
+
 def _document(record: Any, at: _At) -> Document:
     doc_id = _record_id(record, at)
-    text = _string_field(record, "text", at, doc_id, required=True)
+    if "text" in record and "contents" in record:
+        raise at.error("has both 'text' and 'contents'; give one", doc_id)
+    text_key = "contents" if "contents" in record else "text"  # Pyserini names it contents
+    text = _string_field(record, text_key, at, doc_id, required=True)
     title = _string_field(record, "title", at, doc_id, required=False)
     meta = record.get("metadata")
     if meta is not None and not isinstance(meta, dict):
@@ -402,6 +424,34 @@ def _records(file: Path, max_line_bytes: int) -> Iterator[tuple[_At, Any | Inval
             yield at, json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
         except (ValueError, RecursionError) as err:
             yield at, at.error(f"not valid JSON: {err}")
+
+
+def _is_tsv(file: Path) -> bool:
+    return file.name.lower().endswith((".tsv", ".tsv.gz"))
+
+
+def _tsv_records(file: Path, max_line_bytes: int) -> Iterator[tuple[_At, Any | InvalidInput]]:
+    """ColBERT's ``collection.tsv``: ``id<TAB>text[<TAB>title]`` lines as records."""
+    for at, text in _lines(file, max_line_bytes):
+        if isinstance(text, InvalidInput):
+            yield at, text
+            continue
+        fields = text.split("\t")
+        if not 2 <= len(fields) <= 3:
+            yield (
+                at,
+                at.error(
+                    f"expected 'id<TAB>text' or 'id<TAB>text<TAB>title', got {len(fields)} "
+                    "tab-separated field(s)"
+                ),
+            )
+            continue
+        if at.line == 1 and fields[0] in ("id", "pid") and fields[1] in _TSV_HEADER_TEXTS:
+            continue  # a header line
+        record = {"id": fields[0], "text": fields[1]}
+        if len(fields) == 3:
+            record["title"] = fields[2]
+        yield at, record
 
 
 def _lines(file: Path, max_line_bytes: int) -> Iterator[tuple[_At, str | InvalidInput]]:

@@ -12,17 +12,19 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast, overload
 
 import numpy as np
 
 from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import EncoderError, IndexClosed, InvalidInput
 from sie_index.exhaustive import ResidentScan, exhaustive_search
 from sie_index.params import Hit, SearchParams
 from sie_index.phases import PhaseTimes
+from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport, vector_docs
@@ -70,7 +72,7 @@ class Index:
     def build(
         cls,
         path: str | Path,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         *,
         encoder: Encoder | None = None,
         index_kind: str = "auto",
@@ -87,7 +89,12 @@ class Index:
     ) -> Index:
         """Build a new index at ``path`` from a corpus and open it.
 
-        ``corpus``: a JSONL or JSONL.gz file, a BEIR folder, or Documents.
+        ``corpus``: a JSONL or JSONL.gz file (``{"id", "text"}``, BEIR's
+        ``{"_id", "title", "text"}``, Pyserini's ``{"id", "contents"}``), a TSV file
+        (ColBERT's ``collection.tsv``: ``id<TAB>text`` lines), a BEIR folder, or
+        the documents themselves: Documents, dicts with a JSONL line's fields, or
+        plain texts, whose ids are their positions (``"0"``, ``"1"``, ...; see
+        :mod:`sie_index.corpus_items`).
         ``encoder``: defaults to the embedded all-MiniLM-L6-v2 token-state encoder.
         ``index_kind``: ``auto``, ``flat``, ``ivf-flat``, ``ivf-sq8``, ``ivf-pq``
         or ``hnsw`` (see :mod:`storage.token_index`). ``codec``: how token vectors
@@ -256,9 +263,17 @@ class Index:
             timings=timings,
         )
 
+    @overload
+    def search(self, query: Query, k: int | None = None, **options: Any) -> list[Hit]: ...
+
+    @overload
+    def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[list[Hit]]: ...
+
     def search(
         self,
-        query: Query,
+        query: Query | list[str] | tuple[str, ...],
         k: int | None = None,
         *,
         params: SearchParams | None = None,
@@ -267,16 +282,21 @@ class Index:
         explain: bool = False,
         timings: PhaseTimes | None = None,
         **overrides: Any,
-    ) -> list[Hit]:
+    ) -> list[Hit] | list[list[Hit]]:
         """Search with one query: text, or a query multivector ``[n_tokens, dim]``.
 
-        ``params`` (or keyword overrides such as ``k_token=128, filter={...}``)
-        tune the pipeline; ``text``/``metadata`` add the stored fields to hits;
+        A list or tuple of texts is a batch: the answer is :meth:`search_batch`'s,
+        one hit list per query. ``params`` (or keyword overrides such as
+        ``k_token=128, filter={...}``) tune the pipeline; ``text``/``metadata`` add
+        the stored fields to hits (without ``text=True`` a hit's ``text`` is None);
         ``explain`` adds, per query token, the best-matching document token;
         ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
         """
-        return self.search_batch(
-            [query],
+        texts = texts_of_batch(query)
+        # one query that is no text is a matrix (an array or nested lists), checked later
+        queries: Sequence[Query] = [cast(Query, query)] if texts is None else texts
+        results = self.search_batch(
+            queries,
             k,
             params=params,
             text=text,
@@ -284,7 +304,8 @@ class Index:
             explain=explain,
             timings=timings,
             **overrides,
-        )[0]
+        )
+        return results[0] if texts is None else results
 
     def search_batch(
         self,
@@ -404,12 +425,12 @@ class Index:
         self.refresh()
         return out
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
-        """Encode and add new documents in one commit, then :meth:`refresh`
-        (options as :meth:`IndexWriter.add`)."""
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
+        """Encode and add new documents (a corpus as :meth:`build` takes it) in one
+        commit, then :meth:`refresh` (options as :meth:`IndexWriter.add`)."""
         return self._change(lambda w: w.add(corpus, **options))
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index, in one commit."""
         return self._change(lambda w: w.upsert(corpus, **options))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sie_index.errors import InvalidInput
@@ -114,17 +114,48 @@ class MatchedToken:
 
 @dataclass(frozen=True, kw_only=True)
 class Hit:
-    """One search result. ``doc_id`` is the internal id, ``external_id`` the corpus id."""
+    """One search result. ``id`` (also ``external_id``) is the corpus id, ``doc_id``
+    the index's internal one.
+
+    ``text`` and ``metadata`` are filled only when the search asked for them
+    (``search(..., text=True, metadata=True)``); otherwise they are None, as
+    ``text`` is for an index built with ``store_text=False``. They stay plain
+    fields rather than raising on read, so code that checks ``hit.text`` keeps
+    working; :meth:`to_dict` leaves out what is None, so JSON never shows a
+    ``"text": null`` that looks like an empty document.
+    """
 
     doc_id: int
     external_id: str
     score: float
     text: str | None = None
+    """The stored text, when the search ran with ``text=True`` (else None)."""
     metadata: dict[str, Any] | None = None
+    """The stored metadata, when the search ran with ``metadata=True`` (else None)."""
     explain: tuple[MatchedToken, ...] | None = None
     shard: int | None = None
     """The shard that holds the document (a :class:`~sie_index.ShardedIndex`'s hits;
     ``doc_id`` is internal to that shard)."""
+
+    @property
+    def id(self) -> str:
+        """The document's corpus id: ``external_id``, by the name other libraries use."""
+        return self.external_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hit as a JSON-ready dict: ``id``, ``doc_id``, ``score``, and ``shard``,
+        ``text``, ``metadata``, ``explain`` (a list of dicts) where they are not None.
+        The CLI's ``--json`` and the server's answers are made from it."""
+        out: dict[str, Any] = {"id": self.external_id, "doc_id": self.doc_id, "score": self.score}
+        if self.shard is not None:
+            out["shard"] = self.shard
+        if self.text is not None:
+            out["text"] = self.text
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        if self.explain is not None:
+            out["explain"] = [asdict(m) for m in self.explain]
+        return out
 
 
 class Hits(list[Hit]):

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 import numpy as np
 
-from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
 from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
 from sie_index.params import Hits, SearchParams
+from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
 from sie_index.shard_merge import merge_hits
 from sie_index.sharded_build import build_sharded_index, reshard_index
@@ -102,7 +103,7 @@ class ShardedIndex:
     def build(
         cls,
         path: str | Path,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         *,
         shards: int,
         encoder: Encoder | None = None,
@@ -219,16 +220,24 @@ class ShardedIndex:
 
     def _query_matrices(self, queries: Sequence[Query]) -> list[np.ndarray]:
         texts = [q for q in queries if isinstance(q, str)]
-        encoded = iter(self.encoder.encode_queries(texts) if texts else [])
+        encoded = iter(self.encode_queries(texts) if texts else [])
         dim = self.spec.dim
         return [
             next(encoded) if isinstance(q, str) else check_query(q, f"query {i}", dim)
             for i, q in enumerate(queries)
         ]
 
+    @overload
+    def search(self, query: Query, k: int | None = None, **options: Any) -> Hits: ...
+
+    @overload
+    def search(
+        self, query: list[str] | tuple[str, ...], k: int | None = None, **options: Any
+    ) -> list[Hits]: ...
+
     def search(
         self,
-        query: Query,
+        query: Query | list[str] | tuple[str, ...],
         k: int | None = None,
         *,
         params: SearchParams | None = None,
@@ -238,10 +247,14 @@ class ShardedIndex:
         deadline_s: float | None = None,
         allow_partial: bool = False,
         **overrides: Any,
-    ) -> Hits:
-        """One query against every shard, merged (see :meth:`search_batch`)."""
-        return self.search_batch(
-            [query],
+    ) -> Hits | list[Hits]:
+        """One query against every shard, merged (see :meth:`search_batch`); a list or
+        tuple of texts is a batch, answered as :meth:`search_batch` answers it."""
+        texts = texts_of_batch(query)
+        # one query that is no text is a matrix (an array or nested lists), checked later
+        queries: Sequence[Query] = [cast(Query, query)] if texts is None else texts
+        results = self.search_batch(
+            queries,
             k,
             params=params,
             text=text,
@@ -250,7 +263,8 @@ class ShardedIndex:
             deadline_s=deadline_s,
             allow_partial=allow_partial,
             **overrides,
-        )[0]
+        )
+        return results[0] if texts is None else results
 
     def search_batch(
         self,
@@ -326,11 +340,11 @@ class ShardedIndex:
             finally:
                 self.refresh()
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, each to its shard (one commit a shard that gets any)."""
         return self._change(lambda w: w.add(corpus, **options))
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index (in their shard)."""
         return self._change(lambda w: w.upsert(corpus, **options))
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
 
-from sie_index.corpus import Document, batched
+from sie_index.corpus import batched
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder
 from sie_index.errors import InvalidInput
 from sie_index.writer import (
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def build_sharded_index(
     path: str | Path,
-    corpus: str | Path | Iterable[Document],
+    corpus: Corpus,
     encoder: Encoder,
     *,
     shards: int,

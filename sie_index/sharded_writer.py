@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sie_index.corpus import Document
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder
 from sie_index.errors import InvalidInput, SieIndexError
 from sie_index.shard_merge import combine_changes, combine_updates
@@ -75,17 +76,15 @@ class ShardedWriter:
 
     # -- changes -----------------------------------------------------------------
 
-    def add(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def add(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, each to its shard (options as :meth:`IndexWriter.add`)."""
         return self._documents(corpus, replace=False, **options)
 
-    def upsert(self, corpus: str | Path | Iterable[Document], **options: Any) -> UpdateReport:
+    def upsert(self, corpus: Corpus, **options: Any) -> UpdateReport:
         """Add documents, replacing those whose ids are in the index (in their shard)."""
         return self._documents(corpus, replace=True, **options)
 
-    def _documents(
-        self, corpus: str | Path | Iterable[Document], *, replace: bool, **options: Any
-    ) -> UpdateReport:
+    def _documents(self, corpus: Corpus, *, replace: bool, **options: Any) -> UpdateReport:
         feed = open_corpus(
             corpus, on_error=options.pop("on_error", "raise"), limit=options.pop("limit", None)
         )

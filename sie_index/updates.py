@@ -19,7 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from sie_index.corpus import BadLine, Document, batched
+from sie_index.corpus import BadLine, batched
+from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec, l2_normalize
 from sie_index.errors import InvalidInput
 from sie_index.filters import compile_filter
@@ -140,7 +141,7 @@ class IndexWriter:
 
     def add(
         self,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         *,
         on_error: Literal["raise", "skip"] = "raise",
         limit: int | None = None,
@@ -172,7 +173,7 @@ class IndexWriter:
 
     def upsert(
         self,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         *,
         on_error: Literal["raise", "skip"] = "raise",
         limit: int | None = None,
@@ -186,7 +187,7 @@ class IndexWriter:
 
     def _add_corpus(
         self,
-        corpus: str | Path | Iterable[Document],
+        corpus: Corpus,
         replace: bool,
         on_error: Literal["raise", "skip"],
         limit: int | None,

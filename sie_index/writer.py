@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sie_index.corpus import BadLine, Document, batched, read_documents, validate_corpus
+from sie_index.corpus_items import Corpus, documents_of
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
 from storage import (
@@ -163,20 +165,23 @@ class CorpusFeed:
 
 
 def open_corpus(
-    corpus: str | Path | Iterable[Document],
+    corpus: Corpus,
     *,
     on_error: Literal["raise", "skip"] = "raise",
     limit: int | None = None,
 ) -> CorpusFeed:
     """A corpus file (checked in full first, naming a bad line's file and line) or
-    Documents, as a stream of documents."""
+    in-memory items (Documents, dicts, texts: see :mod:`sie_index.corpus_items`;
+    a bad one raises, naming its position), as a stream of documents."""
     if isinstance(corpus, str | Path):
         stats = validate_corpus(corpus, on_error=on_error, limit=limit)
         docs = read_documents(
             corpus, on_error="skip" if on_error == "skip" else "raise", limit=limit, bad_lines=[]
         )
         return CorpusFeed(documents=docs, total=stats.documents, bad_lines=stats.bad_lines)
-    docs_iter = corpus if limit is None else (d for i, d in enumerate(corpus) if i < limit)
+    docs_iter = documents_of(corpus)
+    if limit is not None:
+        docs_iter = islice(docs_iter, limit)
     return CorpusFeed(documents=docs_iter, total=None, bad_lines=[])
 
 
@@ -269,7 +274,7 @@ def _phase(bar: Any, text: str, started: float) -> None:
 
 def build_index(
     path: str | Path,
-    corpus: str | Path | Iterable[Document],
+    corpus: Corpus,
     encoder: Encoder,
     *,
     index_kind: str = "auto",
@@ -286,7 +291,8 @@ def build_index(
 ) -> BuildReport:
     """Encode ``corpus`` with ``encoder`` and write a new index at ``path``.
 
-    ``corpus`` is a JSONL / JSONL.gz file, a BEIR folder, or Documents.
+    ``corpus`` is a JSONL / JSONL.gz / TSV file, a BEIR folder, or in-memory
+    Documents, dicts or texts (see :mod:`sie_index.corpus_items`).
     ``on_error="skip"`` leaves bad corpus lines out and reports them; ``"raise"``
     fails on the first one, naming file and line, before anything is encoded.
     ``progress`` None shows bars only on a terminal. ``codec`` and ``dim``: how the

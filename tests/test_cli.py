@@ -53,6 +53,8 @@ def test_search_table_and_json(built: Path, capsys: pytest.CaptureFixture[str]) 
     result = json.loads(capsys.readouterr().out)
     hits = result[0]["hits"]
     assert len(hits) == 3 and hits[0]["id"] == "aa3d"
+    assert hits[0]["rank"] == 1 and isinstance(hits[0]["doc_id"], int)  # Hit.to_dict, ranked
+    assert "stereogram" in hits[0]["text"] and "metadata" in hits[0]
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 

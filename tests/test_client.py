@@ -4,6 +4,7 @@ library's report types, its typed errors, and retries only of what may be retrie
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +122,40 @@ def test_the_client_knows_every_library_error_the_server_sends() -> None:
     assert _TYPED["limit"] is InvalidInput
 
 
+def test_the_clients_take_a_list_of_texts_as_a_batch() -> None:
+    import httpx
+
+    sent: list[tuple[str, bytes]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, request.content))
+        hit = {"id": "vim", "doc_id": 3, "score": 1.5}
+        if request.url.path == "/search/batch":
+            return httpx.Response(200, json={"hits": [[hit], [hit]]})
+        return httpx.Response(200, json={"hits": [hit]})
+
+    with Client("http://sie", transport=httpx.MockTransport(answer)) as client:
+        batch = client.search(["web server", "ssh keys"], k=1)
+        one = client.search("ssh keys", k=1)
+        with pytest.raises(InvalidInput, match="a list of texts"):
+            client.search([])
+
+    async def run_async() -> Any:
+        async with AsyncClient("http://sie", transport=httpx.MockTransport(answer)) as aclient:
+            return await aclient.search(("web server", "ssh keys"))
+
+    abatch = asyncio.run(run_async())
+    assert (
+        [[h.id for h in hits] for hits in batch]
+        == [["vim"], ["vim"]]
+        == [[h.id for h in hits] for hits in abatch]
+    )
+    assert [h.id for h in one] == ["vim"]
+    paths = [path for path, _ in sent]
+    assert paths == ["/search/batch", "/search", "/search/batch"]
+    assert json.loads(sent[0][1])["queries"] == ["web server", "ssh keys"]
+
+
 def test_the_client_retries_503_within_its_deadline(tmp_path: Path) -> None:
     path = tmp_path / "idx"
     _, vectors = build(path, 20)
@@ -161,8 +196,8 @@ def test_a_served_sharded_index_answers_and_changes_as_it_does_locally(tmp_path:
                 for q in queries:
                     got = client.search(q, **settings)
                     want = local.search(q, **settings)
-                    assert [(h.external_id, h.score) for h in got] == [
-                        (h.external_id, h.score) for h in want
+                    assert [(h.external_id, h.score, h.shard) for h in got] == [
+                        (h.external_id, h.score, h.shard) for h in want
                     ]
         client.add_vectors(["new-one"], [vectors[0]])
         assert client.delete([ids[1]]).deleted == 1

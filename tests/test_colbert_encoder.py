@@ -306,6 +306,55 @@ def test_pickled_or_missing_weights_are_refused(
         ColbertEncoder(tmp_path)
 
 
+def _fake_hub_cache(root: Path, checkpoints: dict[str, Path]) -> None:
+    """A Hugging Face cache as huggingface_hub lays it out: refs/main names the
+    PyLate snapshot; an older Stanford snapshot sits beside it."""
+    import shutil
+
+    repo = root / "models--acme--tiny-colbert"
+    shutil.copytree(checkpoints["pylate"], repo / "snapshots" / "abc123")
+    shutil.copytree(checkpoints["stanford"], repo / "snapshots" / "old000")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123\n")
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_CACHE", "HF_HOME"])
+def test_a_hub_id_is_found_in_the_local_cache(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no folder named like the id here
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf" / "hub"
+    _fake_hub_cache(cache, checkpoints)
+    monkeypatch.setenv(variable, str(cache if variable == "HF_HUB_CACHE" else cache.parent))
+    enc = ColbertEncoder("acme/tiny-colbert")
+    assert enc.spec.model == "acme/tiny-colbert"  # not the snapshot's hash
+    assert enc.spec.options["layout"] == "pylate"  # the snapshot refs/main names
+    snapshot = cache / "models--acme--tiny-colbert" / "snapshots" / "abc123"
+    assert Path(enc.spec.runtime["path"]) == snapshot.resolve()
+    direct = ColbertEncoder(checkpoints["pylate"])
+    for a, b in zip(enc.encode_queries(TEXTS), direct.encode_queries(TEXTS), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert load_encoder("colbert:acme/tiny-colbert").spec == enc.spec
+
+
+def test_a_hub_id_not_in_the_cache_says_how_to_get_the_folder(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _fake_hub_cache(tmp_path / "hub", checkpoints)
+    (tmp_path / "hub" / "models--acme--tiny-colbert" / "refs" / "main").write_text("gone999")
+    for missing in ("colbert-ir/colbertv2.0", "acme/tiny-colbert"):  # absent; ref to nothing
+        with pytest.raises(EncoderUnavailable) as info:
+            ColbertEncoder(missing)
+        message = str(info.value)
+        assert "not in the local cache" in message and str(tmp_path / "hub") in message
+        assert f"huggingface-cli download {missing} --local-dir" in message
+        assert "model.safetensors" in message and "modules.json" in message
+
+
 @pytest.mark.parametrize("layout", ["pylate", "stanford", "pylate-noexp"])
 @pytest.mark.parametrize("is_query", [False, True])
 def test_token_texts_name_every_vector_row(

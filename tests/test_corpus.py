@@ -25,6 +25,7 @@ from sie_index.corpus import (
     read_documents,
     validate_corpus,
 )
+from sie_index.corpus_items import documents_of
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import InvalidInput
 from sie_index.index import Index
@@ -90,6 +91,11 @@ def assert_names(err: InvalidInput, path: Path, line: int | None, doc_id: str | 
             id="extra-fields-merge",
         ),
         pytest.param({"id": 42, "text": "body"}, Document(id="42", text="body"), id="int-id"),
+        pytest.param(
+            {"id": "d1", "contents": "body", "lang": "en"},
+            Document(id="d1", text="body", metadata={"lang": "en"}),
+            id="pyserini-contents",
+        ),
         pytest.param({"_id": -7, "text": "x"}, Document(id="-7", text="x"), id="negative-int-id"),
         pytest.param(
             {"_id": "ü", "text": "naïve ☃ text"},
@@ -130,6 +136,10 @@ BAD_LINES = [
     pytest.param(b'{"_id": "b", "text": ""}', "b", "text is empty", id="text-empty"),
     pytest.param(b'{"_id": "b", "text": " \\n\\t "}', "b", "text is empty", id="text-blank"),
     pytest.param(b'{"_id": "b", "text": "t", "title": 3}', "b", "'title'", id="title-int"),
+    pytest.param(
+        b'{"_id": "b", "text": "t", "contents": "c"}', "b", "'contents'", id="text-and-contents"
+    ),
+    pytest.param(b'{"_id": "b", "contents": 5}', "b", "'contents'", id="contents-int"),
     pytest.param(b'{"_id": "b", "text": "t", "metadata": [1]}', "b", "JSON object", id="meta-list"),
     pytest.param(b'{"_id": "b", "text": "t", "metadata": "m"}', "b", "JSON object", id="meta-str"),
     pytest.param(
@@ -639,3 +649,136 @@ def test_a_skip_mode_build_leaves_out_and_reports_what_no_index_can_hold(tmp_pat
         Index.build(tmp_path / "strict", path, encoder=encoder, index_kind="flat", progress=False)
     assert (info.value.source, info.value.line) == (str(path), 2)
     assert not (tmp_path / "strict").exists()
+
+
+# --- TSV collections (ColBERT's collection.tsv) ------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_tsv_collection(tmp_path: Path, gz: bool) -> None:
+    lines = [
+        b"id\ttext",
+        b"0\tfirst passage",
+        b"",
+        b"7\tsecond\tA Title",
+        b"x y\tthird, with spaces",
+    ]
+    path = write(tmp_path / ("collection.tsv.gz" if gz else "collection.tsv"), lines, eol=b"\r\n")
+    docs = list(read_documents(path))
+    assert [(d.id, d.text, d.metadata, d.line) for d in docs] == [
+        ("0", "first passage", None, 2),
+        ("7", "A Title\nsecond", {"title": "A Title"}, 4),
+        ("x y", "third, with spaces", None, 5),
+    ]
+
+
+def test_tsv_without_header_keeps_its_first_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.tsv", [b"0\tid", b"id\tan id named id is a document"])
+    assert [d.id for d in read_documents(path)] == ["0", "id"]
+
+
+@pytest.mark.parametrize(
+    ("line", "doc_id", "reason"),
+    [
+        (b"just one field", None, "got 1 tab-separated field"),
+        (b"b\tt\ttitle\textra", None, "got 4 tab-separated field"),
+        (b"b\t   ", "b", "text is empty"),
+        (b"\ttext without id", None, "'id' is empty"),
+        (b"0\tagain", "0", "duplicate id, first seen at line 1"),
+        (b"b\tcaf\xe9", None, "UTF-8"),
+    ],
+)
+def test_bad_tsv_line_names_file_and_line(
+    tmp_path: Path, line: bytes, doc_id: str | None, reason: str
+) -> None:
+    path = write(tmp_path / "c.tsv", [b"0\tzero", line, b"z\tlast"])
+    with pytest.raises(InvalidInput) as info:
+        list(read_documents(path))
+    assert_names(info.value, path, 2, doc_id)
+    assert reason in str(info.value)
+    bad: list[BadLine] = []
+    assert [d.id for d in read_documents(path, on_error="skip", bad_lines=bad)] == ["0", "z"]
+    assert [(b.line, b.doc_id) for b in bad] == [(2, doc_id)]
+
+
+# --- corpora given in memory ------------------------------------------------------------
+
+
+def test_texts_dicts_and_documents_in_memory() -> None:
+    items: list[Any] = [
+        "plain text",
+        {"id": "d", "text": "a dict", "metadata": {"lang": "en"}},
+        {"_id": "p", "contents": "Pyserini's field", "url": "u"},
+        Document(id="doc", text="a Document"),
+        "another text",
+    ]
+    docs = list(documents_of(items))
+    assert [(d.id, d.text, d.metadata) for d in docs] == [
+        ("0", "plain text", None),
+        ("d", "a dict", {"lang": "en"}),
+        ("p", "Pyserini's field", {"url": "u"}),
+        ("doc", "a Document", None),
+        ("4", "another text", None),  # ids of texts are their positions
+    ]
+    assert docs[1].source == "corpus[1]"
+
+
+@pytest.mark.parametrize(
+    ("items", "where", "doc_id", "reason"),
+    [
+        (["ok", {"id": "b"}], "corpus[1]", "b", "missing 'text'"),
+        (["ok", "ok", {"text": "no id"}], "corpus[2]", None, "missing id"),
+        (["ok", {"id": "b", "text": "t", "contents": "c"}], "corpus[1]", "b", "'contents'"),
+        (["ok", 42], "corpus[1]", None, "is a int"),
+        (["ok", None], "corpus[1]", None, "is a NoneType"),
+    ],
+)
+def test_a_bad_item_in_memory_names_its_position(
+    items: list[Any], where: str, doc_id: str | None, reason: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        list(documents_of(items))
+    assert (info.value.source, info.value.doc_id) == (where, doc_id)
+    assert where in str(info.value) and reason in str(info.value)
+
+
+def test_one_dict_is_not_a_corpus() -> None:
+    with pytest.raises(InvalidInput, match="wrap it in a list"):
+        list(documents_of({"id": "a", "text": "t"}))  # type: ignore[arg-type]
+
+
+def test_build_and_add_take_texts_dicts_and_tsv_files(tmp_path: Path) -> None:
+    _, vectors = synthetic_corpus(6, 8)
+    by_id = dict(zip(["0", "1", "d2", "d3", "t4", "t5"], vectors, strict=True))
+    encoder = PrecomputedEncoder(by_id, dim=8)
+    index = Index.build(
+        tmp_path / "idx", ["zero", "one"], encoder=encoder, index_kind="flat", progress=False
+    )
+    assert index.external_ids() == ["0", "1"]
+    index = Index.open(index.path, encoder=encoder)  # the writes below encode with it
+    index.add([{"id": "d2", "text": "two", "metadata": {"n": 2}}, {"id": "d3", "contents": "3"}])
+    tsv = write(tmp_path / "more.tsv", [b"t4\tfour", b"t5\tfive"])
+    index.add(tsv)
+    assert sorted(index.external_ids()) == ["0", "1", "d2", "d3", "t4", "t5"]
+    hit = index.search(vectors[2], k=1, text=True, metadata=True)[0]
+    assert (hit.id, hit.text, hit.metadata) == ("d2", "two", {"n": 2})
+    with pytest.raises(InvalidInput) as info:
+        index.upsert(["fine", {"id": "d2"}])
+    assert info.value.source == "corpus[1]"
+    bad = write(tmp_path / "bad.tsv", [b"t4\tfour", b"only-an-id"])
+    with pytest.raises(InvalidInput) as info:
+        index.add(bad)
+    assert (info.value.source, info.value.line) == (str(bad), 2)
+
+
+def test_a_sharded_build_takes_texts_and_dicts_too(tmp_path: Path) -> None:
+    from sie_index import ShardedIndex
+
+    _, vectors = synthetic_corpus(4, 8)
+    encoder = PrecomputedEncoder(dict(zip(["0", "1", "a", "b"], vectors, strict=True)), dim=8)
+    corpus: list[Any] = ["zero", "one", {"id": "a", "text": "A"}, {"_id": "b", "contents": "B"}]
+    with ShardedIndex.build(
+        tmp_path / "s", corpus, shards=2, encoder=encoder, index_kind="flat", progress=False
+    ) as index:
+        assert len(index) == 4
+        assert index.search(vectors[3], k=1, text=True)[0].to_dict()["text"] == "B"

@@ -8,6 +8,8 @@ import sys
 import typing
 from pathlib import Path
 
+import pytest
+
 import sie_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +115,49 @@ def test_all_holds_every_type_the_public_api_returns() -> None:
                 if ours and cls.__name__ not in sie_index.__all__:
                     missing.add(f"{cls.__name__} (returned by {name}.{func.__name__})")
     assert not missing, sorted(missing)
+
+
+def _hit(**fields: typing.Any) -> sie_index.Hit:
+    return sie_index.Hit(doc_id=3, external_id="vim", score=12.5, **fields)
+
+
+def test_a_hit_has_an_id_and_a_json_ready_dict() -> None:
+    import json
+
+    from sie_index.params import MatchedToken
+
+    bare = _hit()
+    assert bare.id == "vim" == bare.external_id
+    assert bare.to_dict() == {"id": "vim", "doc_id": 3, "score": 12.5}  # no None fields
+    full = _hit(
+        text="Vi IMproved",
+        metadata={"section": "editors"},
+        explain=(MatchedToken(query_token=0, doc_token=2, similarity=0.5, doc_text="vi"),),
+        shard=1,
+    )
+    d = full.to_dict()
+    assert (d["shard"], d["text"], d["metadata"]) == (1, "Vi IMproved", {"section": "editors"})
+    assert d["explain"] == [
+        {"query_token": 0, "doc_token": 2, "similarity": 0.5, "query_text": None, "doc_text": "vi"}
+    ]
+    assert json.loads(json.dumps(d)) == d
+    assert _hit(text="").to_dict()["text"] == ""  # an empty text is not a missing one
+
+
+def test_the_server_wire_and_the_cli_print_hit_to_dict() -> None:
+    from sie_index.cli import _hit_json
+    from sie_index.params import MatchedToken
+
+    wire = pytest.importorskip("sie_index.server.wire")
+    explain = (MatchedToken(query_token=1, doc_token=0, similarity=0.25),)
+    for hit in (_hit(), _hit(text="t", metadata={"a": 1}, explain=explain, shard=2)):
+        out = wire.HitOut.of(hit)
+        assert out.model_dump(exclude_none=True) == {
+            k: [{n: v for n, v in m.items() if v is not None} for m in val]
+            if k == "explain"
+            else val
+            for k, val in hit.to_dict().items()
+        }
+        assert out.hit() == hit  # the client reads back what the server sent
+        printed = _hit_json(4, hit)
+        assert printed == {"rank": 4, "text": None, "metadata": None, **hit.to_dict()}

@@ -42,7 +42,7 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, filters, changes, codecs, _serve, sharded = (
+    code, filters, changes, codecs, rerank, _serve, sharded = (
         code for lang, code in BLOCKS if lang == "python"
     )
     monkeypatch.chdir(tmp_path)
@@ -58,6 +58,8 @@ def test_python_example_runs(
     assert segments == 1 and 0 < live < 300
     exec(compile(codecs, "README.md", "exec"), {"Index": names["Index"]})  # a pq build
     assert capsys.readouterr().out.split() == ["pq", "128", "34"]
+    exec(compile(rerank, "README.md", "exec"), {})  # maxsim over given documents
+    assert capsys.readouterr().out.strip() == "resize and crop photos from the shell"
     exec(compile(sharded, "README.md", "exec"), {})  # shards, on the first example's index
     documents, resharded, shards = map(int, capsys.readouterr().out.split())
     assert documents == 200 and shards == 4 and 0 < resharded < 300
@@ -88,7 +90,7 @@ def test_every_file_and_flag_the_readme_names_exists() -> None:
     for script in (ROOT / "scripts").glob("*.py"):  # the benchmark scripts' own flags
         options.update(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README))
-    assert named - options <= {"--no-deps"}, named - options  # --no-deps is pip's
+    assert named - options <= {"--no-deps", "--index-url"}, named - options  # pip's
 
 
 def test_the_slow_tier_selects_tests() -> None:

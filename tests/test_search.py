@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sie_index import Index, SearchParams
+from sie_index import Index, SearchParams, ShardedIndex
 from sie_index.errors import DimensionMismatch, EncoderUnavailable, InvalidInput
 from sie_index.exhaustive import exhaustive_search
 from sie_index.phases import PHASES, PhaseTimes
@@ -74,6 +74,54 @@ def test_batch_search_equals_one_at_a_time(make_index: MakeIndex) -> None:
         assert [(h.doc_id, h.score) for h in index.search(Q, k=5)] == [
             (h.doc_id, h.score) for h in hits
         ]
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["index", "sharded"])
+def test_a_list_of_texts_is_a_batch(
+    sharded: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, vectors = synthetic_corpus(60, 32)
+    queries = synthetic_queries(vectors, 2, seed=9)
+    by_text = dict(zip(("web server", "ssh keys"), queries, strict=True))
+    if sharded:
+        index: Any = ShardedIndex.from_vectors(tmp_path / "s", ids, vectors, shards=2)
+    else:
+        index = Index.from_vectors(tmp_path / "i", ids, vectors, index_kind="flat")
+    # a stand-in query encoder: these texts encode to these matrices
+    monkeypatch.setattr(index, "encode_queries", lambda texts: [by_text[t] for t in texts])
+    expected = [[(h.external_id, h.score) for h in hits] for hits in index.search_batch(queries)]
+    for batch in (["web server", "ssh keys"], ("web server", "ssh keys")):
+        got = index.search(batch, k=10)
+        assert [[(h.external_id, h.score) for h in hits] for hits in got] == expected
+    one = index.search("ssh keys")  # one text is still one query
+    assert [(h.external_id, h.score) for h in one] == expected[1]
+    nested = index.search(queries[0].tolist())  # nested lists are one query matrix
+    assert [(h.external_id, h.score) for h in nested] == expected[0]
+    for nonsense, says in [
+        ([], "empty list"),
+        ((), "empty tuple"),
+        ([1, 2, 3], "flat list of numbers"),
+        (["web server", queries[0]], "mixing texts"),
+        (None, "got NoneType"),
+        (7, "got int"),
+    ]:
+        with pytest.raises(InvalidInput, match=says) as err:
+            index.search(nonsense)
+        assert "a list of texts" in str(err.value)
+    index.close()
+
+
+def test_hits_carry_text_and_metadata_only_when_asked(make_index: MakeIndex) -> None:
+    index, ids, vectors = make_index(
+        30, texts=[f"text of {i}" for i in range(30)], metadata=[{"n": i} for i in range(30)]
+    )
+    Q = synthetic_queries(vectors, 1, seed=3)[0]
+    plain = index.search(Q, k=3)[0]
+    assert plain.id == plain.external_id and plain.text is None and plain.metadata is None
+    assert set(plain.to_dict()) == {"id", "doc_id", "score"}
+    full = index.search(Q, k=3, text=True, metadata=True)[0]
+    n = ids.index(full.id)
+    assert full.to_dict()["text"] == f"text of {n}" and full.to_dict()["metadata"] == {"n": n}
 
 
 def test_results_are_the_same_after_reopening(make_index: MakeIndex) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.encoders.base import EncoderSpec, check_encoder_output
+from sie_index.encoders.hf_cache import CHECKPOINT_FILES, checkpoint_folder
 from sie_index.encoders.token_states import safetensors_weights, weights_fingerprint
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
@@ -113,7 +114,12 @@ def _dense_layers(folder: Path, modules: list[Mapping[str, Any]]) -> list[dict[s
 
 
 class ColbertEncoder:
-    """Token vectors of a local ColBERT checkpoint folder (Stanford or PyLate layout)."""
+    """Token vectors of a local ColBERT checkpoint folder (Stanford or PyLate layout).
+
+    ``path`` is the folder, or a Hugging Face model id (``colbert-ir/colbertv2.0``)
+    already in the local Hugging Face cache (see :mod:`sie_index.encoders.hf_cache`;
+    nothing is downloaded); the id is then the spec's model name.
+    """
 
     def __init__(
         self,
@@ -129,7 +135,8 @@ class ColbertEncoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        folder = Path(path)
+        folder, hub_id = checkpoint_folder(path)
+        model_name = model_name or hub_id  # a cached snapshot's folder name is a hash
         if (folder / "modules.json").is_file():
             modules = _read_json(folder / "modules.json")
             if not modules or not str(modules[0].get("type", "")).endswith("Transformer"):
@@ -169,7 +176,9 @@ class ColbertEncoder:
                 linear = fh.get_tensor("linear.weight").float()
             dense = [{"weight": linear, "bias": None, "residual": None, "use_residual": False}]
         else:
-            raise EncoderUnavailable(f"{folder} is not a ColBERT checkpoint folder")
+            raise EncoderUnavailable(
+                f"{folder} is not a ColBERT checkpoint folder: one holds {CHECKPOINT_FILES}"
+            )
         fingerprint = weights_fingerprint(base)  # refuses pickled weights before loading
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)

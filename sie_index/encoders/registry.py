@@ -30,7 +30,8 @@ def load_encoder(
     """Make an encoder from a CLI name.
 
     ``minilm`` (or ``default``): the embedded all-MiniLM-L6-v2 token-state encoder;
-    ``colbert:PATH``: a local ColBERT checkpoint (Stanford or PyLate layout);
+    ``colbert:PATH``: a local ColBERT checkpoint (Stanford or PyLate layout), or the
+    Hub id of one in the local Hugging Face cache (``colbert:colbert-ir/colbertv2.0``);
     ``sie``: ``model`` served by the SIE server at ``sie_url``;
     ``token-states:PATH``: the token states of a local model folder;
     ``precomputed:PATH``: vectors from a folder of ``<id>.npy`` files or an ``.npz``.

@@ -2,7 +2,7 @@
 
 A search is ``{"query": "text"}`` or ``{"vectors": [[...], ...]}`` plus ``k`` and
 the search settings of :class:`~sie_index.SearchParams`; it answers
-``{"hits": [{"id", "doc_id", "score", "text"?, "metadata"?, "explain"?}]}``, a
+``{"hits": [{"id", "doc_id", "score", "shard"?, "text"?, "metadata"?, "explain"?}]}``, a
 batch one such list per query. Unknown fields are refused (a typo is a 422, not
 a silently ignored setting).
 """
@@ -93,37 +93,21 @@ class MatchedTokenOut(_Strict):
 
 
 class HitOut(_Strict):
-    """One hit: ``id`` is the document's own id, ``doc_id`` the index's internal one."""
+    """One hit: ``id`` is the document's own id, ``doc_id`` the index's internal one
+    (internal to ``shard``, on a sharded index)."""
 
     id: str
     doc_id: int
     score: float
+    shard: int | None = None
     text: str | None = None
     metadata: dict[str, Any] | None = None
     explain: list[MatchedTokenOut] | None = None
 
     @classmethod
     def of(cls, hit: Hit) -> HitOut:
-        explain = None
-        if hit.explain is not None:
-            explain = [
-                MatchedTokenOut(
-                    query_token=m.query_token,
-                    doc_token=m.doc_token,
-                    similarity=m.similarity,
-                    query_text=m.query_text,
-                    doc_text=m.doc_text,
-                )
-                for m in hit.explain
-            ]
-        return cls(
-            id=hit.external_id,
-            doc_id=hit.doc_id,
-            score=hit.score,
-            text=hit.text,
-            metadata=hit.metadata,
-            explain=explain,
-        )
+        # Hit.to_dict is the one JSON form of a hit (the CLI's --json prints it too)
+        return cls.model_validate(hit.to_dict())
 
     def hit(self) -> Hit:
         """The :class:`~sie_index.Hit` this answer describes."""
@@ -137,6 +121,7 @@ class HitOut(_Strict):
             text=self.text,
             metadata=self.metadata,
             explain=explain,
+            shard=self.shard,
         )
 
 
