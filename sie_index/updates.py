@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from sie_index.corpus import BadLine, batched
+from sie_index.corpus import BadLine, Document, batched
 from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec, l2_normalize
 from sie_index.errors import InvalidInput
