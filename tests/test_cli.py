@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from sie_index import Index, SieEncoder, TokenStatesEncoder
-from sie_index.cli import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE, build_parser, main
+from sie_index.cli import build_parser, main
+from sie_index.cli.options import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE
 from sie_index.corpus import packaged_dataset
 from tests.sie_server import Fault, LoopbackSie
 

@@ -555,7 +555,8 @@ def test_cli_where_ids_and_filter_json(tmp_path: Path, capsys: pytest.CaptureFix
 
     def ids_of(*args: str) -> set[str]:
         with Index.open(path) as index:
-            from sie_index.cli import _filter_args, build_parser
+            from sie_index.cli import build_parser
+            from sie_index.cli.options import _filter_args
 
             ns = build_parser().parse_args(["search", str(path), "q", *args])
             hits = index.search(vectors[0], k=40, **_filter_args(ns))

@@ -1,0 +1,51 @@
+"""The ``sie-index`` command: a thin layer over the library.
+
+Each subcommand parses its arguments, makes one or two library calls, prints
+the result, and turns a :class:`SieIndexError` into a one-line ``error: ...``
+on stderr and exit status 2 (an interrupt: one line, status 130). No logic
+lives only here.
+
+One module per subcommand (or family of them), each with its ``add_parser``;
+``options`` holds the argument groups several of them share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from sie_index.cli import build, demo, evaluate, info, search, serve, update
+from sie_index.errors import SieIndexError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sie-index", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (build, update, search, serve, info, evaluate, demo):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except SieIndexError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"error: sie-index {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: sie-index {args.command}: interrupted", file=sys.stderr)
+        return 130
