@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import inspect
+import io
 import json
 import os
 import signal
@@ -55,6 +56,80 @@ def test_search_table_and_json(built: Path, capsys: pytest.CaptureFixture[str]) 
     hits = result[0]["hits"]
     assert len(hits) == 3 and hits[0]["id"] == "aa3d"
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_search_reads_many_queries_and_writes_a_trec_run(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    batch = Index.search_batch
+
+    def counted(self: Index, queries: list[str], *args: object, **kwargs: object) -> object:
+        calls.append(len(queries))
+        return batch(self, queries, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "search_batch", counted)
+    lines = tmp_path / "queries.txt"
+    lines.write_text("ASCII art stereogram generator\n\nweb browser\n", encoding="utf-8")
+    args = ["search", str(built), "--queries", str(lines), "-k", "3", "--format", "trec"]
+    assert main([*args, "--run-name", "mine"]) == 0
+    assert calls == [2]  # one batch for every query: the model is loaded once
+    run = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[1], r[3], r[5]) for r in run[:3]] == [
+        ("1", "Q0", "1", "mine"),
+        ("1", "Q0", "2", "mine"),
+        ("1", "Q0", "3", "mine"),
+    ]
+    assert run[0][2] == "aa3d" and {r[0] for r in run[3:]} == {"3"} and len(run) == 6
+    assert float(run[0][4]) >= float(run[1][4])
+
+
+def test_search_reads_beir_queries_from_stdin_as_json_lines(
+    built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [
+        {"_id": "q-art", "text": "ASCII art stereogram generator"},
+        {"_id": "q-2", "text": "x"},
+    ]
+    stdin = "\n".join(json.dumps(r) for r in records) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert main(["search", str(built), "--queries", "-", "-k", "2", "--format", "jsonl"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["qid"] for o in out] == ["q-art", "q-2"]
+    assert out[0]["hits"][0]["id"] == "aa3d" and len(out[1]["hits"]) == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin + '{"_id": "q-3"}\n'))
+    assert main(["search", str(built), "--queries", "-"]) == 2
+    assert "<stdin>:3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # texts and a file: which one?
+        main(["search", str(built), "q", "--queries", "-"])
+
+
+def test_the_search_table_follows_the_terminal_width(
+    built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    widths = {}
+    for columns in (60, 200):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert main(["search", str(built), "ASCII art stereogram generator", "-k", "5"]) == 0
+        widths[columns] = max(len(line) for line in capsys.readouterr().out.splitlines())
+    assert widths[60] <= 60 < 100 < widths[200] <= 200
+    assert main(["search", str(built), "ASCII art", "--ids", "no-such-package"]) == 0
+    out = capsys.readouterr().out
+    assert "no results" in out and "rank" not in out
+
+
+def test_info_fits_an_80_column_terminal(
+    built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["info", str(built)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not any("{" in line for line in lines)  # nested values are rows, not JSON
+    assert "token_index" in [line.strip() for line in lines]
+    assert any(line.startswith("  kind ") and line.split()[-1] == "flat" for line in lines)
+    (per_token,) = [line for line in lines if line.startswith("bytes_per_token")]
+    assert len(per_token.split()[-1].rpartition(".")[2]) <= 2  # rounded
 
 
 def test_evaluate_writes_report_and_run(

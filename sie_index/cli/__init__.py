@@ -16,7 +16,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sie_index import __version__
 from sie_index.cli import build, demo, evaluate, info, search, serve, update
+from sie_index.cli.options import QUIET_HELP, VERBOSE_HELP, CommandParser, HelpFormatter
 from sie_index.errors import SieIndexError
 
 __all__ = ["build_parser", "main"]
@@ -24,11 +26,16 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sie-index", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="sie-index",
+        description="Build, change, search, serve and evaluate multi-vector indexes.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
     for module in (build, update, search, serve, info, evaluate, demo):
         module.add_parser(sub)
     return parser

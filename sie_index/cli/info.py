@@ -5,27 +5,55 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sie_index.cli.options import (
     INDEX_HELP,
     NO_VERIFY_HELP,
     open_index,
 )
-from sie_index.cli.table import print_table
+from sie_index.cli.table import print_table, terminal_width
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):  # a ratio or a size per token: four figures say it
+        return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, list) and not any(isinstance(v, dict | list) for v in value):
+        return ", ".join(_value(v) for v in value) or "(none)"
+    if value == {}:
+        return "(none)"
+    return str(value)
+
+
+def info_rows(info: Mapping[str, Any], indent: int = 0) -> list[tuple[str, str]]:
+    """``info`` as (field, value) rows; a nested mapping (or a list of them) as its
+    own rows under its field, indented, so that no row is a JSON blob."""
+    rows: list[tuple[str, str]] = []
+    pad = " " * indent
+    for key, value in info.items():
+        if isinstance(value, dict) and value:
+            rows.append((f"{pad}{key}", ""))
+            rows.extend(info_rows(value, indent + 2))
+        elif isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+            rows.append((f"{pad}{key}", ""))
+            items = {f"[{i}]": v for i, v in enumerate(value)}
+            rows.extend(info_rows(items, indent + 2))
+        else:
+            rows.append((f"{pad}{key}", _value(value)))
+    return rows
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-
     info = open_index(args.index, verify=not args.no_verify).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print_table(
-        [(k, json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in info.items()],
-        ("field", "value"),
-    )
+    print_table(info_rows(info), ("field", "value"), width=terminal_width())
     return 0
 
 

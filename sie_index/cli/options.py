@@ -12,10 +12,39 @@ from typing import Any
 from sie_index.errors import InvalidInput
 
 INDEX_HELP = "the index folder"
+QUIET_HELP = "no progress bars"
+VERBOSE_HELP = "log at INFO level"
 NO_VERIFY_HELP = "check the vector file block by block as searches read it, not all at open"
 # SieEncoder's own defaults (a test holds them equal), here so that parsing
 # arguments does not import httpx.
 SIE_DEADLINE, SIE_BATCH_SIZE, SIE_CONCURRENCY = 60.0, 32, 4
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one worth showing (not None, not
+    the False of a flag), unless its help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: defaults in its help, and ``-q`` / ``-v`` accepted
+    after the subcommand as well as before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a flag given before the subcommand is not reset by the
+        # subcommand's own default.
+        self.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
+        )
+        self.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
 
 
 def _positive_int(value: str) -> int:
