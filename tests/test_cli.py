@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sie_index
 from sie_index import Index, SieEncoder, TokenStatesEncoder
-from sie_index.cli import build_parser, main
+from sie_index.cli import as_flags, build_parser, main
 from sie_index.cli.options import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE
-from sie_index.corpus import packaged_dataset
+from sie_index.corpus import default_split, packaged_dataset
+from sie_index.errors import InvalidInput
 from tests.sie_server import Fault, LoopbackSie
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +158,51 @@ def test_evaluate_writes_report_and_run(
     assert q0 == "Q0" and rank == "1" and name == "sie-index" and qid.startswith("q-")
 
 
+def test_evaluate_keeps_an_earlier_report_and_warns_of_an_index_of_a_slice(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", "debian-pkgs", "--index", str(built), "--out", str(out)]
+    args += ["--max-queries", "5"]
+    assert main(args) == 0
+    done = capsys.readouterr()
+    header = next(line for line in done.out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "pipeline"]  # no empty exhaustive columns
+    assert "(dev)" in done.out  # the split the folder has
+    # 300 documents of 60,631: most judged answers are not in the index
+    assert "warning: the index holds" in done.err and "slice" in done.err
+    report = (out / "report.json").read_bytes()
+    assert main([*args, "--max-queries", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--overwrite" in err and "report.json" in err
+    assert (out / "report.json").read_bytes() == report
+    assert main([*args, "--max-queries", "3", "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["queries"] == 3
+
+
+def _beir(folder: Path, splits: list[str]) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    for split in splits:
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return folder
+
+
+def test_evaluate_scores_the_split_the_folder_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert default_split(_beir(tmp_path / "one", ["test"])) == "test"
+    assert default_split(_beir(tmp_path / "dev", ["test", "dev", "train"])) == "dev"
+    several = _beir(tmp_path / "two", ["train", "test"])
+    with pytest.raises(InvalidInput, match="test, train"):
+        default_split(several)
+    assert main(["evaluate", str(several), "--index", str(tmp_path / "idx")]) == 2
+    err = capsys.readouterr().err
+    assert "test, train" in err and "--split" in err and "split=" not in err
+    assert not (tmp_path / "idx").exists()  # refused before building anything
+
+
 def test_evaluate_sweep_writes_a_table_and_a_plot(
     built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,7 +227,7 @@ def test_evaluate_sweep_writes_a_table_and_a_plot(
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     bad = ["evaluate", "debian-pkgs", "--index", str(built), "--sweep", "--sweep-k-token", "a,b"]
-    assert main([*bad, "--out", str(out)]) == 2
+    assert main([*bad, "--out", str(tmp_path / "bad")]) == 2
     assert "k_token grid" in capsys.readouterr().err
 
 
@@ -211,6 +258,53 @@ def test_every_command_and_option_has_help() -> None:
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert missing == []
+
+
+def test_help_shows_defaults_and_no_markup() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = {"sie-index": parser.format_help()}
+    texts.update({name: p.format_help() for name, p in sub.choices.items()})
+    for name, text in texts.items():
+        for markup in ("``", ":class:", ":func:", ":meth:", ":mod:"):
+            assert markup not in text, (name, markup)
+    flat = {name: " ".join(text.split()) for name, text in texts.items()}
+    assert "hits per query (default: 10)" in flat["search"]
+    assert "documents per encode/commit batch (default: 256)" in flat["build"]
+    assert "(default: None)" not in " ".join(flat.values())
+    for name, p in sub.choices.items():  # every default worth showing is shown
+        for action in p._actions:
+            if action.default not in (None, False, argparse.SUPPRESS) and action.help:
+                assert "%(default)" in p._get_formatter()._get_help_string(action), (name, action)
+
+
+def test_version_and_quiet_or_verbose_after_the_subcommand(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sie-index {sie_index.__version__}"
+    parse = build_parser().parse_args
+    after = parse(["info", "idx", "-q", "-v"])
+    assert after.quiet is True and after.verbose is True
+    before = parse(["-q", "info", "idx"])
+    assert before.quiet is True and before.verbose is False  # not reset by the subcommand
+    assert parse(["info", "idx"]).quiet is False
+
+
+def test_errors_name_flags_not_keywords(
+    small_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "fine"}\n', encoding="utf-8")
+    assert main(["-q", "build", str(corpus), str(small_index)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to rebuild it" in err and "pass overwrite" not in err
+    message = "compact(retrain=True) would ...: rebuild it (ShardedIndex.build, overwrite)"
+    assert as_flags(message) == (
+        "compact --retrain would ...: rebuild it (sie-index build --shards N --overwrite)"
+    )
 
 
 @pytest.mark.parametrize("script", ["build_index.py", "evaluate.py"])

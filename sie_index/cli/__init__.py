@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,25 @@ from sie_index.cli.options import QUIET_HELP, VERBOSE_HELP, CommandParser, HelpF
 from sie_index.errors import SieIndexError
 
 __all__ = ["build_parser", "main"]
+
+
+# The library's messages name its keyword arguments; on the command line the same
+# advice is a flag. Translated here, once, so that the library need not know
+# about the CLI.
+_KEYWORD_FLAGS = (
+    (re.compile(r"\(ShardedIndex\.build, overwrite\)"), "(sie-index build --shards N --overwrite)"),
+    (re.compile(r"\bcompact\(retrain=True\)"), "compact --retrain"),
+    (re.compile(r"\bpass (overwrite|resume|retrain)(=True)?\b"), r"pass --\1"),
+    (re.compile(r"\b(overwrite|resume|retrain)=True\b"), r"--\1"),
+    (re.compile(r"\(split=\)"), "(--split)"),
+)
+
+
+def as_flags(message: str) -> str:
+    """A library message with its keyword arguments named as the CLI's flags."""
+    for pattern, flag in _KEYWORD_FLAGS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SieIndexError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        message = as_flags(" ".join(str(exc).split()))  # one line, whatever it holds
         print(f"error: sie-index {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

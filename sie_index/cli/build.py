@@ -36,7 +36,11 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing index (evaluate: and an earlier report in --out)",
+    )
     p.add_argument(
         "--shards",
         type=int,

@@ -16,6 +16,7 @@ from sie_index.cli.options import (
     _query_encoder,
 )
 from sie_index.cli.table import print_table
+from sie_index.errors import InvalidInput
 
 
 def _sweep(
@@ -56,20 +57,48 @@ def _sweep(
     return 0
 
 
+def _check_out(out: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to write over an earlier report (a run worth keeping is easily lost to
+    a second one with other settings)."""
+    earlier = [name for name in names if (out / name).exists()]
+    if earlier and not overwrite:
+        raise InvalidInput(
+            f"{out} already holds {' and '.join(earlier)} from an earlier run; name a new "
+            "folder with --out, or pass --overwrite to replace them"
+        )
+
+
+def _warn_if_few_judged_indexed(index: Any, dataset: Any) -> None:
+    from sie_index.evaluation import judged_documents_indexed
+
+    indexed, judged = judged_documents_indexed(index, dataset)
+    if judged and indexed < judged / 2:
+        print(
+            f"warning: the index holds {indexed:,} of the {judged:,} documents the "
+            f"{dataset.split} qrels judge relevant (an index of another corpus, or of a "
+            "slice?); only queries whose answers it holds are scored",
+            file=sys.stderr,
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sie_index.corpus import BeirDataset
+    from sie_index.corpus import BeirDataset, default_split
     from sie_index.evaluation import evaluate
     from sie_index.index import Index
 
     folder = _corpus_arg(args.dataset)
-    dataset = BeirDataset.load(folder, split=args.split)
+    split = args.split or default_split(folder)
+    out = Path(args.out)
+    written = ("sweep.json", "sweep.png") if args.sweep else ("report.json", "run.trec")
+    _check_out(out, written, args.overwrite)
+    dataset = BeirDataset.load(folder, split=split)
     index_path = Path(args.index)
     if args.build or not index_path.exists():
         index = _build(args, dataset.corpus_path, index_path)  # keeps its encoder for queries
     else:
         encoder = _query_encoder(args, index_path)
         index = Index.open(index_path, encoder=encoder, verify=not args.no_verify)
-    out = Path(args.out)
+    _warn_if_few_judged_indexed(index, dataset)
     progress = not args.quiet and sys.stderr.isatty()
     if args.sweep:
         return _sweep(args, index, dataset, folder.name, out, progress)
@@ -82,23 +111,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_path=out / "run.trec",
         report_path=out / "report.json",
         dataset_name=folder.name,
-        split=args.split,
+        split=split,
         progress=progress,
     )
-    rows = [
-        (
-            name,
-            f"{value:.4f}",
-            f"{report.exhaustive_metrics[name]:.4f}" if report.exhaustive_metrics else "",
-            f"{report.ratio_to_exhaustive[name]:.3f}" if report.ratio_to_exhaustive else "",
-        )
-        for name, value in report.metrics.items()
-    ]
+    header: tuple[str, ...] = ("metric", "pipeline")
+    rows: list[tuple[str, ...]] = [(name, f"{value:.4f}") for name, value in report.metrics.items()]
+    if report.exhaustive_metrics and report.ratio_to_exhaustive:
+        header += ("exhaustive", "ratio")
+        rows = [
+            (
+                *row,
+                f"{report.exhaustive_metrics[row[0]]:.4f}",
+                f"{report.ratio_to_exhaustive[row[0]]:.3f}",
+            )
+            for row in rows
+        ]
     print(
-        f"{report.queries} queries, {report.index['documents']} documents, "
+        f"{report.queries} queries ({split}), {report.index['documents']} documents, "
         f"{report.index['tokens']} tokens"
     )
-    print_table(rows, ("metric", "pipeline", "exhaustive", "ratio"))
+    print_table(rows, header)
     lat = report.latency_ms
     print(
         f"latency ms: search p50 {lat['search_p50']:.1f} p95 {lat['search_p95']:.1f}; "
@@ -116,13 +148,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("dataset", help="BEIR folder (corpus, queries, qrels/), or 'debian-pkgs'")
     p.add_argument("--index", required=True, help="index folder (built from the corpus if absent)")
     p.add_argument("--build", action="store_true", help="(re)build the index first")
-    p.add_argument("--split", default="dev", help="qrels split to score (default: %(default)s)")
+    p.add_argument(
+        "--split",
+        help="qrels split to score (default: dev if the folder has it, else its only split)",
+    )
     p.add_argument(
         "--exhaustive", action="store_true", help="also score by exact MaxSim over all tokens"
     )
     p.add_argument("--max-queries", type=int, default=None, help="score at most N queries")
     p.add_argument("-k", type=int, default=100, help="run depth")
-    p.add_argument("--out", default="runs/eval", help="folder for report.json and run.trec")
+    p.add_argument(
+        "--out",
+        default="runs/eval",
+        help="folder for report.json and run.trec (an earlier report there is kept: "
+        "--overwrite replaces it)",
+    )
     p.add_argument(
         "--sweep",
         action="store_true",
