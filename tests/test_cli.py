@@ -120,6 +120,21 @@ def test_the_search_table_follows_the_terminal_width(
     assert "no results" in out and "rank" not in out
 
 
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("year=2021", "UnknownFilterField: no document has the metadata field 'year'"),
+        ("year==2021", "InvalidInput: --where 'year==2021': '==' is not an operator"),
+    ],
+)
+def test_a_where_on_no_field_or_with_bad_syntax_is_an_error_not_no_results(
+    built: Path, where: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", str(built), "ASCII art", "--where", where]) == 2
+    done = capsys.readouterr()
+    assert error in done.err and "no results" not in done.out
+
+
 def test_info_fits_an_80_column_terminal(
     built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
