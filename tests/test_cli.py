@@ -322,6 +322,21 @@ def test_errors_name_flags_not_keywords(
     )
 
 
+def test_demo_twice_reuses_its_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out), "--limit", "60"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("building an index of debian-pkgs (60 documents)")
+    current = (out / "CURRENT").read_bytes()
+    assert main(["demo", "--out", str(out), "--limit", "60", "-q"]) == 0
+    second = capsys.readouterr().out
+    assert second.startswith(f"reusing the index at {out} (built earlier, ")
+    assert "delete it" in second.splitlines()[0] and "building" not in second
+    assert (out / "CURRENT").read_bytes() == current  # nothing was committed
+    # the same searches, the same answers
+    assert first.split("\nquery: ", 1)[1] == second.split("\nquery: ", 1)[1]
+
+
 @pytest.mark.parametrize("script", ["build_index.py", "evaluate.py"])
 def test_scripts_are_the_cli(script: str) -> None:
     root = Path(__file__).resolve().parents[1]

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any
 
 from sie_index.cli.table import _clip, print_table
 
 DEMO_QUERIES = 6
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from sie_index.corpus import BeirDataset, packaged_dataset
+def _build(out: Path, corpus: Path, limit: int | None, quiet: bool) -> Any:
     from sie_index.index import Index
 
-    folder = packaged_dataset("debian-pkgs")
-    dataset = BeirDataset.load(folder, split="dev")
-    limit = args.limit or None
     print(
         f"building an index of debian-pkgs ({limit or 'all'} documents) "
-        f"with the default encoder (all-MiniLM-L6-v2 token states) into {args.out} ..."
+        f"with the default encoder (all-MiniLM-L6-v2 token states) into {out} ..."
     )
     t0 = time.perf_counter()
     # The shipped corpus repeats a few package names (packages with several
     # descriptions); skip mode keeps the first and reports the rest.
     index = Index.build(
-        args.out,
-        dataset.corpus_path,
+        out,
+        corpus,
         limit=limit,
         overwrite=True,
         on_error="skip",
-        progress=False if args.quiet else None,
+        progress=False if quiet else None,
     )
     r = index.build_report
     assert r is not None  # set by Index.build
@@ -39,6 +37,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"token index {index.info()['token_index']['kind']}"
         + (f"; {len(r.bad_lines)} corpus lines skipped (repeated ids)" if r.bad_lines else "")
     )
+    return index
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sie_index.corpus import BeirDataset, packaged_dataset
+    from sie_index.index import Index
+
+    folder = packaged_dataset("debian-pkgs")
+    dataset = BeirDataset.load(folder, split="dev")
+    out = Path(args.out)
+    if out.exists() and not args.rebuild:
+        # a second run shows the searches again without minutes of encoding
+        index = Index.open(out)
+        print(
+            f"reusing the index at {out} (built earlier, {len(index)} documents; "
+            "delete it or pass --rebuild to rebuild)"
+        )
+    else:
+        index = _build(out, dataset.corpus_path, args.limit or None, args.quiet)
     present = index.lookup(sorted({d for rel in dataset.qrels.values() for d in rel}))
     picked = [
         (qid, text, next(iter(dataset.qrels[qid])))
@@ -68,4 +85,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--out", default="demo-index", help="index folder")
     p.add_argument("--limit", type=int, default=5000, help="documents to index (0: all 60,631)")
+    p.add_argument(
+        "--rebuild", action="store_true", help="build the index again even if --out holds one"
+    )
     p.set_defaults(func=cmd_demo)
