@@ -300,6 +300,16 @@ def test_version_and_quiet_or_verbose_after_the_subcommand(
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"sie-index {sie_index.__version__}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for module in ("sie_index", "sie_index.cli"):  # python -m works as the script does
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--version"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.stdout.strip() == f"sie-index {sie_index.__version__}", module
     parse = build_parser().parse_args
     after = parse(["info", "idx", "-q", "-v"])
     assert after.quiet is True and after.verbose is True
@@ -316,10 +326,20 @@ def test_errors_name_flags_not_keywords(
     assert main(["-q", "build", str(corpus), str(small_index)]) == 2
     err = capsys.readouterr().err
     assert "pass --overwrite to rebuild it" in err and "pass overwrite" not in err
-    message = "compact(retrain=True) would ...: rebuild it (ShardedIndex.build, overwrite)"
-    assert as_flags(message) == (
-        "compact --retrain would ...: rebuild it (sie-index build --shards N --overwrite)"
-    )
+    for message, flags in [
+        (
+            "compact(retrain=True) would ...: rebuild it (ShardedIndex.build, overwrite)",
+            "compact --retrain would ...: rebuild it (sie-index build --shards N --overwrite)",
+        ),
+        ("a raw SQL predicate goes in filter_sql=", "a raw SQL predicate goes in --filter-sql"),
+        ("dim=999: a projection keeps between", "--dim 999: a projection keeps between"),
+        ("open the index with encoder=..., or", "name its encoder with --encoder, or"),
+        ("2 qrels splits; name one (split=)", "2 qrels splits; name one (--split)"),
+    ]:
+        assert as_flags(message) == flags
+    assert main(["-q", "build", str(corpus), str(tmp_path / "idx"), "--dim", "999"]) == 2
+    err = capsys.readouterr().err
+    assert "--dim 999: a projection keeps" in err and "dim=" not in err
 
 
 def test_demo_twice_reuses_its_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

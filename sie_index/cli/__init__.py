@@ -34,6 +34,9 @@ _KEYWORD_FLAGS = (
     (re.compile(r"\bpass (overwrite|resume|retrain)(=True)?\b"), r"pass --\1"),
     (re.compile(r"\b(overwrite|resume|retrain)=True\b"), r"--\1"),
     (re.compile(r"\(split=\)"), "(--split)"),
+    (re.compile(r"\bfilter_sql="), "--filter-sql"),
+    (re.compile(r"\bdim=(\d+):"), r"--dim \1:"),
+    (re.compile(r"\bopen the index with encoder=\.\.\."), "name its encoder with --encoder"),
 )
 
 
