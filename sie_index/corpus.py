@@ -47,6 +47,7 @@ __all__ = [
     "CorpusStats",
     "Document",
     "batched",
+    "default_split",
     "document_of",
     "load_qrels",
     "load_queries",
@@ -280,6 +281,25 @@ def packaged_dataset(name: str = "debian-pkgs") -> Path:
             f"no packaged dataset {name!r}; available: {', '.join(available) or 'none'}"
         )
     return data / name
+
+
+def default_split(folder: str | Path) -> str:
+    """The qrels split a BEIR folder is scored on when none is named: ``dev`` when it
+    has one, else its only split; several others (or none) raise :class:`InvalidInput`
+    naming what it has."""
+    root = resolve_dataset(folder)
+    qrels = root / "qrels"
+    splits = sorted(p.name[: -len(".tsv")] for p in qrels.glob("*.tsv")) if qrels.is_dir() else []
+    if "dev" in splits:
+        return "dev"
+    if len(splits) == 1:
+        return splits[0]
+    if not splits:
+        raise InvalidInput("no qrels split (qrels/<split>.tsv)", source=str(qrels))
+    raise InvalidInput(
+        f"{len(splits)} qrels splits and none is dev: {', '.join(splits)}; name one (split=)",
+        source=str(qrels),
+    )
 
 
 # --- reading -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ The tree::
     │   └── DimensionMismatch        vectors or a query encoder of the wrong dimension
     ├── ShardTimeout                 a shard did not answer within a search's deadline
     └── InvalidInput (ValueError)    bad user input: corpus lines, ids, texts, vectors
+        └── UnknownFilterField       a filter that matches nothing names a field no document has
 
 Lower libraries' errors (FAISS, SQLite, json, torch) are mapped to these at the
 boundary where they happen, with ``raise ... from``. The storage errors, the root
@@ -27,6 +28,9 @@ never imports this one) and re-exported here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from storage import (
     CorruptIndex,
@@ -61,6 +65,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "TooManyOpenFiles",
+    "UnknownFilterField",
 ]
 
 
@@ -85,3 +90,25 @@ class EncoderMismatch(EncoderError):
 
 class ShardTimeout(SieIndexError):
     """A shard of a sharded index did not answer within the request's deadline."""
+
+
+class UnknownFilterField(InvalidInput):
+    """A filter matches no document and names a metadata field that no document has:
+    most likely a misspelt field, so it is an error rather than an empty result.
+
+    ``fields`` are those fields. A field that only some documents have is no error,
+    nor is a filter that matches documents (``$ne`` and ``$exists: false`` match the
+    documents without the field).
+    """
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = tuple(fields)
+        names = ", ".join(repr(f) for f in self.fields)
+        plural = "s" if len(self.fields) > 1 else ""
+        super().__init__(
+            f"no document has the metadata field{plural} {names} that the filter names, "
+            "so it matches nothing (a misspelt field?)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses to and from Ray shard actors
+        return (type(self), (self.fields,))

@@ -35,6 +35,7 @@ __all__ = [
     "evaluate",
     "exhaustive_metrics",
     "external_ids",
+    "judged_documents_indexed",
     "judged_queries",
     "metrics_of_run",
     "percentiles",
@@ -179,6 +180,13 @@ def run_params(params: SearchParams | None) -> SearchParams:
 def external_ids(index: Index) -> list[str]:
     """Internal id -> external id, read once (evaluation maps every result)."""
     return index.external_ids()
+
+
+def judged_documents_indexed(index: Index, dataset: BeirDataset) -> tuple[int, int]:
+    """How many of the documents ``dataset`` judges relevant ``index`` holds, and how
+    many it judges: few held usually means an index of another corpus, or a slice."""
+    judged = sorted({d for rel in dataset.qrels.values() for d, score in rel.items() if score > 0})
+    return len(index.lookup(judged)), len(judged)
 
 
 def judged_queries(dataset: BeirDataset, external: list[str]) -> list[str]:

@@ -57,6 +57,8 @@ class CompiledFilter:
     predicate: Predicate
     key: str
     """A canonical text of the filter: equal filters have equal keys."""
+    fields: tuple[str, ...] = ()
+    """The metadata fields (dotted paths) the filter names."""
 
 
 def plain_value(value: Any, where: str) -> Any:
@@ -82,6 +84,7 @@ class _Compiler:
     def __init__(self) -> None:
         self.params: list[Any] = []
         self.nodes = 0
+        self.fields: dict[str, None] = {}  # an ordered set
 
     # -- fields -------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class _Compiler:
 
     def _field(self, field: str, cond: Any, depth: int) -> str:
         segments = self._segments(field)
+        self.fields[field] = None
         where = f"filter field {field!r}"
         if not isinstance(cond, Mapping):
             if isinstance(cond, list | tuple | set):
@@ -273,7 +277,7 @@ def compile_filter(
     if not sql:
         return None
     key = json.dumps([sql, compiler.params], sort_keys=True)
-    return CompiledFilter(Predicate(sql, tuple(compiler.params)), key)
+    return CompiledFilter(Predicate(sql, tuple(compiler.params)), key, tuple(compiler.fields))
 
 
 _WHERE_OPS = ("!=", ">=", "<=", "=", ">", "<")
@@ -290,6 +294,11 @@ def parse_where(clause: str) -> dict[str, Any]:
             break
     else:
         raise InvalidInput(f"--where {clause!r}: expected FIELD=VALUE (or !=, >, >=, <, <=)")
+    if raw[:1] in ("=", "<", ">", "!"):  # 'year==2021', 'year=>2021': not a value
+        raise InvalidInput(
+            f"--where {clause!r}: {op + raw[:1]!r} is not an operator (=, !=, >, >=, <, <=; "
+            'a text value starting with one is quoted: code="=x")'
+        )
     try:
         value = json.loads(raw)
         if isinstance(value, list | dict):

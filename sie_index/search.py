@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from sie_index.filters import CompiledFilter
+from sie_index.errors import UnknownFilterField
+from sie_index.filters import CompiledFilter, compile_filter
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import segment_maxsim_explain, segment_maxsim_torch, token_blocks, top_k
-from storage import RowFilter, StoreSnapshot
+from storage import Predicate, RowFilter, StoreSnapshot
 
 __all__ = ["Ranked", "Searcher"]
 
@@ -59,9 +60,10 @@ class _Allowed:
     """The documents a filter allows in one snapshot, and the FAISS selectors of their
     token rows (made on the first ANN search that needs them)."""
 
-    def __init__(self, mask: np.ndarray) -> None:
+    def __init__(self, mask: np.ndarray, unknown: tuple[str, ...] = ()) -> None:
         self.mask = mask
         self.rows: RowFilter | None = None
+        self.unknown = unknown  # fields no document has, when the mask is empty
 
 
 KEEP_BLAS_ENV = "SIE_INDEX_KEEP_BLAS_THREADS"
@@ -121,20 +123,40 @@ class Searcher:
         if flt is None:
             return _Allowed(self.live)
         with self._masks_lock:
-            if flt.key in self._masks:
+            entry = self._masks.get(flt.key)
+            if entry is not None:
                 self._masks.move_to_end(flt.key)
-                return self._masks[flt.key]
-        ids = self.snapshot.docs.doc_ids_where(flt.predicate, budget_s=budget_s)
+        if entry is None:
+            mask = self._mask(flt.predicate, budget_s)
+            # only an empty answer is checked: a filter that matches documents is
+            # no typo, and the check costs a scan of the metadata a field
+            unknown = () if mask.any() else self._unknown_fields(flt.fields, budget_s)
+            entry = _Allowed(mask, unknown)
+            with self._masks_lock:
+                self._masks[flt.key] = entry
+                while len(self._masks) > FILTER_CACHE:
+                    self._masks.popitem(last=False)
+        if entry.unknown:
+            raise UnknownFilterField(entry.unknown)
+        return entry
+
+    def _mask(self, predicate: Predicate, budget_s: float) -> np.ndarray:
+        ids = self.snapshot.docs.doc_ids_where(predicate, budget_s=budget_s)
         mask = np.zeros(self.n_docs, dtype=bool)
         mask[ids] = True  # storage checked every id is a document of its segment
         mask &= self.live
         mask.flags.writeable = False
-        entry = _Allowed(mask)
-        with self._masks_lock:
-            self._masks[flt.key] = entry
-            while len(self._masks) > FILTER_CACHE:
-                self._masks.popitem(last=False)
-        return entry
+        return mask
+
+    def _unknown_fields(self, fields: Sequence[str], budget_s: float) -> tuple[str, ...]:
+        """The fields no live document of this snapshot has."""
+        unknown = []
+        for name in fields:
+            exists = compile_filter({name: {"$exists": True}})
+            assert exists is not None
+            if not self._mask(exists.predicate, budget_s).any():
+                unknown.append(name)
+        return tuple(unknown)
 
     def _row_filter(self, allowed: _Allowed) -> RowFilter:
         """Selectors for the token rows of allowed documents, made once per filter: a

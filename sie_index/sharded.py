@@ -25,7 +25,7 @@ import numpy as np
 from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec
 from sie_index.encoders.precomputed import PrecomputedEncoder
-from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex
+from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex, UnknownFilterField
 from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
 from sie_index.params import Hits, SearchParams
@@ -303,6 +303,7 @@ class ShardedIndex:
         answers = executor.run(
             "search", matrices, params, text, metadata, explain, threads, deadline_s=deadline_s
         )
+        answers = _unknown_fields_answered(answers, len(matrices))
         missing = tuple(i for i, a in enumerate(answers) if isinstance(a, BaseException))
         if missing and not allow_partial:
             error = answers[missing[0]]
@@ -477,6 +478,23 @@ def _init_ray(address: str) -> None:
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
+
+
+def _unknown_fields_answered(answers: list[Any], n_queries: int) -> list[Any]:
+    """Shard answers with each :class:`UnknownFilterField` taken as no hits: a shard
+    raises it for a filter that matches none of its documents and names a field none
+    of them has, but another shard may have it. Only a field that no shard has (each
+    raised, naming it) is an error."""
+    unknown = [a for a in answers if isinstance(a, UnknownFilterField)]
+    if not unknown:
+        return answers
+    if len(unknown) == len(answers):
+        everywhere = set.intersection(*(set(a.fields) for a in unknown))
+        if everywhere:
+            raise UnknownFilterField([f for f in unknown[0].fields if f in everywhere])
+    return [
+        [[] for _ in range(n_queries)] if isinstance(a, UnknownFilterField) else a for a in answers
+    ]
 
 
 def open_index(

@@ -240,9 +240,9 @@ def batch_digest(batch: Sequence[Document]) -> str:
     what a resumed build checks the corpus against (:mod:`storage.build_journal`)."""
     h = hashlib.blake2b(digest_size=16)
     for d in batch:
-        h.update(
-            json.dumps([d.id, d.text, d.metadata], sort_keys=True).encode("utf-8", "surrogatepass")
-        )
+        # metadata as the store writes it (NumPy scalars as their values)
+        meta = check_document(d.id, d.text, d.metadata)
+        h.update(json.dumps([d.id, d.text, meta]).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -257,7 +257,7 @@ def _skip_resumed(
         if batch is None or len(batch) != builder.resumed[position].docs:
             raise InvalidInput(
                 f"{builder.target}: the corpus is shorter than what the interrupted build "
-                "read; resume with the same corpus, or rebuild it from the start (--overwrite)"
+                "read; resume with the same corpus, or rebuild it from the start (overwrite=True)"
             )
         builder.check_resumed(position, batch_digest(batch))
     return batches

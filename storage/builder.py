@@ -366,13 +366,12 @@ class StoreBuilder:
         journal = self._live_journal(current)
         if journal is not None and not resume and current is None and not overwrite:
             raise StorageError(
-                f"{self.target} holds an interrupted build: resume it (resume=True, "
-                "--resume), or rebuild it from the start (overwrite=True, --overwrite)"
+                f"{self.target} holds an interrupted build: resume it (resume=True), or "
+                "rebuild it from the start (overwrite=True)"
             )
         if current is not None and not overwrite:
             raise StorageError(
-                f"{self.target} already holds an index; rebuild it with overwrite=True "
-                "(--overwrite)"
+                f"{self.target} already holds an index; rebuild it with overwrite=True"
             )
         # a rebuild keeps the old index whole until its commit: sweep only debris
         remove_debris(self.target, current, committed=committed)
@@ -432,7 +431,7 @@ class StoreBuilder:
             raise InvalidInput(
                 f"{self.target}: the interrupted build was asked for other settings "
                 f"({', '.join(differ)}); resume it with the same ones, or rebuild it from "
-                "the start (overwrite=True, --overwrite)"
+                "the start (overwrite=True)"
             )
         if (
             segment_dirname(journal.generation) != journal.segment
@@ -467,7 +466,7 @@ class StoreBuilder:
             raise InvalidInput(
                 f"{self.target}: the corpus is not the one the interrupted build read "
                 f"(documents {first}..{first + self.resumed[position].docs - 1} differ); "
-                "resume with the same corpus, or rebuild it from the start (--overwrite)"
+                "resume with the same corpus, or rebuild it from the start (overwrite=True)"
             )
 
     def _current_generation(self) -> tuple[int | None, bool]:

@@ -92,7 +92,7 @@ def _lease_current(folder: Path, folder_fd: int) -> tuple[Pointer, Lease]:
             if os.path.exists(folder / JOURNAL_NAME):
                 raise NotAnIndex(
                     f"{folder} holds an interrupted build, not an index yet: resume it "
-                    "(resume=True, --resume), or rebuild it (overwrite=True, --overwrite)"
+                    "(resume=True), or rebuild it (overwrite=True)"
                 )
             raise NotAnIndex(
                 f"{folder} is not a sie-index index: it has no committed generation (CURRENT)"

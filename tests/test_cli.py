@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import inspect
+import io
 import json
 import os
 import signal
@@ -17,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sie_index
 from sie_index import Index, SieEncoder, TokenStatesEncoder
-from sie_index.cli import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE, build_parser, main
-from sie_index.corpus import packaged_dataset
+from sie_index.cli import as_flags, build_parser, main
+from sie_index.cli.options import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE
+from sie_index.corpus import default_split, packaged_dataset
+from sie_index.errors import InvalidInput
 from tests.sie_server import Fault, LoopbackSie
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +62,95 @@ def test_search_table_and_json(built: Path, capsys: pytest.CaptureFixture[str]) 
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 
+def test_search_reads_many_queries_and_writes_a_trec_run(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    batch = Index.search_batch
+
+    def counted(self: Index, queries: list[str], *args: object, **kwargs: object) -> object:
+        calls.append(len(queries))
+        return batch(self, queries, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "search_batch", counted)
+    lines = tmp_path / "queries.txt"
+    lines.write_text("ASCII art stereogram generator\n\nweb browser\n", encoding="utf-8")
+    args = ["search", str(built), "--queries", str(lines), "-k", "3", "--format", "trec"]
+    assert main([*args, "--run-name", "mine"]) == 0
+    assert calls == [2]  # one batch for every query: the model is loaded once
+    run = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[1], r[3], r[5]) for r in run[:3]] == [
+        ("1", "Q0", "1", "mine"),
+        ("1", "Q0", "2", "mine"),
+        ("1", "Q0", "3", "mine"),
+    ]
+    assert run[0][2] == "aa3d" and {r[0] for r in run[3:]} == {"3"} and len(run) == 6
+    assert float(run[0][4]) >= float(run[1][4])
+
+
+def test_search_reads_beir_queries_from_stdin_as_json_lines(
+    built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [
+        {"_id": "q-art", "text": "ASCII art stereogram generator"},
+        {"_id": "q-2", "text": "x"},
+    ]
+    stdin = "\n".join(json.dumps(r) for r in records) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    assert main(["search", str(built), "--queries", "-", "-k", "2", "--format", "jsonl"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["qid"] for o in out] == ["q-art", "q-2"]
+    assert out[0]["hits"][0]["id"] == "aa3d" and len(out[1]["hits"]) == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin + '{"_id": "q-3"}\n'))
+    assert main(["search", str(built), "--queries", "-"]) == 2
+    assert "<stdin>:3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # texts and a file: which one?
+        main(["search", str(built), "q", "--queries", "-"])
+
+
+def test_the_search_table_follows_the_terminal_width(
+    built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    widths = {}
+    for columns in (60, 200):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert main(["search", str(built), "ASCII art stereogram generator", "-k", "5"]) == 0
+        widths[columns] = max(len(line) for line in capsys.readouterr().out.splitlines())
+    assert widths[60] <= 60 < 100 < widths[200] <= 200
+    assert main(["search", str(built), "ASCII art", "--ids", "no-such-package"]) == 0
+    out = capsys.readouterr().out
+    assert "no results" in out and "rank" not in out
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("year=2021", "UnknownFilterField: no document has the metadata field 'year'"),
+        ("year==2021", "InvalidInput: --where 'year==2021': '==' is not an operator"),
+    ],
+)
+def test_a_where_on_no_field_or_with_bad_syntax_is_an_error_not_no_results(
+    built: Path, where: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", str(built), "ASCII art", "--where", where]) == 2
+    done = capsys.readouterr()
+    assert error in done.err and "no results" not in done.out
+
+
+def test_info_fits_an_80_column_terminal(
+    built: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["info", str(built)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not any("{" in line for line in lines)  # nested values are rows, not JSON
+    assert "token_index" in [line.strip() for line in lines]
+    assert any(line.startswith("  kind ") and line.split()[-1] == "flat" for line in lines)
+    (per_token,) = [line for line in lines if line.startswith("bytes_per_token")]
+    assert len(per_token.split()[-1].rpartition(".")[2]) <= 2  # rounded
+
+
 def test_evaluate_writes_report_and_run(
     built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -80,6 +173,51 @@ def test_evaluate_writes_report_and_run(
     lines = (out / "run.trec").read_text().splitlines()
     qid, q0, _doc, rank, _score, name = lines[0].split()
     assert q0 == "Q0" and rank == "1" and name == "sie-index" and qid.startswith("q-")
+
+
+def test_evaluate_keeps_an_earlier_report_and_warns_of_an_index_of_a_slice(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", "debian-pkgs", "--index", str(built), "--out", str(out)]
+    args += ["--max-queries", "5"]
+    assert main(args) == 0
+    done = capsys.readouterr()
+    header = next(line for line in done.out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "pipeline"]  # no empty exhaustive columns
+    assert "(dev)" in done.out  # the split the folder has
+    # 300 documents of 60,631: most judged answers are not in the index
+    assert "warning: the index holds" in done.err and "slice" in done.err
+    report = (out / "report.json").read_bytes()
+    assert main([*args, "--max-queries", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--overwrite" in err and "report.json" in err
+    assert (out / "report.json").read_bytes() == report
+    assert main([*args, "--max-queries", "3", "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["queries"] == 3
+
+
+def _beir(folder: Path, splits: list[str]) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    for split in splits:
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return folder
+
+
+def test_evaluate_scores_the_split_the_folder_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert default_split(_beir(tmp_path / "one", ["test"])) == "test"
+    assert default_split(_beir(tmp_path / "dev", ["test", "dev", "train"])) == "dev"
+    several = _beir(tmp_path / "two", ["train", "test"])
+    with pytest.raises(InvalidInput, match="test, train"):
+        default_split(several)
+    assert main(["evaluate", str(several), "--index", str(tmp_path / "idx")]) == 2
+    err = capsys.readouterr().err
+    assert "test, train" in err and "--split" in err and "split=" not in err
+    assert not (tmp_path / "idx").exists()  # refused before building anything
 
 
 def test_evaluate_sweep_writes_a_table_and_a_plot(
@@ -108,7 +246,7 @@ def test_evaluate_sweep_writes_a_table_and_a_plot(
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     bad = ["evaluate", "debian-pkgs", "--index", str(built), "--sweep", "--sweep-k-token", "a,b"]
-    assert main([*bad, "--out", str(out)]) == 2
+    assert main([*bad, "--out", str(tmp_path / "bad")]) == 2
     assert "k_token grid" in capsys.readouterr().err
 
 
@@ -139,6 +277,88 @@ def test_every_command_and_option_has_help() -> None:
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert missing == []
+
+
+def test_help_shows_defaults_and_no_markup() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = {"sie-index": parser.format_help()}
+    texts.update({name: p.format_help() for name, p in sub.choices.items()})
+    for name, text in texts.items():
+        for markup in ("``", ":class:", ":func:", ":meth:", ":mod:"):
+            assert markup not in text, (name, markup)
+    flat = {name: " ".join(text.split()) for name, text in texts.items()}
+    assert "hits per query (default: 10)" in flat["search"]
+    assert "documents per encode/commit batch (default: 256)" in flat["build"]
+    assert "(default: None)" not in " ".join(flat.values())
+    for name, p in sub.choices.items():  # every default worth showing is shown
+        for action in p._actions:
+            if action.default not in (None, False, argparse.SUPPRESS) and action.help:
+                assert "%(default)" in p._get_formatter()._get_help_string(action), (name, action)
+
+
+def test_version_and_quiet_or_verbose_after_the_subcommand(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sie-index {sie_index.__version__}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for module in ("sie_index", "sie_index.cli"):  # python -m works as the script does
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--version"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.stdout.strip() == f"sie-index {sie_index.__version__}", module
+    parse = build_parser().parse_args
+    after = parse(["info", "idx", "-q", "-v"])
+    assert after.quiet is True and after.verbose is True
+    before = parse(["-q", "info", "idx"])
+    assert before.quiet is True and before.verbose is False  # not reset by the subcommand
+    assert parse(["info", "idx"]).quiet is False
+
+
+def test_errors_name_flags_not_keywords(
+    small_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "fine"}\n', encoding="utf-8")
+    assert main(["-q", "build", str(corpus), str(small_index)]) == 2
+    err = capsys.readouterr().err
+    assert "rebuild it with --overwrite" in err and "overwrite=True" not in err
+    for message, flags in [
+        (
+            "compact(retrain=True) would ...: rebuild it (ShardedIndex.build, overwrite)",
+            "compact --retrain would ...: rebuild it (sie-index build --shards N --overwrite)",
+        ),
+        ("a raw SQL predicate goes in filter_sql=", "a raw SQL predicate goes in --filter-sql"),
+        ("dim=999: a projection keeps between", "--dim 999: a projection keeps between"),
+        ("open the index with encoder=..., or", "name its encoder with --encoder, or"),
+        ("2 qrels splits; name one (split=)", "2 qrels splits; name one (--split)"),
+    ]:
+        assert as_flags(message) == flags
+    assert main(["-q", "build", str(corpus), str(tmp_path / "idx"), "--dim", "999"]) == 2
+    err = capsys.readouterr().err
+    assert "--dim 999: a projection keeps" in err and "dim=" not in err
+
+
+def test_demo_twice_reuses_its_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out), "--limit", "60"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("building an index of debian-pkgs (60 documents)")
+    current = (out / "CURRENT").read_bytes()
+    assert main(["demo", "--out", str(out), "--limit", "60", "-q"]) == 0
+    second = capsys.readouterr().out
+    assert second.startswith(f"reusing the index at {out} (built earlier, ")
+    assert "delete it" in second.splitlines()[0] and "building" not in second
+    assert (out / "CURRENT").read_bytes() == current  # nothing was committed
+    # the same searches, the same answers
+    assert first.split("\nquery: ", 1)[1] == second.split("\nquery: ", 1)[1]
 
 
 @pytest.mark.parametrize("script", ["build_index.py", "evaluate.py"])

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from sie_index import Index, InvalidInput, SearchParams
 from sie_index.cli import main as cli_main
+from sie_index.errors import UnknownFilterField
 from sie_index.filters import compile_filter, parse_where
 from storage.docstore import DOCS_NAME
 from storage.predicate import Predicate
@@ -133,6 +134,20 @@ def _holds(flt: dict[str, Any], ext: str, meta: dict[str, Any] | None) -> bool:
     return True
 
 
+def _fields(flt: dict[str, Any]) -> list[str]:
+    """The fields a filter names, in the order it names them first."""
+    named: dict[str, None] = {}
+    for key, cond in flt.items():
+        if key in ("$and", "$or"):
+            for sub in cond:
+                named.update(dict.fromkeys(_fields(sub)))
+        elif key == "$not":
+            named.update(dict.fromkeys(_fields(cond)))
+        elif not key.startswith("$"):
+            named[key] = None
+    return list(named)
+
+
 def _unstorable(flt: Any) -> bool:
     """Whether a NUL or a lone surrogate is anywhere in a filter, key or value."""
     if isinstance(flt, str):
@@ -209,6 +224,12 @@ def test_a_filter_selects_exactly_what_the_model_says(
             _matched(index, filter=flt)
         return
     expected = {f"d{i}" for i, m in enumerate(metas) if _holds(flt, f"d{i}", m)}
+    unknown = [f for f in _fields(flt) if all(_get(m, f) is MISSING for m in metas)]
+    if not expected and unknown:  # matches nothing and names a field no document has
+        with pytest.raises(UnknownFilterField) as error:
+            _matched(index, filter=flt)
+        assert error.value.fields == tuple(unknown)
+        return
     assert _matched(index, filter=flt) == expected
 
 
@@ -555,7 +576,8 @@ def test_cli_where_ids_and_filter_json(tmp_path: Path, capsys: pytest.CaptureFix
 
     def ids_of(*args: str) -> set[str]:
         with Index.open(path) as index:
-            from sie_index.cli import _filter_args, build_parser
+            from sie_index.cli import build_parser
+            from sie_index.cli.options import _filter_args
 
             ns = build_parser().parse_args(["search", str(path), "q", *args])
             hits = index.search(vectors[0], k=40, **_filter_args(ns))
@@ -598,3 +620,49 @@ def test_delete_where_takes_the_filter_language(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="filter_sql"):
         index.delete_where("g = 0")  # type: ignore[arg-type]
     assert len(index) == 30 - 8 - 2
+
+
+# -- a field no document has ----------------------------------------------------------
+
+
+def test_a_filter_naming_a_field_no_document_has_is_an_error(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(12, 8, seed=3)
+    metas = [{"year": 2020 + i % 3, **({"lang": "en"} if i < 4 else {})} for i in range(12)]
+    with Index.from_vectors(tmp_path / "idx", ids, vectors, metadata=metas) as index:
+        Q = vectors[0]
+        with pytest.raises(UnknownFilterField, match="'yaer'") as error:
+            index.search(Q, k=12, filter={"yaer": 2021})
+        assert error.value.fields == ("yaer",) and isinstance(error.value, InvalidInput)
+        with pytest.raises(UnknownFilterField):  # again, from the filter cache
+            index.search(Q, k=12, filter={"yaer": 2021})
+        # a field only some documents have is a filter like any other
+        assert {h.external_id for h in index.search(Q, k=12, filter={"lang": "en"})} == set(ids[:4])
+        assert index.search(Q, k=12, filter={"lang": "de"}) == []
+        # a filter that matches documents is no typo, whatever fields it names
+        assert len(index.search(Q, k=12, filter={"yaer": {"$ne": 2021}})) == 12
+        assert index.search(Q, k=12, filter={"year": 1999}) == []
+
+
+def test_a_field_one_shard_lacks_is_no_error_in_a_sharded_index(tmp_path: Path) -> None:
+    from sie_index.sharded import ShardedIndex
+    from storage import shard_of
+
+    ids, vectors = synthetic_corpus(16, 8, seed=4)
+    # only the documents of shard 0 have a lang
+    metas = [{"lang": "en"} if shard_of(i, 2) == 0 else {} for i in ids]
+    assert any(metas) and not all(metas)
+    with ShardedIndex.from_vectors(
+        tmp_path / "sharded", ids, vectors, shards=2, metadata=metas
+    ) as index:
+        hits = index.search(vectors[0], k=16, filter={"lang": "en"})
+        assert {h.external_id for h in hits} == {i for i, m in zip(ids, metas, strict=True) if m}
+        assert index.search(vectors[0], k=16, filter={"lang": "de"}) == []
+        with pytest.raises(UnknownFilterField, match="'langs'"):
+            index.search(vectors[0], k=16, filter={"langs": "en"})
+
+
+@pytest.mark.parametrize("clause", ["year==2021", "year=>2021", "year=<3", "year=!3"])
+def test_where_refuses_a_doubled_operator(clause: str) -> None:
+    with pytest.raises(InvalidInput, match="is not an operator"):
+        parse_where(clause)
+    assert parse_where('code="=x"') == {"code": {"$eq": "=x"}}  # quoted, it is a value

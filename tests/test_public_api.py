@@ -145,7 +145,7 @@ def test_a_hit_has_an_id_and_a_json_ready_dict() -> None:
 
 
 def test_the_server_wire_and_the_cli_print_hit_to_dict() -> None:
-    from sie_index.cli import _hit_json
+    from sie_index.cli.search import _hit_dict as _hit_json
     from sie_index.params import MatchedToken
 
     wire = pytest.importorskip("sie_index.server.wire")

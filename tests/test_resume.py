@@ -105,9 +105,9 @@ def test_a_failed_build_resumes_encoding_only_the_rest(
         build(path, failing(docs, 130), vectors, **settings)
     assert read_journal(path) is not None
     # the folder says what it is, and a plain build does not silently start over
-    with pytest.raises(NotAnIndex, match=r"interrupted build.*--resume"):
+    with pytest.raises(NotAnIndex, match=r"interrupted build.*resume=True.*overwrite=True"):
         Index.open(path)
-    with pytest.raises(StorageError, match=r"interrupted build.*--resume.*--overwrite"):
+    with pytest.raises(StorageError, match=r"interrupted build.*resume=True.*overwrite=True"):
         build(path, docs, vectors, **settings)
     encoder = build(path, docs, vectors, resume=True, **settings)
     kept = (130 // BATCH) * BATCH  # the batches stored before the failure
@@ -153,7 +153,7 @@ def test_a_resume_refuses_another_corpus_or_other_settings(tmp_path: Path) -> No
     encoder = build(path, docs, vectors, resume=True, **SETTINGS[0])
     assert len(encoder.encoded) == N_DOCS - 96
     # and resume with nothing to resume is a build (here: the index exists, so no)
-    with pytest.raises(StorageError, match=r"already holds an index.*--overwrite"):
+    with pytest.raises(StorageError, match=r"already holds an index.*overwrite=True"):
         build(path, docs, vectors, resume=True, **SETTINGS[0])
 
 
