@@ -180,10 +180,21 @@ class IndexWriter:
         batch_size: int = 256,
         store_text: bool = True,
         progress: bool | None = None,
+        commit_every: int | None = None,
     ) -> UpdateReport:
         """Like :meth:`add`, but a document whose id is in the index replaces it (text,
-        metadata and vectors), in the same commit."""
-        return self._add_corpus(corpus, True, on_error, limit, batch_size, store_text, progress)
+        metadata and vectors), in the same commit (with ``commit_every``: each N
+        documents a commit, as for :meth:`add`)."""
+        return self._add_corpus(
+            corpus,
+            True,
+            on_error,
+            limit,
+            batch_size,
+            store_text,
+            progress,
+            commit_every=commit_every,
+        )
 
     def _add_corpus(
         self,

@@ -496,3 +496,25 @@ def test_an_interrupt_is_one_line_and_status_130(
             child.kill()
     assert child.returncode == 130
     assert err == "error: sie-index search: interrupted\n"
+
+
+def test_add_resume_leaves_out_what_is_in_and_commits_in_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = [{"id": f"d{i}", "text": f"package number {i} for testing"} for i in range(30)]
+    first, second = tmp_path / "first.jsonl", tmp_path / "all.jsonl"
+    first.write_text("".join(json.dumps(d) + "\n" for d in docs[:10]), encoding="utf-8")
+    second.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    idx = tmp_path / "idx"
+    assert main(["-q", "build", str(first), str(idx), "--index-kind", "flat"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "add", str(idx), str(second)]) == 2  # d0 is there already
+    assert "d0" in capsys.readouterr().err
+    resume = ["--resume", "--commit-every", "8", "--batch-size", "4"]
+    assert main(["-q", "add", str(idx), str(second), *resume]) == 0
+    out = capsys.readouterr().out
+    assert "resumed: 10 documents already in the index were left out" in out
+    assert "20 added; 30 documents" in out
+    with Index.open(idx) as index:
+        assert sorted(index.external_ids()) == sorted(d["id"] for d in docs)
+        assert index.info()["generation"] >= 4  # the build, then runs of 8 + 8 + 4

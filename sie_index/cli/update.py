@@ -18,6 +18,7 @@ from sie_index.cli.options import (
     _sharded,
     open_index,
 )
+from sie_index.errors import InvalidInput
 
 
 def _change_line(verb: str, index: Path, change: Any) -> str:
@@ -44,14 +45,23 @@ def cmd_add(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "progress": False if args.quiet else None,
     }
+    resumable: dict[str, Any] = {}
+    if args.commit_every is not None:
+        resumable["commit_every"] = args.commit_every
+    if getattr(args, "resume", False):
+        resumable["skip_existing"] = True
     if _sharded(index):
+        if resumable:
+            raise InvalidInput("--commit-every and --resume are for an unsharded index")
         with open_index(index, encoder=_query_encoder(args, index), verify=False) as sharded:
             add = sharded.upsert if args.command == "upsert" else sharded.add
             report = add(_corpus_arg(args.corpus), **options)
     else:
         with IndexWriter(index, encoder=_query_encoder(args, index)) as writer:
             add = writer.upsert if args.command == "upsert" else writer.add
-            report = add(_corpus_arg(args.corpus), **options)
+            report = add(_corpus_arg(args.corpus), **options, **resumable)
+        if report.skipped:
+            print(f"resumed: {report.skipped} documents already in the index were left out")
     print(
         _change_line(
             args.command + "ed" if args.command == "add" else "upserted", index, report.change
@@ -110,6 +120,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.add_argument("--limit", type=int, default=None, help="only the first N documents")
         p.add_argument("--batch-size", type=int, default=256, help="documents per encode batch")
         p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
+        p.add_argument(
+            "--commit-every",
+            type=int,
+            default=None,
+            metavar="N",
+            help="commit each N documents, so a failed or killed run keeps what it "
+            "committed (default: one commit, all or nothing)",
+        )
+        if name == "add":
+            p.add_argument(
+                "--resume",
+                action="store_true",
+                help="leave out documents whose ids are in the index already (re-run an "
+                "add that failed or was killed after some of its commits)",
+            )
         p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("delete", help="delete documents by id (or by filter) from an index")
