@@ -11,6 +11,7 @@
     python scripts/bench.py --shards             # 1/2/4 shards, local and Ray (bench_shards.py)
     python scripts/bench.py --merges             # 10,000 single adds, merged? (bench_merges.py)
     python scripts/bench.py --server             # the HTTP service under load (bench_server.py)
+    python scripts/bench.py --kinds              # index kinds by corpus size (bench_kinds.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -258,6 +259,14 @@ def main() -> int:
     parser.add_argument(
         "--server-docs", type=int, default=20_000, help="synthetic documents (--server)"
     )
+    parser.add_argument(
+        "--kinds",
+        action="store_true",
+        help="index kinds by corpus size: build s, p50, quality (bench_kinds.py)",
+    )
+    parser.add_argument(
+        "--kind-sizes", default="1500,5000,15000", help="documents a variant (--kinds)"
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -311,6 +320,13 @@ def main() -> int:
 
         source = ["--index", args.index] if args.reuse else ["--synthetic", str(args.server_docs)]
         return bench_server.main([*source, "--out", str(out)])
+    if args.kinds:
+        import bench_kinds
+
+        kind_args = ["--sizes", args.kind_sizes, "--out", str(out)]
+        if args.queries:
+            kind_args += ["--queries", str(args.queries)]
+        return bench_kinds.main(kind_args)
     if args.living:
         import bench_living
 

@@ -280,6 +280,11 @@ def check_build_options(
         )
     check_index_options(index_options)
     check_codec(codec.name, codec.dim, input_dim)
+    if codec.name == "pq" and index_kind not in ("auto", "ivf-pq"):
+        raise InvalidInput(
+            f"codec 'pq' stores the ivf-pq index's own codes; index kind {index_kind!r} has "
+            "none (use index kind 'ivf-pq' or 'auto', or codec 'sq8')"
+        )
 
 
 def _claim_folder(target: Path) -> bool:
@@ -403,6 +408,9 @@ class StoreBuilder:
                 ),
             )
 
+    FINISH_SETTINGS = frozenset({"index_kind", "index_options"})
+    """Request keys a resume may change: they are used only by :meth:`finish`."""
+
     def _live_journal(self, current: int | None) -> BuildJournal | None:
         """The journal of an interrupted build, if one is here: a damaged one is
         removed (its batches cannot be trusted), one whose build committed is
@@ -424,13 +432,19 @@ class StoreBuilder:
         """Reopen the journal's segment; False when it cannot be resumed (then it is
         thrown away and the build starts over)."""
         asked = {**(self.request or {}), "file_name": file_name}
+        # what shaped the stored batches must match; the token index's settings
+        # (kind, options) only shape the finishing step, so a resume may change them
+        # (a build refused at the end, say too few tokens for ivf-pq, resumes as flat)
         differ = sorted(
-            k for k in set(asked) | set(journal.request) if asked.get(k) != journal.request.get(k)
+            k
+            for k in set(asked) | set(journal.request)
+            if k not in self.FINISH_SETTINGS and asked.get(k) != journal.request.get(k)
         )
         if differ:
+            named = [k for k in differ if k != "file_name"] or ["codec"]  # file_name: by codec
             raise InvalidInput(
                 f"{self.target}: the interrupted build was asked for other settings "
-                f"({', '.join(differ)}); resume it with the same ones, or rebuild it from "
+                f"({', '.join(named)}); resume it with the same ones, or rebuild it from "
                 "the start (overwrite=True)"
             )
         if (

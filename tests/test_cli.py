@@ -24,6 +24,7 @@ from sie_index.cli import as_flags, build_parser, main
 from sie_index.cli.options import SIE_BATCH_SIZE, SIE_CONCURRENCY, SIE_DEADLINE
 from sie_index.corpus import default_split, packaged_dataset
 from sie_index.errors import InvalidInput
+from storage.token_index import AUTO_FLAT_MAX_TOKENS, auto_nlist
 from tests.sie_server import Fault, LoopbackSie
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,10 @@ def test_build_reports_counts(built: Path, capsys: pytest.CaptureFixture[str]) -
     assert info["documents"] == SLICE
     assert info["dim"] == 384
     assert info["encoder"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert info["token_index"]["kind"] == "flat"
+    # auto: past AUTO_FLAT_MAX_TOKENS an ivf-pq index, its lists scaled to the corpus
+    assert info["tokens"] > AUTO_FLAT_MAX_TOKENS
+    assert info["token_index"]["kind"] == "ivf-pq"
+    assert info["token_index"]["nlist"] == auto_nlist(info["tokens"])
     assert info["bytes_per_token"] > 768  # float16 vectors + FAISS + maps
 
 
@@ -146,7 +150,7 @@ def test_info_fits_an_80_column_terminal(
     assert max(len(line) for line in lines) <= 80
     assert not any("{" in line for line in lines)  # nested values are rows, not JSON
     assert "token_index" in [line.strip() for line in lines]
-    assert any(line.startswith("  kind ") and line.split()[-1] == "flat" for line in lines)
+    assert any(line.startswith("  kind ") and line.split()[-1] == "ivf-pq" for line in lines)
     (per_token,) = [line for line in lines if line.startswith("bytes_per_token")]
     assert len(per_token.split()[-1].rpartition(".")[2]) <= 2  # rounded
 

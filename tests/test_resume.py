@@ -145,7 +145,7 @@ def test_a_resume_refuses_another_corpus_or_other_settings(tmp_path: Path) -> No
     changed = [Document(id=d.id, text=d.text + "!", metadata=d.metadata) for d in docs]
     with pytest.raises(InvalidInput, match="corpus is not the one"):
         build(path, changed, vectors, resume=True, **SETTINGS[0])
-    with pytest.raises(InvalidInput, match=r"other settings.*index_kind"):
+    with pytest.raises(InvalidInput, match=r"other settings \(codec\)"):
         build(path, docs, vectors, resume=True, **SETTINGS[1])
     with pytest.raises(InvalidInput, match="shorter"):
         build(path, docs[:40], vectors, resume=True, **SETTINGS[0])
@@ -290,3 +290,17 @@ def test_a_large_add_commits_in_runs_and_resumes_skipping_what_it_committed(
                 (h.external_id, h.score) for h in ref.search(q, k=10)
             ]
     index.close()
+
+
+def test_a_build_refused_at_its_end_resumes_with_another_token_index(tmp_path: Path) -> None:
+    """The token index's kind only shapes the finishing step: ivf-pq refuses a corpus
+    this small after every batch is stored, and the resume makes it flat, encoding
+    nothing again."""
+    docs, vectors = corpus()
+    path = tmp_path / "idx"
+    with pytest.raises(InvalidInput, match="ivf-pq needs at least"):
+        build(path, docs, vectors, index_kind="ivf-pq")
+    encoder = build(path, docs, vectors, index_kind="flat", resume=True)
+    assert encoder.encoded == []
+    build(tmp_path / "ref", docs, vectors, index_kind="flat")
+    assert_same_index(tmp_path / "ref", path)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgpack
@@ -23,7 +24,7 @@ import pytest
 from sie_index import Document, EncoderMismatch, Index, SieEncoder, TokenStatesEncoder
 from sie_index.encoders.sie import parse_retry_after
 from sie_index.encoders.sie_wire import decode_ndarray, encode_ndarray
-from sie_index.errors import EncoderProtocolError, EncoderUnavailable, InvalidInput
+from sie_index.errors import EncoderProtocolError, EncoderUnavailable, InvalidInput, NotAnIndex
 from tests.sie_server import Fault, LoopbackSie
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -388,19 +389,26 @@ def test_an_sie_index_opens_with_any_server_of_its_model(
         Index.open(tmp_path / "i", encoder=SieEncoder(wrong.url, "other/model", dim=384))
 
 
-def test_a_bad_batch_during_a_build_stores_nothing(server: LoopbackSie, tmp_path: Path) -> None:
+def test_a_bad_batch_during_a_build_commits_nothing_and_a_resume_finishes(
+    server: LoopbackSie, tmp_path: Path
+) -> None:
     server.faults.extend([Fault(), Fault(batch="short")])
+    options: dict[str, Any] = {
+        "limit": 60,
+        "on_error": "skip",
+        "batch_size": 16,
+        "progress": False,
+    }
     with pytest.raises(EncoderProtocolError, match="results for"):
-        Index.build(
-            tmp_path / "idx",
-            "debian-pkgs",
-            encoder=sie(server, dim=384),
-            limit=60,
-            on_error="skip",
-            batch_size=16,
-            progress=False,
-        )
-    assert not (tmp_path / "idx").exists()
+        Index.build(tmp_path / "idx", "debian-pkgs", encoder=sie(server, dim=384), **options)
+    # no index: the folder holds the batch stored before the bad one, for a resume
+    with pytest.raises(NotAnIndex, match="interrupted build"):
+        Index.open(tmp_path / "idx")
+    index = Index.build(
+        tmp_path / "idx", "debian-pkgs", encoder=sie(server, dim=384), resume=True, **options
+    )
+    assert index.build_report is not None and index.build_report.resumed_documents == 16
+    assert len(index) == 60
 
 
 # -- the command line --------------------------------------------------------------------------

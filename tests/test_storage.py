@@ -283,7 +283,12 @@ def test_second_writer_gets_index_locked(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "n_tokens", "resolved"),
-    [("auto", 50_000, "flat"), ("auto", 2_000_000, "ivf-pq"), ("hnsw", 10, "hnsw")],
+    [
+        ("auto", 16_384, "flat"),
+        ("auto", 50_000, "ivf-pq"),
+        ("auto", 2_000_000, "ivf-pq"),
+        ("hnsw", 10, "hnsw"),
+    ],
 )
 def test_auto_kind(kind: str, n_tokens: int, resolved: str) -> None:
     assert plan_token_index(kind, n_tokens, 384).kind == resolved
@@ -291,8 +296,12 @@ def test_auto_kind(kind: str, n_tokens: int, resolved: str) -> None:
 
 def test_nlist_follows_token_count_and_training_is_bounded() -> None:
     small = plan_token_index("ivf-pq", 200_000, 384)
+    full = plan_token_index("ivf-pq", 1_000_000, 384)
     big = plan_token_index("ivf-pq", 50_000_000, 384)
-    assert small.nlist == 2048 and big.nlist == 32768
+    # sqrt(N) lists for a small corpus (fast k-means), 4 sqrt(N) from a million tokens
+    assert small.nlist == 512 and full.nlist == 4096 and big.nlist == 32768
+    lists = [plan_token_index("ivf-pq", n, 384).nlist for n in range(20_000, 3_000_000, 10_000)]
+    assert lists == sorted(lists)  # never fewer lists for more tokens
     assert small.pq_m == 48
     assert big.train_sample == TRAIN_SAMPLE_MAX
     rows = training_rows(50_000_000, big.train_sample, seed=3)
