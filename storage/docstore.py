@@ -461,19 +461,47 @@ class DocReader:
                 f"WHERE s.doc_id IN ({marks})",
                 chunk,
             )
-            for doc_id, data, total, count in rows:
-                if not isinstance(data, bytes) or sources_digest(doc_id, data) != total:
-                    raise self._damaged(f"the token sources of document row {doc_id}")
-                if len(data) % SOURCE_DTYPE.itemsize:
-                    raise self._damaged(f"the token sources of document row {doc_id}")
-                sources = np.frombuffer(data, SOURCE_DTYPE).astype(np.int64)
-                if not check_sources(sources, int(count)):
-                    raise CorruptIndex(
-                        f"{self.path}: the token sources of document row {doc_id} do not "
-                        f"describe its {count} stored vectors"
-                    )
-                out[int(doc_id)] = sources
+            out.update(self._checked_sources(rows))
         return out
+
+    def _checked_sources(self, rows: Iterable[Sequence[Any]]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for doc_id, data, total, count in rows:
+            if not isinstance(data, bytes) or sources_digest(doc_id, data) != total:
+                raise self._damaged(f"the token sources of document row {doc_id}")
+            if len(data) % SOURCE_DTYPE.itemsize:
+                raise self._damaged(f"the token sources of document row {doc_id}")
+            sources = np.frombuffer(data, SOURCE_DTYPE).astype(np.int64)
+            if not check_sources(sources, int(count)):
+                raise CorruptIndex(
+                    f"{self.path}: the token sources of document row {doc_id} do not "
+                    f"describe its {count} stored vectors"
+                )
+            out[int(doc_id)] = sources
+        return out
+
+    def verify_sources(self) -> None:
+        """Check every pooled document's token sources (checksum, and that they describe
+        its stored vectors), and that each belongs to a document: what verify runs."""
+        if not self.pooled:
+            return
+        orphans = self._query(
+            "SELECT COUNT(*) FROM token_sources WHERE doc_id NOT IN (SELECT doc_id FROM documents)"
+        )[0][0]
+        if orphans:
+            raise CorruptIndex(f"{self.path}: {orphans} token sources belong to no document")
+        after = -(2**63)
+        while True:  # keyset pages, each checked and let go
+            rows = self._query(
+                "SELECT s.doc_id, s.sources, s.sources_sum, d.token_count "
+                "FROM token_sources s JOIN documents d ON d.doc_id = s.doc_id "
+                "WHERE s.doc_id > ? ORDER BY s.doc_id LIMIT ?",
+                [after, _CHUNK],
+            )
+            if not rows:
+                return
+            self._checked_sources(rows)
+            after = rows[-1][0]
 
     def lookup(self, external_ids: Sequence[str]) -> dict[str, int]:
         """Internal ids of the live documents among ``external_ids``."""

@@ -186,6 +186,10 @@ class SegmentedDocs:
         for reader in self.readers:
             reader.verify_content()
 
+    def verify_sources(self) -> None:
+        for reader in self.readers:
+            reader.verify_sources()
+
     def doc_ids_where(
         self, predicate: Predicate, *, budget_s: float = FILTER_BUDGET_S
     ) -> np.ndarray:

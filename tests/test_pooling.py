@@ -438,3 +438,27 @@ def test_explain_says_a_matched_vector_is_pooled_and_names_its_tokens(tmp_path: 
     (hit, *_) = index.search("fig", k=1, explain=True)
     assert hit.external_id == "more" and hit.explain is not None
     assert hit.explain[0].merged_texts == ("fig", "fig", "fig")
+
+
+def test_damaged_token_sources_are_found_by_verify_and_explain(tmp_path: Path) -> None:
+    import sqlite3
+
+    index = Index.from_vectors(tmp_path / "idx", IDS, VECTORS, pool_factor=2, index_kind="flat")
+    Q = VECTORS[4][:3]
+    (hit, *_) = index.search(Q, k=1, explain=True)
+    assert hit.external_id == IDS[4]
+    index.close()
+    assert verify_index(tmp_path / "idx").ok
+    (db,) = (tmp_path / "idx").glob("seg-*/docs.sqlite")
+    conn = sqlite3.connect(db)
+    data = bytearray(
+        conn.execute("SELECT sources FROM token_sources WHERE doc_id = 4").fetchone()[0]
+    )
+    data[0] ^= 1  # one bit of one document's sources
+    conn.execute("UPDATE token_sources SET sources = ? WHERE doc_id = 4", [bytes(data)])
+    conn.commit()
+    conn.close()
+    report = verify_index(tmp_path / "idx")
+    assert not report.ok and "token sources of document row 4" in (report.problem or "")
+    with Index.open(tmp_path / "idx") as damaged, pytest.raises(CorruptIndex, match="sources"):
+        damaged.search(Q, k=1, explain=True)
