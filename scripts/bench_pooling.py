@@ -7,7 +7,9 @@ The first ``--docs`` documents of the committed debian-pkgs corpus (bad and
 duplicate lines skipped) are encoded once, with the default encoder, into an
 unpooled f16 index. Every variant (pool factor x codec) is then built from that
 index's stored vectors with :meth:`Index.from_vectors` (``pool_factor``), so no
-variant encodes again and every variant pools the same vectors. The dev queries
+variant encodes again and every variant pools the same vectors; every one has
+the same token-index kind (``--index-kind``, ivf-pq: what ``auto`` picks for the
+unpooled index), with its parameters chosen from its own token count. The dev queries
 whose relevant documents the slice holds are encoded once and answered by every
 variant one at a time (one thread, default settings, 100 hits), and scored
 against exhaustive MaxSim over the unpooled vectors, so the ratio shows the
@@ -30,7 +32,7 @@ from typing import Any
 CHUNK_DOCS = 1024
 
 
-def build_base(path: Path, docs: int) -> dict[str, Any]:
+def build_base(path: Path, docs: int, index_kind: str) -> dict[str, Any]:
     """The unpooled f16 index of the first ``docs`` documents (encoding them)."""
     from sie_index.corpus import BeirDataset
     from sie_index.index import Index
@@ -43,6 +45,7 @@ def build_base(path: Path, docs: int) -> dict[str, Any]:
         limit=docs,
         on_error="skip",
         codec="f16",
+        index_kind=index_kind,
         overwrite=True,
         progress=False,
     )
@@ -81,14 +84,25 @@ def stored_documents(base: Path) -> tuple[list[str], list[Any], list[str]]:
 
 
 def build_variant(
-    base: Path, target: Path, factor: int, codec: str, docs: tuple[list[str], list[Any], list[str]]
+    target: Path,
+    factor: int,
+    codec: str,
+    index_kind: str,
+    docs: tuple[list[str], list[Any], list[str]],
 ) -> dict[str, Any]:
     from sie_index.index import Index
 
     ids, vectors, texts = docs
     t0 = time.perf_counter()
     Index.from_vectors(
-        target, ids, vectors, texts=texts, codec=codec, pool_factor=factor, overwrite=True
+        target,
+        ids,
+        vectors,
+        texts=texts,
+        codec=codec,
+        index_kind=index_kind,
+        pool_factor=factor,
+        overwrite=True,
     ).close()
     return {"build_s": time.perf_counter() - t0}
 
@@ -209,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factors", default="1,2,3")
     parser.add_argument("--codecs", default="f16", help="comma-separated: f16, sq8, pq")
     parser.add_argument("--queries", type=int, default=None, help="at most N dev queries")
+    parser.add_argument(
+        "--index-kind",
+        default="ivf-pq",
+        help="one token-index kind for every variant (auto would pick flat for a small "
+        "pooled index, and its latency would measure that choice, not pooling)",
+    )
     parser.add_argument("--out", default="runs/bench/pooling")
     parser.add_argument("--reuse", action="store_true", help="keep the base index if built")
     parser.add_argument("--keep", action="store_true", help="keep the variants' indexes")
@@ -220,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse and (base / "CURRENT").is_file() and base_json.is_file():
         base_report = json.loads(base_json.read_text())
     else:
-        base_report = build_base(base, args.docs)
+        base_report = build_base(base, args.docs, args.index_kind)
         base_json.write_text(json.dumps(base_report, indent=2))
     print(f"base: {base_report}", flush=True)
     docs = stored_documents(base)
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 builds[name] = {"build_s": base_report["store_index_s"]}
                 continue
             paths[name] = out / name
-            builds[name] = build_variant(base, out / name, factor, codec, docs)
+            builds[name] = build_variant(out / name, factor, codec, args.index_kind, docs)
             print(f"built {name}: {builds[name]}", flush=True)
     del docs
     result = measure(paths, base, args.queries)

@@ -376,7 +376,7 @@ class Index:
                 dataclasses.replace(
                     m,
                     query_text=q_texts[m.query_token] if q_texts is not None else None,
-                    **_doc_texts(m, tokens, src),
+                    **_doc_texts(m, tokens),
                 )
                 for m in hit.explain or ()
             )
@@ -553,16 +553,14 @@ class Index:
         )
 
 
-def _doc_texts(m: MatchedToken, tokens: list[str] | None, sources: np.ndarray) -> dict[str, Any]:
+def _doc_texts(m: MatchedToken, tokens: list[str] | None) -> dict[str, Any]:
     """The text fields of one match: its token's text, or a pooled vector's tokens'."""
     if tokens is None:
         return {"doc_text": None}
     if m.merged_tokens is not None:
         texts = tuple(tokens[i] for i in m.merged_tokens)
         return {"doc_text": " + ".join(texts), "merged_texts": texts}
-    # a stored row of a pooled document that is one token: its token's position
-    position = int(np.flatnonzero(sources == m.doc_token)[0])
-    return {"doc_text": tokens[position]}
+    return {"doc_text": tokens[m.doc_token]}
 
 
 def _searcher_of(snapshot: StoreSnapshot) -> Searcher:

@@ -112,9 +112,10 @@ class MatchedToken:
     """The document token's text, where the encoder has a tokenizer and the text is stored
     (of a pooled vector: its tokens' texts joined by ``" + "``)."""
     merged_tokens: tuple[int, ...] | None = None
-    """Of a pooled index (``pool_factor`` above 1), where the matched vector merged
-    several tokens: their positions in the document's original tokens (``doc_token``
-    is then the stored vector's row); None where the vector is one token."""
+    """In a pooled document (``pool_factor`` above 1): the positions, among the
+    document's original tokens, of the tokens the matched vector stands for (one or
+    more; ``doc_token`` is then the stored vector's row). None where every stored
+    vector is one token, at position ``doc_token``."""
     merged_texts: tuple[str, ...] | None = None
     """The texts of ``merged_tokens``, where ``doc_text`` can be named."""
 
@@ -127,8 +128,8 @@ class MatchedToken:
 
     @property
     def pooled(self) -> bool:
-        """Whether the matched vector stands for several tokens of the document."""
-        return self.merged_tokens is not None
+        """Whether the matched vector merged several tokens of the document."""
+        return self.merged_tokens is not None and len(self.merged_tokens) > 1
 
     def to_dict(self) -> dict[str, Any]:
         """The match as JSON-ready fields (the pooling fields only where pooled)."""

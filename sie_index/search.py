@@ -303,9 +303,7 @@ class Searcher:
             matched = []
             for qi in range(len(Q)):
                 row = int(best_row[d, qi] - offsets[d])
-                merged = None
-                if src is not None and np.count_nonzero(src == row) > 1:
-                    merged = tuple(np.flatnonzero(src == row).tolist())
+                merged = None if src is None else tuple(np.flatnonzero(src == row).tolist())
                 matched.append(
                     MatchedToken(
                         query_token=qi,

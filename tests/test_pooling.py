@@ -430,14 +430,24 @@ def test_explain_says_a_matched_vector_is_pooled_and_names_its_tokens(tmp_path: 
     assert apple.merged_texts == ("apple", "apple", "apple")
     assert apple.doc_text == "apple + apple + apple"
     assert apple.query_text == "apple" and apple.similarity == pytest.approx(1.0, abs=1e-3)
-    assert not plum.pooled and plum.merged_tokens is None and plum.doc_text == "plum"
+    # a vector of one token of a pooled document: its row, and its token's position
+    assert not plum.pooled and (plum.doc_token, plum.merged_tokens) == (2, (3,))
+    assert plum.doc_text == "plum" and plum.merged_texts == ("plum",)
     assert hit.to_dict()["explain"][0]["merged_texts"] == ["apple", "apple", "apple"]
-    assert "merged_tokens" not in hit.to_dict()["explain"][1]
     # an add pools alike, and its explanations name its tokens too
     index.add([{"id": "more", "text": "fig fig fig kiwi"}])
     (hit, *_) = index.search("fig", k=1, explain=True)
     assert hit.external_id == "more" and hit.explain is not None
     assert hit.explain[0].merged_texts == ("fig", "fig", "fig")
+    # an unpooled index's explanations are as they were
+    plain = Index.build(tmp_path / "plain", docs, encoder=WordEncoder())
+    (hit, *_) = plain.search("apple plum", k=1, explain=True)
+    assert hit.explain is not None
+    assert [(m.doc_token, m.doc_text, m.merged_tokens) for m in hit.explain] == [
+        (0, "apple", None),
+        (3, "plum", None),
+    ]
+    assert "merged_tokens" not in hit.to_dict()["explain"][0]
 
 
 def test_damaged_token_sources_are_found_by_verify_and_explain(tmp_path: Path) -> None:
