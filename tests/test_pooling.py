@@ -129,6 +129,7 @@ def test_factor_1_leaves_the_index_as_it_was(tmp_path: Path) -> None:
     for path in (tmp_path / "default", tmp_path / "one"):
         raw = json.loads(next(path.glob("gen-*/manifest.json")).read_text())
         assert "pool_factor" not in raw  # the manifest of an index before pooling
+        assert read_manifest(path).pool_factor == 1  # and it reads as factor 1
         assert raw["tokens"] == sum(len(v) for v in VECTORS)
         with StoreSnapshot.open(path) as snap:
             assert not snap.docs.readers[0].pooled  # no token_sources table
@@ -139,6 +140,18 @@ def test_a_bad_pool_factor_is_refused_at_the_door(tmp_path: Path, factor: Any) -
     with pytest.raises(InvalidInput, match="pool_factor"):
         Index.from_vectors(tmp_path / "x", IDS[:3], VECTORS[:3], pool_factor=factor)
     assert not (tmp_path / "x").exists()
+
+
+def test_shards_refuse_pooling_they_cannot_keep(tmp_path: Path) -> None:
+    from sie_index.sharded import ShardedIndex
+
+    Index.from_vectors(tmp_path / "p2", IDS, VECTORS, pool_factor=2)
+    with pytest.raises(InvalidInput, match="pooled"):
+        ShardedIndex.from_index(tmp_path / "p2", tmp_path / "sharded", shards=2)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "a"}\n')
+    args = ["build", str(corpus), str(tmp_path / "s"), "--shards", "2", "--pool-factor", "2"]
+    assert cli_main(args) != 0
 
 
 def test_the_cli_builds_a_pooled_index_and_info_shows_it(
