@@ -12,6 +12,7 @@
     python scripts/bench.py --merges             # 10,000 single adds, merged? (bench_merges.py)
     python scripts/bench.py --server             # the HTTP service under load (bench_server.py)
     python scripts/bench.py --kinds              # index kinds by corpus size (bench_kinds.py)
+    python scripts/bench.py --pooling            # pool factor 1/2/3, 3,000 docs (bench_pooling.py)
 
 Each phase runs in its own process so its peak RSS is its own:
 1. build: encode + store + token index (timings split into encoding and indexing);
@@ -267,6 +268,12 @@ def main() -> int:
     parser.add_argument(
         "--kind-sizes", default="1500,5000,15000", help="documents a variant (--kinds)"
     )
+    parser.add_argument(
+        "--pooling",
+        action="store_true",
+        help="pool factors: tokens, bytes, quality, p50 (bench_pooling.py)",
+    )
+    parser.add_argument("--pooling-docs", type=int, default=3000, help="documents (--pooling)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -284,6 +291,13 @@ def main() -> int:
         (out / "encoding.json").write_text(json.dumps(result, indent=2))
         print(bench_encoding.table(result))
         return 0
+    if args.pooling:
+        import bench_pooling
+
+        pooling_args = ["--docs", str(args.pooling_docs), "--out", str(out / "pooling")]
+        if args.queries:
+            pooling_args += ["--queries", str(args.queries)]
+        return bench_pooling.main(pooling_args)
     if args.codecs:
         import bench_codecs
 

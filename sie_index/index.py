@@ -22,7 +22,7 @@ from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import EncoderError, IndexClosed, InvalidInput
 from sie_index.exhaustive import ResidentScan, exhaustive_search
-from sie_index.params import Hit, SearchParams
+from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
@@ -86,6 +86,7 @@ class Index:
         store_text: bool = True,
         progress: bool | None = None,
         resume: bool = False,
+        pool_factor: int = 1,
     ) -> Index:
         """Build a new index at ``path`` from a corpus and open it.
 
@@ -103,7 +104,9 @@ class Index:
         :mod:`storage.codec`). The report of the build is on the returned index's
         ``build_report``. A build that fails or is killed keeps the batches it
         encoded: ``resume=True``, with the same corpus and settings, encodes only the
-        rest (see :func:`sie_index.writer.build_index`).
+        rest (see :func:`sie_index.writer.build_index`). ``pool_factor`` above 1
+        merges each document's token vectors into about one in ``pool_factor``
+        (Ward clustering, :mod:`sie_index.pooling`), and adds pool alike.
         """
         if encoder is None:
             from sie_index.encoders.token_states import TokenStatesEncoder
@@ -124,6 +127,7 @@ class Index:
             store_text=store_text,
             progress=progress,
             resume=resume,
+            pool_factor=pool_factor,
         )
         query_encoder = None if isinstance(encoder, PrecomputedEncoder) else encoder
         index = cls.open(path, encoder=query_encoder, verify=False)
@@ -147,9 +151,11 @@ class Index:
         dim: int | None = None,
         overwrite: bool = False,
         query_encoder: Encoder | None = None,
+        pool_factor: int = 1,
     ) -> Index:
         """Build an index from multivectors the user already has (one array per id;
-        each argument one item per document, in any iterable, read once)."""
+        each argument one item per document, in any iterable, read once);
+        ``pool_factor`` pools them as :meth:`build` does."""
         encoder, docs = cls.precomputed_documents(
             ids,
             vectors,
@@ -170,6 +176,7 @@ class Index:
             overwrite=overwrite,
             store_text=texts is not None,
             progress=False,
+            pool_factor=pool_factor,
         )
         index._encoder = encoder
         return index
@@ -355,16 +362,21 @@ class Index:
         if q_texts is not None and hits and len(q_texts) != len(hits[0].explain or ()):
             q_texts = None  # not the rows the query encoded to: say nothing rather than guess
         by_hit = iter(encoder.token_texts([h.text for h in hits if h.text], is_query=False))
+        # a pooled document's original tokens, and the stored row each went to
+        sources = searcher.token_sources(np.asarray([h.doc_id for h in hits], np.int64))
         out = []
         for hit in hits:
             tokens = next(by_hit) if hit.text else None
-            if tokens is not None and len(tokens) != searcher.token_count[hit.doc_id]:
+            src = sources.get(hit.doc_id)
+            if src is None:
+                src = np.arange(searcher.token_count[hit.doc_id])
+            if tokens is not None and len(tokens) != len(src):
                 tokens = None  # not the text that was encoded: say nothing rather than guess
             named = tuple(
                 dataclasses.replace(
                     m,
                     query_text=q_texts[m.query_token] if q_texts is not None else None,
-                    doc_text=tokens[m.doc_token] if tokens is not None else None,
+                    **_doc_texts(m, tokens),
                 )
                 for m in hit.explain or ()
             )
@@ -510,6 +522,7 @@ class Index:
             "token_index": m.token_index,
             "codec": m.codec,
             "vector_bytes_per_token": self._snapshot.codec.row_bytes,
+            "pool_factor": m.pool_factor,
             "created_at": m.created_at,
             "files_bytes": files,
             "total_bytes": total,
@@ -538,6 +551,16 @@ class Index:
             f"Index({str(self.path)!r}, documents={m.live_documents}, tokens={m.tokens}, "
             f"dim={m.dim})"
         )
+
+
+def _doc_texts(m: MatchedToken, tokens: list[str] | None) -> dict[str, Any]:
+    """The text fields of one match: its token's text, or a pooled vector's tokens'."""
+    if tokens is None:
+        return {"doc_text": None}
+    if m.merged_tokens is not None:
+        texts = tuple(tokens[i] for i in m.merged_tokens)
+        return {"doc_text": " + ".join(texts), "merged_texts": texts}
+    return {"doc_text": tokens[m.doc_token]}
 
 
 def _searcher_of(snapshot: StoreSnapshot) -> Searcher:

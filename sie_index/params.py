@@ -109,7 +109,37 @@ class MatchedToken:
     query_text: str | None = None
     """The query token's text, where the encoder has a tokenizer and the query was text."""
     doc_text: str | None = None
-    """The document token's text, where the encoder has a tokenizer and the text is stored."""
+    """The document token's text, where the encoder has a tokenizer and the text is stored
+    (of a pooled vector: its tokens' texts joined by ``" + "``)."""
+    merged_tokens: tuple[int, ...] | None = None
+    """In a pooled document (``pool_factor`` above 1): the positions, among the
+    document's original tokens, of the tokens the matched vector stands for (one or
+    more; ``doc_token`` is then the stored vector's row). None where every stored
+    vector is one token, at position ``doc_token``."""
+    merged_texts: tuple[str, ...] | None = None
+    """The texts of ``merged_tokens``, where ``doc_text`` can be named."""
+
+    def __post_init__(self) -> None:
+        # JSON brings lists (the client, the server's wire): hold tuples, hashable
+        for name in ("merged_tokens", "merged_texts"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the matched vector merged several tokens of the document."""
+        return self.merged_tokens is not None and len(self.merged_tokens) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The match as JSON-ready fields (the pooling fields only where pooled)."""
+        out = asdict(self)
+        for name in ("merged_tokens", "merged_texts"):
+            if out[name] is None:
+                del out[name]
+            else:
+                out[name] = list(out[name])
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +184,7 @@ class Hit:
         if self.metadata is not None:
             out["metadata"] = self.metadata
         if self.explain is not None:
-            out["explain"] = [asdict(m) for m in self.explain]
+            out["explain"] = [m.to_dict() for m in self.explain]
         return out
 
 

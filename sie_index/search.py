@@ -317,17 +317,32 @@ class Searcher:
         D = self._vectors(self.token_start[doc_ids], counts)
         _, best_row, best_sim = segment_maxsim_explain(Q, D, counts)
         offsets = np.cumsum(counts) - counts
-        return [
-            tuple(
-                MatchedToken(
-                    query_token=qi,
-                    doc_token=int(best_row[d, qi] - offsets[d]),
-                    similarity=float(best_sim[d, qi]),
+        # a pooled document's rows each stand for the tokens its sources name
+        sources = self.token_sources(doc_ids)
+        out = []
+        for d, doc_id in enumerate(doc_ids.tolist()):
+            src = sources.get(doc_id)
+            matched = []
+            for qi in range(len(Q)):
+                row = int(best_row[d, qi] - offsets[d])
+                merged = None if src is None else tuple(np.flatnonzero(src == row).tolist())
+                matched.append(
+                    MatchedToken(
+                        query_token=qi,
+                        doc_token=row,
+                        similarity=float(best_sim[d, qi]),
+                        merged_tokens=merged,
+                    )
                 )
-                for qi in range(len(Q))
-            )
-            for d in range(len(doc_ids))
-        ]
+            out.append(tuple(matched))
+        return out
+
+    def token_sources(self, doc_ids: np.ndarray) -> dict[int, np.ndarray]:
+        """Of the pooled documents among ``doc_ids``: the stored row (within the
+        document) each original token was merged into (see :mod:`sie_index.pooling`)."""
+        if self.snapshot.manifest.pool_factor == 1:
+            return {}
+        return self.snapshot.docs.sources(doc_ids.tolist())
 
     # -- hits ------------------------------------------------------------------
 

@@ -176,6 +176,12 @@ def reshard_index(
                 f"{source} stores {snap.manifest.dim}-dim projections of {spec['dim']}-dim "
                 "vectors; a sharded index shares no projection: reshard an unprojected index"
             )
+        if snap.manifest.pool_factor != 1:
+            # its shards would record no factor (adds would not pool) and no token sources
+            raise InvalidInput(
+                f"{source} is pooled (pool_factor {snap.manifest.pool_factor}); "
+                "a sharded index cannot be pooled yet: reshard an unpooled index"
+            )
         choice = CodecChoice(snap.manifest.codec)
         with ShardedBuilder(
             Path(path), shards, int(spec["dim"]), codec=choice, overwrite=overwrite

@@ -24,6 +24,7 @@ from sie_index.corpus_items import Corpus
 from sie_index.encoders.base import Encoder, EncoderSpec, l2_normalize
 from sie_index.errors import InvalidInput
 from sie_index.filters import compile_filter
+from sie_index.pooling import Pooled, pool_encoded
 from sie_index.writer import EncodeAhead, Timing, encoder_for, open_corpus, pending_batches
 from storage import ChangeReport, PendingDoc, StoreWriter, as_array, check_document
 
@@ -108,12 +109,15 @@ class IndexWriter:
 
     ``encoder`` encodes added documents; by default the index's own encoder,
     made from its manifest on first use. It must be the encoder the index was
-    built with (kind, model, options, dimension).
+    built with (kind, model, options, dimension). Added documents, text or
+    vectors, are pooled by the factor the index records (:mod:`sie_index.pooling`),
+    as its build pooled them.
     """
 
     def __init__(self, path: str | Path, *, encoder: Encoder | None = None) -> None:
         self._store = StoreWriter(Path(path))
         self.spec = EncoderSpec.from_dict(self._store.manifest.encoder)
+        self.pool_factor = self._store.manifest.pool_factor
         if encoder is not None:
             self.spec.check_query_encoder(encoder.spec)
         self._encoder = encoder
@@ -227,7 +231,8 @@ class IndexWriter:
 
         documents = fresh(feed.documents) if skip_existing else feed.documents
         changes: list[ChangeReport] = []
-        with EncodeAhead(batched(documents, batch_size), encoder_for(self.encoder)) as enc:
+        encode = encoder_for(self.encoder, self.pool_factor)
+        with EncodeAhead(batched(documents, batch_size), encode) as enc:
             bar = tqdm(total=feed.total, desc="adding", unit="doc", disable=disable)
             stream = pending_batches(
                 feed, self.encoder, enc, store_text=store_text, timing=timing, bar=bar
@@ -259,7 +264,8 @@ class IndexWriter:
 
         Each argument is one item per document, in any iterable (read once).
         Vectors are L2-normalized when the index's encoder normalizes (an index
-        built with :meth:`Index.from_vectors`, ``normalize=True``)."""
+        built with :meth:`Index.from_vectors`, ``normalize=True``), and pooled as
+        the index records."""
         docs = vector_docs(ids, vectors, texts, metadata)
         normalize = bool(self.spec.options.get("normalize", False))
 
@@ -270,12 +276,14 @@ class IndexWriter:
                     arr = docs.vectors[i]
                     if normalize and arr.ndim == 2 and arr.dtype.kind in "fiu":
                         arr = l2_normalize(arr.astype(np.float32))
+                    (item,) = pool_encoded([arr], self.pool_factor)
                     out.append(
                         PendingDoc(
                             external_id=docs.ids[i],
                             text=docs.texts[i] if docs.texts is not None else None,
                             metadata=docs.metadata[i] if docs.metadata is not None else None,
-                            vectors=arr,
+                            vectors=item.vectors if isinstance(item, Pooled) else item,
+                            sources=item.sources if isinstance(item, Pooled) else None,
                         )
                     )
                 yield out

@@ -32,6 +32,7 @@ from sie_index.corpus import BadLine, Document, batched, read_documents, validat
 from sie_index.corpus_items import Corpus, documents_of
 from sie_index.encoders.base import Encoder, check_encoder_output
 from sie_index.errors import InvalidInput
+from sie_index.pooling import Pooled, check_pool_factor, pool_encoded
 from storage import (
     CodecChoice,
     PendingDoc,
@@ -210,7 +211,8 @@ def pending_batches(
                 external_id=d.id,
                 text=d.text if store_text else None,
                 metadata=d.metadata,
-                vectors=v,
+                vectors=v.vectors if isinstance(v, Pooled) else v,
+                sources=v.sources if isinstance(v, Pooled) else None,
             )
             for d, v in zip(batch, vectors, strict=True)
         ]
@@ -218,8 +220,13 @@ def pending_batches(
         bar.update(len(batch))
 
 
-def encoder_for(encoder: Encoder) -> Callable[[list[Document]], list[np.ndarray]]:
-    """The batch encoding function: checked documents in, checked vectors out."""
+def encoder_for(
+    encoder: Encoder, pool_factor: int = 1
+) -> Callable[[list[Document]], list[np.ndarray]]:
+    """The batch encoding function: checked documents in, checked vectors out, each
+    document's pooled by ``pool_factor`` (:mod:`sie_index.pooling`: then an item is a
+    :class:`~sie_index.pooling.Pooled`, vectors and sources, where pooling merged
+    tokens), on the encoding thread."""
     key = getattr(encoder, "document_key", "text")
     spec = encoder.spec
 
@@ -229,8 +236,9 @@ def encoder_for(encoder: Encoder) -> Callable[[list[Document]], list[np.ndarray]
         if key == "id":  # the user's own vectors: the store checks them, naming each id
             if len(vectors) != len(batch):
                 raise InvalidInput(f"{len(vectors)} vector arrays for {len(batch)} documents")
-            return vectors
-        return check_encoder_output(vectors, len(batch), spec.dim, who=f"{spec.kind} encoder")
+            return pool_encoded(vectors, pool_factor)
+        checked = check_encoder_output(vectors, len(batch), spec.dim, who=f"{spec.kind} encoder")
+        return pool_encoded(checked, pool_factor)
 
     return encode
 
@@ -288,6 +296,7 @@ def build_index(
     store_text: bool = True,
     progress: bool | None = None,
     resume: bool = False,
+    pool_factor: int = 1,
 ) -> BuildReport:
     """Encode ``corpus`` with ``encoder`` and write a new index at ``path``.
 
@@ -303,8 +312,13 @@ def build_index(
     the rest and makes the index an uninterrupted build makes; the corpus is
     checked against digests of what was kept. Without an interrupted build to
     resume, ``resume=True`` builds from the start.
+
+    ``pool_factor`` above 1 stores each document's token vectors merged into about
+    one in ``pool_factor`` (:mod:`sie_index.pooling`), recorded in the manifest so
+    that adds pool alike; 1 (the default) stores every token vector.
     """
     t0 = time.perf_counter()
+    pool_factor = check_pool_factor(pool_factor)
     spec = encoder.spec
     choice = CodecChoice(codec, dim)
     check_build_options(spec.to_dict(), index_kind, index_options, choice, spec.dim)
@@ -321,6 +335,7 @@ def build_index(
         "batch_size": batch_size,
         "on_error": on_error,
         "store_text": store_text,
+        "pool_factor": pool_factor,
     }
     with StoreBuilder(
         Path(path), spec.dim, overwrite=overwrite, codec=choice, request=request, resume=resume
@@ -329,7 +344,7 @@ def build_index(
         todo = _skip_resumed(iter(batched(feed.documents, batch_size)), builder)
         if kept:
             log.info("%s: resuming an interrupted build: %d documents kept", path, kept)
-        encode = encoder_for(encoder)
+        encode = encoder_for(encoder, pool_factor)
         digests: deque[str] = deque()  # one a batch, in order, from the encoding thread
 
         def encode_and_digest(batch: list[Document]) -> list[np.ndarray]:
@@ -352,6 +367,7 @@ def build_index(
             index_options=index_options,
             progress=ibar.update,
             phase=lambda text: _phase(ibar, text, t),
+            pool_factor=pool_factor,
         )
         ibar.close()
         index_s = time.perf_counter() - t

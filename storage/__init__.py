@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "DOCS_NAME",
     "FILTER_BUDGET_S",
+    "MAX_POOL_FACTOR",
     "SHARD_MAP_NAME",
     "ChangeReport",
     "CodecChoice",
@@ -83,6 +84,7 @@ _WHERE = {
     "ShardMap": "storage.shard_map",
     "ShardedBuilder": "storage.sharded_build",
     "DOCS_NAME": "storage.docstore",
+    "MAX_POOL_FACTOR": "storage.manifest",
     "ChangeReport": "storage.store_writer",
     "CodecChoice": "storage.builder",
     "CorruptIndex": "storage.errors",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
         mapped_os_errors,
     )
     from storage.lock import WriteLock
+    from storage.manifest import MAX_POOL_FACTOR
     from storage.merging import MergePolicy
     from storage.predicate import FILTER_BUDGET_S, Predicate, check_condition
     from storage.segment import PendingDoc, as_array

@@ -532,12 +532,15 @@ class StoreBuilder:
         plan: TokenIndexPlan | None = None,
         trained: faiss.Index | None = None,
         phase: Callable[[str], None] | None = None,
+        pool_factor: int = 1,
     ) -> Manifest:
         """Build the token index, write the manifest and commit the generation.
 
         ``plan`` and ``trained`` (another index's plan and its empty trained FAISS
         index) replace ``index_kind`` and training: a fresh build with the quantizer
         of another index (and with the codec it was given, that index's codec).
+        ``pool_factor``: the factor the documents' vectors were pooled by, recorded in
+        the manifest (the commit refuses one no reader accepts).
         """
         assert self.segment is not None
         choice = self.codec if isinstance(self.codec, CodecChoice) else None
@@ -576,6 +579,7 @@ class StoreBuilder:
             tokens=record.tokens,
             segments=[record],
             deleted=FileRecord(bytes=0, sha256_blocks=[]),
+            pool_factor=pool_factor,
         )
         manifest = commit_generation(self.target, manifest, np.zeros(0, np.int64), open_first=True)
         if self.request is not None:  # committed: the journal and its scratch go

@@ -19,6 +19,17 @@ and generation, and every row's is verified when a reader opens the database;
 ``doc_sum`` covers text and metadata, verified whenever they are read. A
 mismatch, a damaged page, or a schema other than ours is :class:`CorruptIndex`
 naming the file.
+
+A pooled index (the layer above merges similar token vectors of a document into
+one) stores fewer vectors than its documents had tokens; which original tokens
+each stored vector merged is kept, for explanations, in a second table,
+``token_sources``: one row per pooled document (a document whose every vector is
+one token has none), its ``sources`` the
+stored row, within the document, of each original token in order (little-endian
+uint32), under its own checksum. It lives here, not in a file of its own, so it
+commits, resumes, merges and compacts with the document row it belongs to; a
+segment with no pooled document has no such table, so an unpooled index's file
+is what it always was.
 """
 
 from __future__ import annotations
@@ -40,7 +51,17 @@ from storage.build_journal import BATCHES_TABLE, BatchRecord
 from storage.errors import CorruptIndex, InvalidInput, read_failure
 from storage.predicate import Predicate, matching_ids
 
-__all__ = ["DOCS_NAME", "DocReader", "DocRow", "DocSpans", "DocWriter", "StoredDoc"]
+__all__ = [
+    "DOCS_NAME",
+    "SOURCE_DTYPE",
+    "DocReader",
+    "DocRow",
+    "DocSpans",
+    "DocWriter",
+    "StoredDoc",
+    "check_sources",
+    "sources_digest",
+]
 
 DOCS_NAME = "docs.sqlite"
 
@@ -78,6 +99,14 @@ _SCHEMA = {
     ("table", "meta", _META),
     ("index", "sqlite_autoindex_meta_1", None),
 }
+_SOURCES_TABLE = "token_sources"
+_SOURCES = """CREATE TABLE token_sources (
+    doc_id INTEGER PRIMARY KEY,
+    sources BLOB NOT NULL,
+    sources_sum INTEGER NOT NULL
+)"""
+SOURCE_DTYPE = np.dtype("<u4")
+_SCHEMA_POOLED = _SCHEMA | {("table", _SOURCES_TABLE, _SOURCES)}
 _SPAN_COLS = "doc_id, external_id, token_start, token_count, deleted, generation, span_sum"
 _CHUNK = 900  # ids per IN (...) list, under SQLite's default variable limit
 
@@ -102,6 +131,22 @@ def doc_digest(doc_id: int, text: str | None, metadata: str | None) -> int | Non
     return _digest(head + ("N" if metadata is None else "M" + metadata))
 
 
+def sources_digest(doc_id: int, data: bytes) -> int:
+    """The checksum of a pooled document's ``sources`` blob."""
+    raw = hashlib.blake2b(f"{doc_id}:".encode() + data, digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def check_sources(sources: np.ndarray, count: int) -> bool:
+    """Whether ``sources`` (one stored row per original token) describes ``count``
+    stored rows: every value one of them, and every one of them some token's."""
+    if sources.ndim != 1 or len(sources) < count or count < 1:
+        return False
+    if len(sources) and (int(sources.min()) < 0 or int(sources.max()) >= count):
+        return False
+    return bool(len(np.unique(sources)) == count)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DocRow:
     """A document ready to be committed, with its token span already assigned; its
@@ -116,6 +161,8 @@ class DocRow:
     deleted: bool = False
     """Set only by a merge copying a document the generation already lists as deleted
     (so the copy does not hold its external id against the live one that replaced it)."""
+    sources: bytes | None = None
+    """A pooled document's ``token_sources`` blob (see the module's docstring)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +229,15 @@ class DocWriter:
         with self.db.atomic():
             self.db.execute("DELETE FROM documents WHERE doc_id >= ?", [first_doc])
             self.db.execute("DELETE FROM build_batches WHERE first_doc >= ?", [first_doc])
+            if self._has_sources():
+                self.db.execute("DELETE FROM token_sources WHERE doc_id >= ?", [first_doc])
+
+    def _has_sources(self) -> bool:
+        return bool(
+            self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [_SOURCES_TABLE]
+            ).fetchall()
+        )
 
     def insert_batch(
         self, rows: Sequence[DocRow], generation: int, *, batch: BatchRecord | None = None
@@ -212,10 +268,19 @@ class DocWriter:
                     doc_digest(r.doc_id, r.text, meta),
                 )
             )
+        pooled = [
+            (r.doc_id, r.sources, sources_digest(r.doc_id, r.sources))
+            for r in rows
+            if r.sources is not None
+        ]
         db = self.db
         try:
             with db.atomic():  # one transaction; a plain executemany, not row dicts
                 db.conn.executemany(_INSERT, records)
+                if pooled:
+                    if not self._has_sources():
+                        db.execute(_SOURCES)
+                    db.conn.executemany("INSERT INTO token_sources VALUES (?, ?, ?)", pooled)
                 if batch is not None:
                     db.execute(
                         "INSERT INTO build_batches VALUES (?, ?, ?, ?, ?, ?)",
@@ -294,11 +359,13 @@ class DocReader:
             raise read_failure(
                 exc, f"{self.path} is not a readable SQLite database: {exc}"
             ) from exc
-        if schema != _SCHEMA:
+        if schema not in (_SCHEMA, _SCHEMA_POOLED):
             raise CorruptIndex(f"{self.path} does not hold the documents schema of sie-index")
         page_size, pages = (self._query(f"PRAGMA {p}")[0][0] for p in ("page_size", "page_count"))
         self.size = int(page_size) * int(pages)
         """Bytes of the database file."""
+        self.pooled = schema == _SCHEMA_POOLED
+        """Whether the file holds pooled documents' token sources."""
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a read; any SQLite error here means the file is damaged."""
@@ -376,6 +443,65 @@ class DocReader:
                     metadata=meta_obj,
                 )
         return out
+
+    def sources(self, doc_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The token sources of the pooled documents among ``doc_ids`` (the stored
+        row, within the document, of each original token), checksums verified and
+        checked against the documents' spans; a document not pooled is left out."""
+        ids = [int(i) for i in doc_ids]
+        out: dict[int, np.ndarray] = {}
+        if not self.pooled:
+            return out
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                "SELECT s.doc_id, s.sources, s.sources_sum, d.token_count "  # noqa: S608
+                "FROM token_sources s JOIN documents d ON d.doc_id = s.doc_id "
+                f"WHERE s.doc_id IN ({marks})",
+                chunk,
+            )
+            out.update(self._checked_sources(rows))
+        return out
+
+    def _checked_sources(self, rows: Iterable[Sequence[Any]]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for doc_id, data, total, count in rows:
+            if not isinstance(data, bytes) or sources_digest(doc_id, data) != total:
+                raise self._damaged(f"the token sources of document row {doc_id}")
+            if len(data) % SOURCE_DTYPE.itemsize:
+                raise self._damaged(f"the token sources of document row {doc_id}")
+            sources = np.frombuffer(data, SOURCE_DTYPE).astype(np.int64)
+            if not check_sources(sources, int(count)):
+                raise CorruptIndex(
+                    f"{self.path}: the token sources of document row {doc_id} do not "
+                    f"describe its {count} stored vectors"
+                )
+            out[int(doc_id)] = sources
+        return out
+
+    def verify_sources(self) -> None:
+        """Check every pooled document's token sources (checksum, and that they describe
+        its stored vectors), and that each belongs to a document: what verify runs."""
+        if not self.pooled:
+            return
+        orphans = self._query(
+            "SELECT COUNT(*) FROM token_sources WHERE doc_id NOT IN (SELECT doc_id FROM documents)"
+        )[0][0]
+        if orphans:
+            raise CorruptIndex(f"{self.path}: {orphans} token sources belong to no document")
+        after = -(2**63)
+        while True:  # keyset pages, each checked and let go
+            rows = self._query(
+                "SELECT s.doc_id, s.sources, s.sources_sum, d.token_count "
+                "FROM token_sources s JOIN documents d ON d.doc_id = s.doc_id "
+                "WHERE s.doc_id > ? ORDER BY s.doc_id LIMIT ?",
+                [after, _CHUNK],
+            )
+            if not rows:
+                return
+            self._checked_sources(rows)
+            after = rows[-1][0]
 
     def lookup(self, external_ids: Sequence[str]) -> dict[str, int]:
         """Internal ids of the live documents among ``external_ids``."""

@@ -17,6 +17,11 @@ holds the documents ``doc_base .. doc_base + documents - 1`` and the token rows
 ``token_base .. token_base + tokens - 1``; the segments tile both ranges in
 order, without gaps.
 
+A pooled index (each document's token vectors merged into about one in
+``pool_factor``) records ``pool_factor``, which every later add must pool by; an
+index that is not pooled leaves the field out, so its manifest is what it was
+before pooling existed, and a manifest without it reads as factor 1.
+
 Parsing is strict: every field must be present with its JSON type (``1.0`` or
 ``true`` is not an integer), no unknown field is accepted, and counts and sizes
 must agree with each other. Anything else is :class:`CorruptIndex` naming the
@@ -41,6 +46,7 @@ __all__ = [
     "DELETED_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "MAX_POOL_FACTOR",
     "FileRecord",
     "Manifest",
     "SegmentRecord",
@@ -53,6 +59,10 @@ DELETED_NAME = "deleted.i64"
 _SEGMENT_NAME = re.compile(r"seg-\d{6,}\Z")
 MAX_DIM = 65_536
 MAX_ENCODER_BYTES = 1 << 20
+MAX_POOL_FACTOR = 64
+"""The largest pool factor a manifest may record: past it, a document keeps a vector
+or two, and the index is no longer a multi-vector index."""
+_OPTIONAL_FIELDS = {"pool_factor"}
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _FIELDS = {
     "format_version",
@@ -110,6 +120,9 @@ class Manifest:
     """The generation's ``deleted.i64``: sorted internal ids of deleted documents."""
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     sie_index_version: str = "0.1.0"
+    pool_factor: int = 1
+    """Each document's token vectors were merged into about ``1 / pool_factor`` as many
+    (1: not pooled); an add pools by the same factor."""
 
     @property
     def deleted_count(self) -> int:
@@ -118,7 +131,11 @@ class Manifest:
     def to_bytes(self) -> bytes:
         """The manifest's JSON (``ValueError`` for NaN or Inf, which no reader parses;
         ``TypeError`` for a value JSON cannot hold)."""
-        text = json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
+        raw = asdict(self)
+        # not pooled: the manifest as it was before pooling existed
+        if type(raw["pool_factor"]) is int and raw["pool_factor"] == 1:
+            del raw["pool_factor"]
+        text = json.dumps(raw, indent=2, sort_keys=True, allow_nan=False)
         return (text + "\n").encode("utf-8")
 
     @classmethod
@@ -149,7 +166,7 @@ class Manifest:
                 f"{where} has index format version {version!r}; this release of sie-index "
                 f"reads format version {FORMAT_VERSION}. Rebuild the index."
             )
-        unknown, missing = set(raw) - _FIELDS, _FIELDS - set(raw)
+        unknown, missing = set(raw) - _FIELDS - _OPTIONAL_FIELDS, _FIELDS - set(raw)
         if unknown or missing:
             raise CorruptIndex(
                 f"{where}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}"
@@ -221,6 +238,9 @@ class Manifest:
             deleted=deleted,
             created_at=check.string(raw, "created_at"),
             sie_index_version=check.string(raw, "sie_index_version"),
+            pool_factor=(
+                check.integer(raw, "pool_factor", 1, MAX_POOL_FACTOR) if "pool_factor" in raw else 1
+            ),
         )
 
 

@@ -141,6 +141,7 @@ def copy_segment(
             stored = docs.fetch(ids, text=True, metadata=True)
             if len(stored) != len(ids):
                 raise CorruptIndex(f"{where}/{DOCS_NAME} lacks documents the manifest counts")
+            sources = docs.sources(ids)
             local = np.asarray(ids) - seg.doc_base
             starts = spans.token_start[local] - seg.token_base
             counts = spans.token_count[local]
@@ -150,6 +151,7 @@ def copy_segment(
                     text=stored[i].text,
                     metadata=stored[i].metadata,
                     vectors=None,
+                    sources=sources.get(i),
                 )
                 for i in ids
             ]

@@ -40,7 +40,7 @@ import numpy as np
 
 from storage.build_journal import BatchRecord, rows_digest
 from storage.codec import CODEC_INDEX_NAME, CODECS, PROJECTION_NAME, VectorCodec, vector_file
-from storage.docstore import DOCS_NAME, DocRow, DocWriter
+from storage.docstore import DOCS_NAME, SOURCE_DTYPE, DocRow, DocWriter, check_sources
 from storage.errors import CorruptIndex, DimensionMismatch, InvalidInput
 from storage.fsio import block_checksums, fsync_dir, fsync_file
 from storage.manifest import FileRecord, SegmentRecord
@@ -105,6 +105,10 @@ class PendingDoc:
     metadata: Any
     vectors: np.ndarray | None
     """None where the stored rows come separately (:meth:`SegmentWriter.add_rows`)."""
+    sources: np.ndarray | None = None
+    """For a pooled document, the stored row (within the document) each of its
+    original tokens was merged into, in token order; None when each stored row is
+    one token (see :mod:`storage.docstore`)."""
     metadata_json: str | None = field(init=False, repr=False)
     """The metadata as the document store will hold it."""
 
@@ -298,6 +302,15 @@ class SegmentWriter:
         start = self.token_base + self.tokens.rows
         doc_rows: list[DocRow] = []
         for offset, (doc, count) in enumerate(zip(batch, counts, strict=True)):
+            sources = None
+            if doc.sources is not None:
+                src = as_array(doc.sources, doc.external_id)
+                if src.dtype.kind not in "iu" or not check_sources(src, int(count)):
+                    raise InvalidInput(
+                        f"token sources do not describe the document's {count} vectors",
+                        doc_id=doc.external_id,
+                    )
+                sources = np.ascontiguousarray(src, dtype=SOURCE_DTYPE).tobytes()
             doc_rows.append(
                 DocRow(
                     doc_id=first_doc + offset,
@@ -307,6 +320,7 @@ class SegmentWriter:
                     token_start=start,
                     token_count=count,
                     deleted=bool(deleted[offset]) if deleted is not None else False,
+                    sources=sources,
                 )
             )
             start += count

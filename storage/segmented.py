@@ -160,6 +160,16 @@ class SegmentedDocs:
             out.update(self.readers[s].fetch(ids[seg == s].tolist(), text=text, metadata=metadata))
         return out
 
+    def sources(self, doc_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Token sources of the pooled documents among ``doc_ids`` (see
+        :meth:`DocReader.sources`); a document not pooled is left out."""
+        ids = np.asarray(list(doc_ids), dtype=np.int64)
+        seg = np.searchsorted(self.bases, ids, side="right") - 1
+        out: dict[int, np.ndarray] = {}
+        for s in np.unique(seg[seg >= 0]).tolist():
+            out.update(self.readers[s].sources(ids[seg == s].tolist()))
+        return out
+
     def lookup_all(self, external_ids: Sequence[str]) -> dict[str, list[int]]:
         """Every internal id (deleted or not) each of ``external_ids`` has had."""
         out: dict[str, list[int]] = {}
@@ -175,6 +185,10 @@ class SegmentedDocs:
     def verify_content(self) -> None:
         for reader in self.readers:
             reader.verify_content()
+
+    def verify_sources(self) -> None:
+        for reader in self.readers:
+            reader.verify_sources()
 
     def doc_ids_where(
         self, predicate: Predicate, *, budget_s: float = FILTER_BUDGET_S

@@ -420,6 +420,7 @@ class StoreWriter:
                 for lo in range(0, len(live), COMPACT_CHUNK_DOCS):
                     chunk = live[lo : lo + COMPACT_CHUNK_DOCS]
                     stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
+                    sources = snap.docs.sources(chunk.tolist())
                     counts = snap.spans.token_count[chunk]
                     starts = snap.spans.token_start[chunk]
                     batch = [
@@ -428,6 +429,7 @@ class StoreWriter:
                             text=stored[d].text,
                             metadata=stored[d].metadata,
                             vectors=None,
+                            sources=sources.get(d),
                         )
                         for d in chunk.tolist()
                     ]

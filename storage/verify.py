@@ -48,6 +48,7 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
     try:
         with StoreSnapshot.open(folder, verify_vectors=True) as snap:
             snap.docs.verify_content()
+            snap.docs.verify_sources()
             live_ids = [
                 ext
                 for ext, deleted in zip(snap.docs.external_ids(), snap.spans.deleted, strict=True)

@@ -33,6 +33,13 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="keep this many dimensions (a projection fitted at build time; queries follow it)",
     )
+    p.add_argument(
+        "--pool-factor",
+        type=int,
+        default=1,
+        help="merge each document's token vectors into about one in N (Ward clustering; "
+        "queries untouched; adds pool alike); 1 keeps every token vector",
+    )
     p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
     p.add_argument("--skip-bad-lines", action="store_true", help="leave bad corpus lines out")
@@ -84,6 +91,8 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
     if args.shards is not None:
         if args.dim is not None:
             raise InvalidInput("--dim is not available with --shards (one shared quantizer)")
+        if args.pool_factor != 1:
+            raise InvalidInput("--pool-factor is not available with --shards yet")
         return ShardedIndex.build(
             out,
             corpus,
@@ -95,7 +104,15 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
         )
     if args.ray:
         raise InvalidInput("--ray builds sharded indexes: add --shards N")
-    return Index.build(out, corpus, encoder=encoder, dim=args.dim, resume=args.resume, **options)
+    return Index.build(
+        out,
+        corpus,
+        encoder=encoder,
+        dim=args.dim,
+        resume=args.resume,
+        pool_factor=args.pool_factor,
+        **options,
+    )
 
 
 def cmd_build(args: argparse.Namespace) -> int:

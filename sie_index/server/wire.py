@@ -90,6 +90,8 @@ class MatchedTokenOut(_Strict):
     similarity: float
     query_text: str | None = None
     doc_text: str | None = None
+    merged_tokens: list[int] | None = None
+    merged_texts: list[str] | None = None
 
 
 class HitOut(_Strict):
@@ -113,7 +115,7 @@ class HitOut(_Strict):
         """The :class:`~sie_index.Hit` this answer describes."""
         explain = None
         if self.explain is not None:
-            explain = tuple(MatchedToken(**m.model_dump()) for m in self.explain)
+            explain = tuple(MatchedToken(**m.model_dump(exclude_none=True)) for m in self.explain)
         return Hit(
             doc_id=self.doc_id,
             external_id=self.id,
