@@ -145,15 +145,19 @@ class EncodeAhead:
                 raise item
             yield item
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
+        """Stop after the batch being encoded; wait for it (at most ``wait`` seconds)."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(wait)
 
     def __enter__(self) -> EncodeAhead:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # On an error or Ctrl-C, do not wait out a slow encoder's request (an SIE
+        # server's deadline can be minutes): the daemon thread stops on its own
+        # once the request returns, and nothing it does after touches the store.
+        self.close(wait=None if exc_type is None else 1.0)
 
 
 @dataclass

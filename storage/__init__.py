@@ -11,7 +11,8 @@ and FAISS data (:mod:`storage.token_index`). :mod:`storage.builder` writes a new
 :mod:`storage.store_writer` changes one in place (and merges small segments as
 :mod:`storage.merging` says), :mod:`storage.commit` commits either, after the
 reader's own checks, :mod:`storage.snapshot` opens one (:mod:`storage.segmented`
-reads across its segments), :mod:`storage.verify` checks one. Its errors are in
+reads across its segments), :mod:`storage.verify` checks one, and
+:mod:`storage.build_journal` records a build in progress so it can be resumed. Its errors are in
 :mod:`storage.errors`. It knows nothing of models or HTTP, imports nothing from
 ``sie_index``, and importing it changes no process state.
 
@@ -63,6 +64,7 @@ __all__ = [
     "check_text",
     "mapped_os_errors",
     "plain_json",
+    "read_journal",
     "read_manifest",
     "read_shard_map",
     "shard_of",
@@ -111,10 +113,12 @@ _WHERE = {
     "check_build_options": "storage.builder",
     "plain_json": "storage.values",
     "read_manifest": "storage.snapshot",
+    "read_journal": "storage.build_journal",
     "verify_index": "storage.verify",
 }
 
 if TYPE_CHECKING:
+    from storage.build_journal import read_journal
     from storage.builder import CodecChoice, StoreBuilder, check_build_options
     from storage.docstore import DOCS_NAME
     from storage.errors import (

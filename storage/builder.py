@@ -607,9 +607,9 @@ class StoreBuilder:
             self.segment.docs.close()
         with contextlib.suppress(OSError, ValueError):
             self.segment.close_data()
-        log.warning(
+        log.info(
             "%s: the build stopped after %d documents; they are kept: resume it "
-            "(resume=True, --resume) to encode only the rest",
+            "(resume=True) to encode only the rest",
             self.target,
             self.segment.n_docs,
         )

@@ -502,6 +502,45 @@ def test_an_interrupt_is_one_line_and_status_130(
     assert err == "error: sie-index search: interrupted\n"
 
 
+def test_an_interrupted_build_says_what_is_kept_and_resumes(
+    sie_server: LoopbackSie, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (a real SIGINT) in a CLI build: one line that says to resume, exit
+    130; the resume encodes only what was not stored."""
+    docs = [{"id": f"d{i}", "text": f"package number {i} for testing"} for i in range(40)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    sie_server.faults.extend([Fault(), Fault()])  # two batches at full speed ...
+    sie_server.always = Fault(trickle=0.2)  # ... then the server crawls
+    sie = ["--encoder", "sie", "--sie-url", sie_server.url, "--model", MODEL]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    idx = tmp_path / "idx"
+    build = ["build", str(corpus), str(idx), "--batch-size", "8", *sie]
+    args = [sys.executable, "-m", "sie_index.cli", "-q", *build]
+    with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) as child:
+        try:
+            deadline = time.monotonic() + 60
+            while sie_server.stats.requests < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sie_server.stats.requests >= 3, "the build never reached its third batch"
+            child.send_signal(signal.SIGINT)
+            _, err = child.communicate(timeout=30)
+        finally:
+            sie_server.always = None
+            child.kill()
+    assert child.returncode == 130
+    assert err == (
+        "error: sie-index build: interrupted; what it encoded is kept: "
+        "run the same command with --resume\n"
+    )
+    assert main(["-q", *build, "--resume"]) == 0
+    out = capsys.readouterr().out
+    kept = int(out.split("resumed: ")[1].split()[0])
+    assert 8 <= kept < 40 and kept % 8 == 0
+    with Index.open(idx) as index:
+        assert sorted(index.external_ids()) == sorted(d["id"] for d in docs)
+
+
 def test_add_resume_leaves_out_what_is_in_and_commits_in_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

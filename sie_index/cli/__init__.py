@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sie_index import __version__
 from sie_index.cli import build, demo, evaluate, info, search, serve, update
@@ -38,6 +39,16 @@ _KEYWORD_FLAGS = (
     (re.compile(r"\bdim=(\d+):"), r"--dim \1:"),
     (re.compile(r"\bopen the index with encoder=\.\.\."), "name its encoder with --encoder"),
 )
+
+
+def read_journal_safely(folder: Path) -> bool:
+    """Whether ``folder`` holds an interrupted build (its journal), without raising."""
+    from storage import read_journal
+
+    try:
+        return read_journal(folder) is not None
+    except (OSError, SieIndexError):
+        return False
 
 
 def as_flags(message: str) -> str:
@@ -77,5 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: sie-index {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"error: sie-index {args.command}: interrupted", file=sys.stderr)
+        kept = ""
+        if args.command == "build" and read_journal_safely(Path(args.index)):
+            kept = "; what it encoded is kept: run the same command with --resume"
+        print(f"error: sie-index {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
