@@ -26,7 +26,7 @@ from typing import Any
 KINDS = ("flat", "ivf-sq8", "hnsw", "ivf-pq:4sqrt", "auto")
 FLAT_MAX_TOKENS = 500_000
 """``flat`` is left out above this: every query scans every token (127k tokens:
-57 ms; the exact index only matters for tiny corpora)."""
+42 ms; the exact index only matters for tiny corpora)."""
 """``KIND:4sqrt``: that kind with the ``nlist`` rule ``auto`` used before it scaled
 with the corpus, ``2 ** round(log2(4 * sqrt(tokens)))``, for a before/after in one run."""
 CHUNK_DOCS = 1024

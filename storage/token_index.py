@@ -15,9 +15,10 @@ than N / 39 (FAISS needs about 39 training points a list), where ``c`` is 4 from
 :data:`NLIST_FULL_TOKENS` tokens on and falls linearly to 1 at a quarter of that:
 k-means costs about ``nlist**2`` (its sample grows with ``nlist``), and a small
 corpus searched with ``nprobe`` lists of a few hundred tokens each loses nothing
-by having fewer of them (``scripts/bench.py --kinds``: 1,500 documents, 127k
-tokens, built in about a second where the old ``4 * sqrt(N)`` rule took 14 s, at the
-same quality and speed). Training reads
+by having fewer of them (``scripts/bench.py kinds``, one run: 1,500 documents,
+127k tokens, index built in 2.8 s where the old ``4 * sqrt(N)`` rule took 10.9 s,
+same quality, 2.8 ms more a query; 5,000 documents: 14.5 s against 25 s, same
+speed). Training reads
 a bounded, seeded sample of rows (:func:`training_rows`), so build memory does
 not grow with the corpus; vectors are then read and added chunk by chunk (read,
 not mapped, so a pass over the store leaves no mapped pages in the process).
@@ -60,7 +61,7 @@ INDEX_KINDS = ("auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
 AUTO_FLAT_MAX_TOKENS = 16_384
 """Up to here (about 200 documents) ``auto`` keeps an exact ``flat`` index: a scan
 of every token costs about as much as an IVF search. Beyond it the flat scan grows
-with the corpus (127k tokens: 57 ms a query, ``scripts/bench.py --kinds``); and
+with the corpus (127k tokens: 42 ms a query, ``scripts/bench.py kinds``); and
 below :data:`SearchParams.exact_threshold` documents a search scores every document
 exactly anyway."""
 NLIST_FULL_TOKENS = 1_000_000
