@@ -15,7 +15,7 @@ than N / 39 (FAISS needs about 39 training points a list), where ``c`` is 4 from
 :data:`NLIST_FULL_TOKENS` tokens on and falls linearly to 1 at a quarter of that:
 k-means costs about ``nlist**2`` (its sample grows with ``nlist``), and a small
 corpus searched with ``nprobe`` lists of a few hundred tokens each loses nothing
-by having fewer of them (``scripts/bench.py --kinds``: 1,500 documents, 127k
+by having fewer of them (``scripts/bench.py kinds``: 1,500 documents, 127k
 tokens, built in about a second where the old ``4 * sqrt(N)`` rule took 14 s, at the
 same quality and speed). Training reads
 a bounded, seeded sample of rows (:func:`training_rows`), so build memory does
@@ -60,7 +60,7 @@ INDEX_KINDS = ("auto", "flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw")
 AUTO_FLAT_MAX_TOKENS = 16_384
 """Up to here (about 200 documents) ``auto`` keeps an exact ``flat`` index: a scan
 of every token costs about as much as an IVF search. Beyond it the flat scan grows
-with the corpus (127k tokens: 57 ms a query, ``scripts/bench.py --kinds``); and
+with the corpus (127k tokens: 57 ms a query, ``scripts/bench.py kinds``); and
 below :data:`SearchParams.exact_threshold` documents a search scores every document
 exactly anyway."""
 NLIST_FULL_TOKENS = 1_000_000
