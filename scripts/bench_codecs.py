@@ -192,14 +192,16 @@ def command(args: argparse.Namespace) -> int:
             }
             continue
         result_path = out / f"{name}.build.json"
-        if args.reuse and (target / "CURRENT").is_file() and result_path.is_file():
+        reused = args.reuse and (target / "CURRENT").is_file() and result_path.is_file()
+        if reused:
             build = json.loads(result_path.read_text())
         else:
             build = in_child(
                 build_variant, Path(args.index), target, codec, int(dim or 0), keep=result_path
             )
         builds[name] = {**build, "path": str(target)}
-        print(f"built {name}: {builds[name]['bytes_per_token']:.1f} B/token", flush=True)
+        done = "reused" if reused else "built"
+        print(f"{done} {name}: {builds[name]['bytes_per_token']:.1f} B/token", flush=True)
     paths = {n: b["path"] for n, b in builds.items()}
     search = in_child(
         search_variants, Path(args.index), paths, args.queries, keep=out / "search.json"
