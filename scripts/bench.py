@@ -1,38 +1,44 @@
-"""The full-corpus benchmark: build, search quality and speed against exhaustive MaxSim.
+"""One benchmark tool: ``python scripts/bench.py SUBCOMMAND [options]``.
 
-    python scripts/bench.py                      # full debian-pkgs, default encoder
-    python scripts/bench.py --limit 5000         # a quick look
-    python scripts/bench.py --reuse              # keep an index built by an earlier run
-    python scripts/bench.py --encoding           # encoding speed only (scripts/bench_encoding.py)
-    python scripts/bench.py --living             # changes in place (scripts/bench_living.py)
-    python scripts/bench.py --codecs             # codec x dim on this index (bench_codecs.py)
-    python scripts/bench.py --phases             # ms a phase, single vs batch (bench_phases.py)
-    python scripts/bench.py --rerank-codes       # MRR a product code keeps (bench_rerank_codes.py)
-    python scripts/bench.py --shards             # 1/2/4 shards, local and Ray (bench_shards.py)
-    python scripts/bench.py --merges             # 10,000 single adds, merged? (bench_merges.py)
-    python scripts/bench.py --server             # the HTTP service under load (bench_server.py)
-    python scripts/bench.py --kinds              # index kinds by corpus size (bench_kinds.py)
-    python scripts/bench.py --pooling            # pool factor 1/2/3, 3,000 docs (bench_pooling.py)
+    python scripts/bench.py full                  # build, search, exhaustive: full debian-pkgs
+    python scripts/bench.py full --limit 5000     # a quick look
+    python scripts/bench.py build                 # the index alone (runs/bench/index)
+    python scripts/bench.py search                # search and exhaustive on the index built
+    python scripts/bench.py codecs                # then: codec x dim from its stored vectors
+    python scripts/bench.py SUBCOMMAND --help     # what it measures, and its options
 
-Each phase runs in its own process so its peak RSS is its own:
+``python scripts/bench.py --help`` lists every subcommand. Each writes NAME.json
+and NAME.md under ``--out`` (runs/bench) through the one report writer
+(``bench_report.py``: the exact command, the machine's cores, the date, how its
+timings were taken) and runs what needs its own peak RSS through the one
+worker-process helper (``bench_child.py``). The measurements of the other
+subcommands live in ``bench_<name>.py``; ``build``, ``search`` and ``full`` are here,
+each step in its own process:
+
 1. build: encode + store + token index (timings split into encoding and indexing);
+   writes build.json and build.md;
 2. search: every dev query one at a time (2 threads), the pipeline's metrics and
    latency, plus a small sweep of search settings on the same index;
 3. exhaustive: the oracle, exact MaxSim over every stored token, its metrics and
    its per-query latency.
-Writes runs/bench/report.json and report.md (a table with the exact command).
+
+``search`` (2 and 3) and ``full`` (1 to 3) write report.json and report.md; the
+steps' own results stay as build.json, search.json and exhaustive.json, which
+``codecs`` and ``rerank-codes`` read.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_child import in_child, peak_rss_mb
+from bench_report import write_report
 
 SWEEP = [  # (k_token, nprobe, n_rerank)
     (32, 8, 32),
@@ -40,29 +46,39 @@ SWEEP = [  # (k_token, nprobe, n_rerank)
     (64, 16, 64),
     (128, 16, 128),
 ]
+COMMANDS = [  # subcommand, the module of its measurements (add_arguments, command)
+    ("phases", "bench_phases"),
+    ("codecs", "bench_codecs"),
+    ("living", "bench_living"),
+    ("encoding", "bench_encoding"),
+    ("kinds", "bench_kinds"),
+    ("pooling", "bench_pooling"),
+    ("rerank-codes", "bench_rerank_codes"),
+    ("shards", "bench_shards"),
+    ("merges", "bench_merges"),
+    ("server", "bench_server"),
+]
+MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def worker_build(args: argparse.Namespace) -> dict[str, Any]:
+def worker_build(index_path: str, limit: int, index_kind: str, codec: str) -> dict[str, Any]:
     from sie_index.index import Index
 
     index = Index.build(
-        args.index,
+        index_path,
         "debian-pkgs",
-        limit=args.limit or None,
+        limit=limit or None,
         on_error="skip",
         overwrite=True,
-        index_kind=args.index_kind,
-        codec=args.codec,
+        index_kind=index_kind,
+        codec=codec,
         progress=False,
     )
     r = index.build_report
     assert r is not None
     info = index.info()
     return {
+        "index": index_path,
         "documents": r.documents,
         "tokens": r.tokens,
         "skipped_lines": len(r.bad_lines),
@@ -74,23 +90,23 @@ def worker_build(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_per_token": info["bytes_per_token"],
         "files_bytes": info["files_bytes"],
         "token_index": info["token_index"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def worker_search(args: argparse.Namespace) -> dict[str, Any]:
+def worker_search(index_path: str, queries: int | None) -> dict[str, Any]:
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import evaluate
     from sie_index.index import Index
     from sie_index.params import SearchParams
 
-    index = Index.open(args.index, verify=False)
+    index = Index.open(index_path, verify=False)
     dataset = BeirDataset.load("debian-pkgs")
-    main = evaluate(index, dataset, params=SearchParams(), max_queries=args.queries)
+    main = evaluate(index, dataset, params=SearchParams(), max_queries=queries)
     sweep = []
     for k_token, nprobe, n_rerank in SWEEP:
         p = SearchParams(k_token=k_token, nprobe=nprobe, n_rerank=n_rerank)
-        rep = evaluate(index, dataset, params=p, max_queries=args.queries)
+        rep = evaluate(index, dataset, params=p, max_queries=queries)
         sweep.append(
             {
                 "k_token": k_token,
@@ -100,56 +116,68 @@ def worker_search(args: argparse.Namespace) -> dict[str, Any]:
                 "latency_ms": rep.latency_ms,
             }
         )
-    return {"main": json.loads(main.to_json()), "sweep": sweep, "peak_rss_mb": _peak_rss_mb()}
+    return {"main": json.loads(main.to_json()), "sweep": sweep, "peak_rss_mb": peak_rss_mb()}
 
 
-def worker_exhaustive(args: argparse.Namespace) -> dict[str, Any]:
+def worker_exhaustive(index_path: str, queries: int | None, latency_queries: int) -> dict[str, Any]:
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import evaluate
     from sie_index.index import Index
 
-    index = Index.open(args.index, verify=False)
+    index = Index.open(index_path, verify=False)
     dataset = BeirDataset.load("debian-pkgs")
     rep = evaluate(
         index,
         dataset,
         exhaustive=True,
-        max_queries=args.queries,
-        exhaustive_latency_queries=args.exhaustive_latency_queries,
+        max_queries=queries,
+        exhaustive_latency_queries=latency_queries,
     )
     return {
         "exhaustive_metrics": rep.exhaustive_metrics,
         "exhaustive_latency_ms": rep.exhaustive_latency_ms,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
-WORKERS = {"build": worker_build, "search": worker_search, "exhaustive": worker_exhaustive}
-
-
-def _run_worker(name: str, argv: list[str], out: Path) -> dict[str, Any]:
-    target = out / f"{name}.json"
+def _timed(fn: Any, *args: Any, keep: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, __file__, "--worker", name, "--worker-out", str(target), *argv], check=True
-    )
-    result: dict[str, Any] = json.loads(target.read_text())
+    result: dict[str, Any] = in_child(fn, *args, keep=keep)
     result["wall_s"] = time.perf_counter() - t0
     return result
 
 
-def _table(build: dict[str, Any], search: dict[str, Any], ex: dict[str, Any], command: str) -> str:
-    m = search["main"]
-    pm, lat = m["metrics"], m["latency_ms"]
-    em, elat = ex["exhaustive_metrics"], ex["exhaustive_latency_ms"]
-    rows = [
+def _build_rows(build: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
         (
             "documents / tokens",
             f"{build['documents']:,} / {build['tokens']:,} "
             f"({build['skipped_lines']} repeated-id lines skipped)",
         ),
-        ("queries", f"{m['queries']}"),
         ("token index", json.dumps(build["token_index"])),
+        (
+            "build: encoding / storing / indexing (s)",
+            f"{build['encode_s']:.0f} / {build['store_s']:.0f} / {build['index_s']:.0f}",
+        ),
+        (
+            "index size on disk",
+            f"{build['index_bytes'] / 2**20:,.0f} MiB, "
+            f"{build['bytes_per_token']:.0f} bytes a token",
+        ),
+        ("peak RSS build (MiB)", f"{build['peak_rss_mb']:,.0f}"),
+    ]
+
+
+def _markdown(rows: list[tuple[str, str]]) -> list[str]:
+    return ["| measure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+
+
+def _table(build: dict[str, Any] | None, search: dict[str, Any], ex: dict[str, Any]) -> str:
+    m = search["main"]
+    pm, lat = m["metrics"], m["latency_ms"]
+    em, elat = ex["exhaustive_metrics"], ex["exhaustive_latency_ms"]
+    rows = [
+        ("queries", f"{m['queries']}"),
         (
             "MRR@10 pipeline / exhaustive / ratio",
             f"{pm['MRR@10']:.4f} / {em['MRR@10']:.4f} / {pm['MRR@10'] / em['MRR@10']:.3f}",
@@ -171,22 +199,14 @@ def _table(build: dict[str, Any], search: dict[str, Any], ex: dict[str, Any], co
         ("exhaustive MaxSim p50 / p95 (ms)", f"{elat['p50']:.1f} / {elat['p95']:.1f}"),
         ("exhaustive p50 / pipeline p50", f"{elat['p50'] / lat['search_p50']:.1f}x"),
         (
-            "build: encoding / storing / indexing (s)",
-            f"{build['encode_s']:.0f} / {build['store_s']:.0f} / {build['index_s']:.0f}",
-        ),
-        (
-            "index size on disk",
-            f"{build['index_bytes'] / 2**20:,.0f} MiB, "
-            f"{build['bytes_per_token']:.0f} bytes a token",
-        ),
-        (
-            "peak RSS build / search / exhaustive (MiB)",
-            " / ".join(f"{r['peak_rss_mb']:,.0f}" for r in (build, search, ex)),
+            "peak RSS search / exhaustive (MiB)",
+            " / ".join(f"{r['peak_rss_mb']:,.0f}" for r in (search, ex)),
         ),
     ]
-    lines = [f"Command: `{command}`", "", "| measure | value |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
-    lines += [
+    if build is not None:
+        rows = _build_rows(build) + rows
+    lines = [
+        *_markdown(rows),
         "",
         "Search settings (same index, same queries):",
         "",
@@ -202,176 +222,100 @@ def _table(build: dict[str, Any], search: dict[str, Any], ex: dict[str, Any], co
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="documents to index (0: all)")
-    parser.add_argument("--index", default="runs/bench/index")
     parser.add_argument("--index-kind", default="auto")
     parser.add_argument(
         "--codec",
         default="f16",
-        help="f16 by default: its vectors are the exhaustive oracle's and --codecs's source",
+        help="f16 by default: its vectors are the exhaustive oracle's and `codecs`'s source",
     )
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queries", type=int, default=None, help="dev queries to run (default all)"
     )
     parser.add_argument("--exhaustive-latency-queries", type=int, default=50)
-    parser.add_argument("--reuse", action="store_true", help="reuse an existing index")
-    parser.add_argument("--out", default="runs/bench")
-    parser.add_argument(
-        "--encoding", action="store_true", help="measure encoding speed only (bench_encoding.py)"
-    )
-    parser.add_argument("--encoding-docs", type=int, default=2000, help="documents (--encoding)")
-    parser.add_argument(
-        "--living", action="store_true", help="measure changes in place only (bench_living.py)"
-    )
-    parser.add_argument("--living-docs", type=int, default=60_000, help="documents (--living)")
-    parser.add_argument(
-        "--codecs",
-        action="store_true",
-        help="codec x dim variants of the index an earlier run built (bench_codecs.py)",
-    )
-    parser.add_argument(
-        "--phases",
-        action="store_true",
-        help="where a query's time goes, one at a time and batched (bench_phases.py)",
-    )
-    parser.add_argument(
-        "--rerank-codes",
-        action="store_true",
-        help="MRR@10 each product code keeps when it scores the rerank (bench_rerank_codes.py)",
-    )
-    parser.add_argument(
-        "--merges",
-        action="store_true",
-        help="single-document adds with and without segment merging (bench_merges.py)",
-    )
-    parser.add_argument("--merge-adds", type=int, default=10_000, help="adds (--merges)")
-    parser.add_argument(
-        "--shards",
-        action="store_true",
-        help="sharded search (1/2/4 shards, local and Ray) and Ray Data builds (bench_shards.py)",
-    )
-    parser.add_argument(
-        "--server",
-        action="store_true",
-        help="QPS and p50/p99 of sie-index serve at 1, 4, 16 clients (bench_server.py)",
-    )
-    parser.add_argument(
-        "--server-docs", type=int, default=20_000, help="synthetic documents (--server)"
-    )
-    parser.add_argument(
-        "--kinds",
-        action="store_true",
-        help="index kinds by corpus size: build s, p50, quality (bench_kinds.py)",
-    )
-    parser.add_argument(
-        "--kind-sizes", default="1500,5000,15000", help="documents a variant (--kinds)"
-    )
-    parser.add_argument(
-        "--pooling",
-        action="store_true",
-        help="pool factors: tokens, bytes, quality, p50 (bench_pooling.py)",
-    )
-    parser.add_argument("--pooling-docs", type=int, default=3000, help="documents (--pooling)")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        result = WORKERS[args.worker](args)
-        Path(args.worker_out).write_text(json.dumps(result, indent=2))
-        return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.encoding:
-        import bench_encoding
 
-        result = bench_encoding.run(args.encoding_docs)
-        result["command"] = "python " + " ".join(sys.argv)
-        (out / "encoding.json").write_text(json.dumps(result, indent=2))
-        print(bench_encoding.table(result))
-        return 0
-    if args.pooling:
-        import bench_pooling
 
-        pooling_args = ["--docs", str(args.pooling_docs), "--out", str(out / "pooling")]
-        if args.queries:
-            pooling_args += ["--queries", str(args.queries)]
-        return bench_pooling.main(pooling_args)
-    if args.codecs:
-        import bench_codecs
+def run_build(args: argparse.Namespace) -> dict[str, Any]:
+    """Build ``--index`` in a child process; write build.json and build.md."""
+    build = _timed(worker_build, args.index, args.limit, args.index_kind, args.codec)
+    medians = "one run"
+    write_report(Path(args.out), "build", build, "\n".join(_markdown(_build_rows(build))), medians)
+    return build
 
-        codec_args = ["--base", args.index, "--bench-out", str(out)]
-        if args.queries:
-            codec_args += ["--queries", str(args.queries)]
-        return bench_codecs.main(codec_args)
-    if args.phases:
-        import bench_phases
 
-        return bench_phases.main(
-            ["--index", args.index, "--bench-out", str(out), "--queries", str(args.queries or 1000)]
-        )
-    if args.rerank_codes:
-        import bench_rerank_codes
-
-        codes_args = ["--index", args.index, "--bench-out", str(out)]
-        if args.queries:
-            codes_args += ["--queries", str(args.queries)]
-        return bench_rerank_codes.main(codes_args)
-    if args.shards:
-        import bench_shards
-
-        shard_args = ["--index", args.index, "--out", str(out)]
-        if args.queries:
-            shard_args += ["--queries", str(args.queries)]
-        return bench_shards.main(shard_args)
-    if args.merges:
-        import bench_merges
-
-        return bench_merges.main(["--adds", str(args.merge_adds), "--out", str(out)])
-    if args.server:
-        import bench_server
-
-        source = ["--index", args.index] if args.reuse else ["--synthetic", str(args.server_docs)]
-        return bench_server.main([*source, "--out", str(out)])
-    if args.kinds:
-        import bench_kinds
-
-        kind_args = ["--sizes", args.kind_sizes, "--out", str(out)]
-        if args.queries:
-            kind_args += ["--queries", str(args.queries)]
-        return bench_kinds.main(kind_args)
-    if args.living:
-        import bench_living
-
-        return bench_living.main(["--docs", str(args.living_docs)])
-    argv = [
-        "--index",
-        args.index,
-        "--index-kind",
-        args.index_kind,
-        "--codec",
-        args.codec,
-        "--limit",
-        str(args.limit),
-        "--exhaustive-latency-queries",
-        str(args.exhaustive_latency_queries),
-    ]
-    if args.queries:
-        argv += ["--queries", str(args.queries)]
-    if args.reuse and (Path(args.index) / "CURRENT").is_file() and (out / "build.json").is_file():
-        build = json.loads((out / "build.json").read_text())
-    else:
-        build = _run_worker("build", argv, out)
-    search = _run_worker("search", argv, out)
-    ex = _run_worker("exhaustive", argv, out)
-    command = "python " + " ".join(sys.argv)
-    report = {"build": build, "search": search, "exhaustive": ex, "command": command}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    table = _table(build, search, ex, command)
-    (out / "report.md").write_text(table)
-    print(table)
+def command_build(args: argparse.Namespace) -> int:
+    run_build(args)
     return 0
+
+
+def command_search(args: argparse.Namespace, build: dict[str, Any] | None = None) -> int:
+    out = Path(args.out)
+    if build is None and (out / "build.json").is_file():  # the build of this index, if any
+        build = json.loads((out / "build.json").read_text())
+        build = build if build.get("index") == args.index else None
+    search = _timed(worker_search, args.index, args.queries, keep=out / "search.json")
+    ex = _timed(
+        worker_exhaustive,
+        args.index,
+        args.queries,
+        args.exhaustive_latency_queries,
+        keep=out / "exhaustive.json",
+    )
+    report = {"build": build, "search": search, "exhaustive": ex}
+    write_report(out, "report", report, _table(build, search, ex), MEDIANS)
+    return 0
+
+
+def command_full(args: argparse.Namespace) -> int:
+    return command_search(args, run_build(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """bench.py's parser: one subparser a subcommand, each with its own options."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    def add(name: str, doc: str) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(
+            name,
+            help=" ".join(doc.strip().split("\n\n")[0].split()).rstrip("."),
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--out", default="runs/bench", help="folder of the reports")
+        return sub
+
+    full = add("full", "Build, search and exhaustive MaxSim, each in its own process.")
+    build = add("build", "Build the debian-pkgs index (encode, store, token index).")
+    search = add("search", "Search quality and speed against exhaustive MaxSim, on a built index.")
+    for sub in (full, build, search):
+        sub.add_argument("--index", default="runs/bench/index")
+    for sub in (full, build):
+        _add_build_arguments(sub)
+    for sub in (full, search):
+        _add_search_arguments(sub)
+    full.set_defaults(run=command_full)
+    build.set_defaults(run=command_build)
+    search.set_defaults(run=command_search)
+    for name, module_name in COMMANDS:
+        module = importlib.import_module(module_name)
+        sub = add(name, module.__doc__ or name)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

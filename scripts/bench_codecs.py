@@ -1,46 +1,45 @@
 """Vector codecs on the full corpus: bytes a token, quality and speed against exhaustive MaxSim.
 
-    python scripts/bench.py               # first: the f16 index and its exhaustive oracle
-    python scripts/bench.py --codecs      # then: every codec x dim, built from its vectors
+    python scripts/bench.py full          # first: the f16 index and its exhaustive oracle
+    python scripts/bench.py codecs        # then: every codec x dim, built from its vectors
+    python scripts/bench.py codecs --variants f16,pq,pq-128 --reuse   # search again only
 
 Each variant (codec, dim) is built in its own process from the stored vectors of
-the f16 index that ``scripts/bench.py`` built (those are the encoder's vectors in
+the f16 index that ``bench.py full`` built (those are the encoder's vectors in
 float16, so no variant re-encodes the corpus), with the default index kind. Every
 variant then answers the same encoded dev queries one at a time at default
 settings and with a deeper rerank, and is scored against exhaustive MaxSim over
-the f16 index's uncompressed vectors (the oracle of ``scripts/bench.py``), so the
-whole loss, ANN and codec together, shows in one ratio. Bytes a token count every
-file of the index on disk (ANN codes, token map, documents) over its tokens.
-Writes runs/bench/codecs.json and codecs.md.
+the f16 index's uncompressed vectors (the oracle of ``bench.py full``, read from
+exhaustive.json under ``--out``), so the whole loss, ANN and codec together,
+shows in one ratio. Bytes a token count every file of the index on disk (ANN
+codes, token map, documents) over its tokens. ``--reuse`` searches the variants
+an earlier ``--keep`` run left instead of building them again.
+Writes codecs.json and codecs.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_child import in_child, peak_rss_mb
+from bench_report import write_report
+
 VARIANTS = [("f16", 0), ("sq8", 0), ("pq", 0), ("f16", 128), ("sq8", 128), ("pq", 128)]
 RERANK = (64, 256)
-CHUNK_DOCS = 1024
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
 
 def build_variant(base: Path, target: Path, codec: str, dim: int) -> dict[str, Any]:
     """Build ``target`` from the documents and stored vectors of ``base``."""
-    import numpy as np
+    from bench_stored import stored_batches
 
     from sie_index.index import Index
-    from storage import CodecChoice, PendingDoc, StoreBuilder, StoreSnapshot
+    from storage import CodecChoice, StoreBuilder, StoreSnapshot
 
     t0 = time.perf_counter()
     with StoreSnapshot.open(base, verify_vectors=False) as snap:
@@ -48,24 +47,8 @@ def build_variant(base: Path, target: Path, codec: str, dim: int) -> dict[str, A
         with StoreBuilder(
             target, snap.codec.input_dim, overwrite=True, codec=CodecChoice(codec, dim or None)
         ) as builder:
-            live = np.flatnonzero(~snap.spans.deleted)
-            for lo in range(0, len(live), CHUNK_DOCS):
-                chunk = live[lo : lo + CHUNK_DOCS]
-                stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
-                counts = snap.spans.token_count[chunk]
-                vectors = snap.tokens.spans(snap.spans.token_start[chunk], counts)
-                parts = np.split(vectors, np.cumsum(counts)[:-1])
-                builder.add(
-                    [
-                        PendingDoc(
-                            external_id=stored[d].external_id,
-                            text=stored[d].text,
-                            metadata=stored[d].metadata,
-                            vectors=v,
-                        )
-                        for d, v in zip(chunk.tolist(), parts, strict=True)
-                    ]
-                )
+            for batch in stored_batches(snap):
+                builder.add(batch)
             store_s = time.perf_counter() - t0
             builder.finish(encoder_spec=spec)
     build_s = time.perf_counter() - t0
@@ -82,7 +65,7 @@ def build_variant(base: Path, target: Path, codec: str, dim: int) -> dict[str, A
         "vector_bytes_per_token": info["vector_bytes_per_token"],
         "token_index": info["token_index"]["factory"],
         "files_bytes": info["files_bytes"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -137,7 +120,7 @@ def search_variants(base: Path, paths: dict[str, str], queries: int | None) -> d
                     }
                 )
             results[name] = rows
-    return {"queries": len(qids), "search": results, "peak_rss_mb": _peak_rss_mb()}
+    return {"queries": len(qids), "search": results, "peak_rss_mb": peak_rss_mb()}
 
 
 def _name(codec: str, dim: int) -> str:
@@ -147,11 +130,9 @@ def _name(codec: str, dim: int) -> str:
 def table(report: dict[str, Any]) -> str:
     ex = report["exhaustive_metrics"]
     lines = [
-        f"Command: `{report['command']}`",
-        "",
         f"{report['queries']} dev queries; exhaustive MaxSim over the f16 vectors: "
         f"MRR@10 {ex['MRR@10']:.4f}, R@100 {ex['R@100']:.4f}. p50/p95: search only, one "
-        "query at a time, one run on the 2-core machine.",
+        "query at a time.",
         "",
         "| codec | dim | bytes a token (vectors) | ANN | n_rerank | MRR@10 | ratio | R@100 "
         "| ratio | p50 ms | p95 ms | q/s one at a time / batch | build s |",
@@ -171,36 +152,24 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _worker(args: argparse.Namespace) -> int:
-    if args.worker == "build":
-        result = build_variant(Path(args.base), Path(args.target), args.codec, args.dim)
-    else:
-        paths = dict(item.split("=", 1) for item in args.names.split(","))
-        result = search_variants(Path(args.base), paths, args.queries)
-    Path(args.worker_out).write_text(json.dumps(result, indent=2))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--base", default="runs/bench/index", help="the f16 index of bench.py")
-    parser.add_argument("--bench-out", default="runs/bench", help="where bench.py wrote its json")
-    parser.add_argument("--out", default="runs/bench/codecs", help="where the variants go")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", default="runs/bench/index", help="the f16 index of `full`")
+    parser.add_argument(
+        "--variants-dir", help="where the variants' indexes go (default: OUT/codecs)"
+    )
     parser.add_argument("--queries", type=int, default=None)
     parser.add_argument("--variants", default=",".join(_name(c, d) for c, d in VARIANTS))
     parser.add_argument("--keep", action="store_true", help="keep the variants' indexes")
-    parser.add_argument("--worker", choices=("build", "search"))
-    parser.add_argument("--worker-out")
-    parser.add_argument("--target")
-    parser.add_argument("--codec")
-    parser.add_argument("--dim", type=int, default=0)
-    parser.add_argument("--names")
-    args = parser.parse_args(argv)
-    if args.worker:
-        return _worker(args)
-    out = Path(args.out)
+    parser.add_argument(
+        "--reuse", action="store_true", help="search (and keep) the variants a --keep run left"
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    bench_out = Path(args.out)
+    out = Path(args.variants_dir) if args.variants_dir else bench_out / "codecs"
     out.mkdir(parents=True, exist_ok=True)
-    exhaustive = json.loads((Path(args.bench_out) / "exhaustive.json").read_text())
+    exhaustive = json.loads((bench_out / "exhaustive.json").read_text())
     builds: dict[str, Any] = {}
     for name in args.variants.split(","):
         codec, _, dim = name.partition("-")
@@ -208,51 +177,44 @@ def main(argv: list[str] | None = None) -> int:
         if codec == "f16" and not dim:  # the bench.py index itself
             from sie_index.index import Index
 
-            base_build = json.loads((Path(args.bench_out) / "build.json").read_text())
-            with Index.open(args.base, verify=False) as index:
+            base_build = json.loads((bench_out / "build.json").read_text())
+            with Index.open(args.index, verify=False) as index:
                 info = index.info()
             builds[name] = {
                 "codec": "f16",
                 "dim": info["dim"],
-                "path": args.base,
+                "path": args.index,
                 "build_s": base_build["index_s"] + base_build["store_s"],
                 "bytes_per_token": info["bytes_per_token"],
                 "vector_bytes_per_token": info["vector_bytes_per_token"],
                 "token_index": info["token_index"]["factory"],
-                "note": "the bench.py build (storing + indexing, encoding not counted)",
+                "note": "the bench.py full build (storing + indexing, encoding not counted)",
             }
             continue
         result_path = out / f"{name}.build.json"
-        cmd = [sys.executable, __file__, "--worker", "build", "--worker-out", str(result_path)]
-        cmd += ["--base", args.base, "--target", str(target), "--codec", codec]
-        cmd += ["--dim", dim or "0"]
-        subprocess.run(cmd, check=True)
-        builds[name] = {**json.loads(result_path.read_text()), "path": str(target)}
-        print(f"built {name}: {builds[name]['bytes_per_token']:.1f} B/token", flush=True)
-    search_path = out / "search.json"
-    cmd = [sys.executable, __file__, "--worker", "search", "--worker-out", str(search_path)]
-    cmd += ["--base", args.base, "--names", ",".join(f"{n}={b['path']}" for n, b in builds.items())]
-    if args.queries:
-        cmd += ["--queries", str(args.queries)]
-    subprocess.run(cmd, check=True)
-    search = json.loads(search_path.read_text())
+        reused = args.reuse and (target / "CURRENT").is_file() and result_path.is_file()
+        if reused:
+            build = json.loads(result_path.read_text())
+        else:
+            build = in_child(
+                build_variant, Path(args.index), target, codec, int(dim or 0), keep=result_path
+            )
+        builds[name] = {**build, "path": str(target)}
+        done = "reused" if reused else "built"
+        print(f"{done} {name}: {builds[name]['bytes_per_token']:.1f} B/token", flush=True)
+    paths = {n: b["path"] for n, b in builds.items()}
+    search = in_child(
+        search_variants, Path(args.index), paths, args.queries, keep=out / "search.json"
+    )
     report = {
-        "command": "python " + " ".join(sys.argv),
         "queries": search["queries"],
         "exhaustive_metrics": exhaustive["exhaustive_metrics"],
         "builds": builds,
         "search": search["search"],
     }
-    (Path(args.bench_out) / "codecs.json").write_text(json.dumps(report, indent=2))
-    text = table(report)
-    (Path(args.bench_out) / "codecs.md").write_text(text)
-    print(text)
-    if not args.keep:
+    write_report(bench_out, "codecs", report, table(report), MEDIANS)
+    if not (args.keep or args.reuse):
         for name in builds:
-            if builds[name]["path"] != args.base:
+            if builds[name]["path"] != args.index:
                 shutil.rmtree(out / name, ignore_errors=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Encoding speed: document tokens per second, per encoder, on the shipped corpus.
 
-    python scripts/bench.py --encoding                  # the first 2,000 debian-pkgs documents
-    python scripts/bench_encoding.py --docs 500         # the same, directly
+    python scripts/bench.py encoding                    # the first 2,000 debian-pkgs documents
+    python scripts/bench.py encoding --docs 500         # fewer
 
 Measures, each after a warm-up batch:
 1. the default encoder (all-MiniLM-L6-v2 token states), bf16 autocast and fp32;
@@ -12,7 +12,7 @@ Measures, each after a warm-up batch:
    an index build through it against the server's own encoding time, the HTTP +
    msgpack overhead of one request of 32 documents at a time, and the requests in
    flight during the build.
-Writes runs/bench/encoding.json.
+Writes encoding.json and encoding.md.
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # for tests/sie_server.py
     sys.path.insert(0, str(ROOT))
+
+MEDIANS = "one run of each encoder, after a warm-up batch"
 
 
 def _texts(n: int) -> list[str]:
@@ -212,21 +216,13 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--colbert-docs", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=4)
-    parser.add_argument("--out", default="runs/bench")
-    args = parser.parse_args()
+
+
+def command(args: argparse.Namespace) -> int:
     result = run(args.docs, args.colbert_docs, args.in_flight)
-    result["command"] = "python " + " ".join(sys.argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "encoding.json").write_text(json.dumps(result, indent=2))
-    print(table(result))
+    write_report(Path(args.out), "encoding", result, table(result), MEDIANS)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

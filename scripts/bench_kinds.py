@@ -1,7 +1,7 @@
 """Index kinds by corpus size: build seconds, search p50 and quality against exhaustive MaxSim.
 
-    python scripts/bench.py --kinds                       # 1,500 / 5,000 / 15,000 documents
-    python scripts/bench.py --kinds --sizes 1500,5000     # fewer
+    python scripts/bench.py kinds                       # 1,500 / 5,000 / 15,000 documents
+    python scripts/bench.py kinds --sizes 1500,5000     # fewer
 
 The first ``max(sizes)`` documents of debian-pkgs are encoded once (the default
 encoder) into a float16 base index; every variant (size x kind) is then built
@@ -10,7 +10,7 @@ build seconds are the token index's own: what ``auto`` must keep small for a
 small corpus. Each variant answers the dev queries whose judged documents it
 holds, one at a time at default settings (encoded queries), and is scored
 against exhaustive MaxSim over the same documents in the same run.
-Writes runs/bench/kinds.json and kinds.md.
+Writes kinds.json and kinds.md.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_report import write_report
 
 KINDS = ("flat", "ivf-sq8", "hnsw", "ivf-pq:4sqrt", "auto")
 FLAT_MAX_TOKENS = 500_000
@@ -29,7 +30,7 @@ FLAT_MAX_TOKENS = 500_000
 42 ms; the exact index only matters for tiny corpora)."""
 """``KIND:4sqrt``: that kind with the ``nlist`` rule ``auto`` used before it scaled
 with the corpus, ``2 ** round(log2(4 * sqrt(tokens)))``, for a before/after in one run."""
-CHUNK_DOCS = 1024
+MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
 
 def _old_nlist(n_tokens: int) -> int:
@@ -40,9 +41,9 @@ def _old_nlist(n_tokens: int) -> int:
 
 def _copy_first(base: Path, target: Path, n_docs: int, spec: str) -> dict[str, Any]:
     """Build ``target`` of kind ``spec`` from the first ``n_docs`` documents of ``base``."""
-    import numpy as np
+    from bench_stored import stored_batches
 
-    from storage import CodecChoice, PendingDoc, StoreBuilder, StoreSnapshot
+    from storage import CodecChoice, StoreBuilder, StoreSnapshot
 
     t0 = time.perf_counter()
     with StoreSnapshot.open(base, verify_vectors=False) as snap:
@@ -50,23 +51,8 @@ def _copy_first(base: Path, target: Path, n_docs: int, spec: str) -> dict[str, A
         with StoreBuilder(
             target, snap.codec.input_dim, overwrite=True, codec=CodecChoice("auto")
         ) as builder:
-            for lo in range(0, n_docs, CHUNK_DOCS):
-                chunk = np.arange(lo, min(lo + CHUNK_DOCS, n_docs))
-                stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
-                counts = snap.spans.token_count[chunk]
-                vectors = snap.tokens.spans(snap.spans.token_start[chunk], counts)
-                parts = np.split(vectors, np.cumsum(counts)[:-1])
-                builder.add(
-                    [
-                        PendingDoc(
-                            external_id=stored[d].external_id,
-                            text=stored[d].text,
-                            metadata=stored[d].metadata,
-                            vectors=v,
-                        )
-                        for d, v in zip(chunk.tolist(), parts, strict=True)
-                    ]
-                )
+            for batch in stored_batches(snap, limit=n_docs):
+                builder.add(batch)
             kind, _, rule = spec.partition(":")
             options = {"nlist": _old_nlist(builder.n_tokens)} if rule == "4sqrt" else None
             t1 = time.perf_counter()
@@ -86,13 +72,13 @@ def tokens_of(base: Path, n_docs: int) -> int:
         return int(snap.spans.token_count[:n_docs].sum())
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="1500,5000,15000", help="documents a variant")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="index kinds to build")
-    ap.add_argument("--out", default="runs/bench", help="report folder")
-    ap.add_argument("--queries", type=int, default=None, help="at most N dev queries")
-    args = ap.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="1500,5000,15000", help="documents a variant")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="index kinds to build")
+    parser.add_argument("--queries", type=int, default=None, help="at most N dev queries")
+
+
+def command(args: argparse.Namespace) -> int:
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import evaluate
     from sie_index.index import Index
@@ -154,11 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    command = "python scripts/bench.py --kinds " + " ".join(argv or sys.argv[1:])
-    report = {"command": command.strip(), "encode_s_base": encode_s, "rows": rows}
-    (out / "kinds.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = {"encode_s_base": encode_s, "rows": rows}
     lines = [
-        f"`{report['command']}` (one run, 2 cores; k=100, default search settings)",
+        "k=100, default search settings.",
         "",
         "| documents | tokens | kind | token index | index build s | p50 ms | p95 ms "
         "| MRR@10 ratio | R@100 ratio |",
@@ -172,10 +156,5 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['mrr10_ratio']:.3f} "
             f"| {r['r100_ratio']:.3f} |"
         )
-    (out / "kinds.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out, "kinds", report, "\n".join(lines) + "\n", MEDIANS)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

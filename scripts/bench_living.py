@@ -1,7 +1,7 @@
 """The living index: add, delete, upsert, compaction, reopen after kill -9, build memory.
 
-    python scripts/bench.py --living                    # 60,000 documents (default)
-    python scripts/bench_living.py --docs 10000         # the same, directly, smaller
+    python scripts/bench.py living                      # 60,000 documents (default)
+    python scripts/bench.py living --docs 10000         # the same, smaller
 
 Vectors are synthetic and precomputed (dim 128, 32 tokens a document, ColBERT's
 shape), so encoding does not dominate; the index is ``auto`` (ivf-pq at this
@@ -15,24 +15,20 @@ size). Each phase runs in its own process, so its peak RSS is its own:
 4. compaction (seconds);
 5. a writer process killed with SIGKILL in the middle of an add, then the time
    to open the index again (reader, and writer with its sweep).
-Writes runs/bench/living.json.
+The indexes go under ``--index`` (runs/bench/living). Writes living.json and living.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_child import CONTEXT, in_child, peak_rss_mb
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -41,6 +37,7 @@ if str(ROOT) not in sys.path:
 DIM = 128
 TOKENS = 32
 SPEC = {"kind": "precomputed", "model": "bench", "dim": DIM, "options": {}}
+MEDIANS = "one run; delete and upsert ms are over the operations of that run"
 
 
 def _docs(lo: int, hi: int, prefix: str = "d") -> list[Any]:
@@ -64,10 +61,6 @@ def _batches(lo: int, hi: int, prefix: str = "d", size: int = 1000) -> Any:
         yield _docs(start, min(start + size, hi), prefix)
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def worker_build(path: Path, n: int) -> dict[str, Any]:
     from storage import StoreBuilder
 
@@ -80,7 +73,7 @@ def worker_build(path: Path, n: int) -> dict[str, Any]:
         "documents": n,
         "tokens": manifest.tokens,
         "seconds": time.perf_counter() - t,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "token_index": manifest.token_index["factory"],
     }
 
@@ -117,7 +110,7 @@ def worker_changes(path: Path, n: int) -> dict[str, Any]:
                 "p50_ms": float(np.median(ms)),
                 "p95_ms": float(np.percentile(ms, 95)),
             }
-    out["peak_rss_mb_after_add"] = _rss_mb()
+    out["peak_rss_mb_after_add"] = peak_rss_mb()
     # the one-call API: each delete takes the lock, loads the writer, commits and
     # refreshes the open Index onto the new generation
     from sie_index.index import Index
@@ -138,31 +131,21 @@ def worker_changes(path: Path, n: int) -> dict[str, Any]:
         t = time.perf_counter()
         writer.compact()
         out["compact"] = {"seconds": time.perf_counter() - t, "documents": len(writer.live)}
-    out["peak_rss_mb"] = _rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
 def worker_kill(path: Path, n: int) -> dict[str, Any]:
     """Kill a writer in the middle of a large add; time what opening takes afterwards."""
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--worker",
-            "add-forever",
-            "--index",
-            str(path),
-            "--docs",
-            str(n),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    child.stdout.readline()  # adding
+    adding = CONTEXT.Event()
+    child = CONTEXT.Process(target=worker_add_forever, args=(path, n, adding))
+    child.start()
+    if not adding.wait(timeout=300):
+        child.kill()
+        raise RuntimeError(f"the writer to kill never started adding (exit {child.exitcode})")
     time.sleep(3.0)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    child.kill()  # SIGKILL
+    child.join()
     from sie_index import Index
     from storage import StoreWriter
 
@@ -176,52 +159,20 @@ def worker_kill(path: Path, n: int) -> dict[str, Any]:
     return {"reader_open_s": reader_s, "writer_open_and_sweep_s": writer_s, "documents": live}
 
 
-def worker_add_forever(path: Path, n: int) -> dict[str, Any]:
+def worker_add_forever(path: Path, n: int, adding: Any) -> None:
+    """Add documents until killed; set ``adding`` once the writer holds the index."""
     from storage import StoreWriter
 
     with StoreWriter(path) as writer:
-        print("adding", flush=True)
+        adding.set()
         writer.add(_batches(10 * n, 11 * n, "k"))
-    return {}
-
-
-WORKERS = {
-    "build": worker_build,
-    "changes": worker_changes,
-    "kill": worker_kill,
-    "add-forever": worker_add_forever,
-}
-
-
-def _worker(name: str, path: Path, n: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        out = Path(fh.name)
-    subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--index",
-            str(path),
-            "--docs",
-            str(n),
-            "--worker-out",
-            str(out),
-        ],
-        check=True,
-        env={**os.environ},
-    )
-    result: dict[str, Any] = json.loads(out.read_text())
-    out.unlink()
-    return result
 
 
 def run(n: int, folder: Path) -> dict[str, Any]:
-    small = _worker("build", folder / "small", n // 6)
-    big = _worker("build", folder / "big", n)
-    changes = _worker("changes", folder / "big", n)
-    kill = _worker("kill", folder / "big", n)
+    small = in_child(worker_build, folder / "small", n // 6)
+    big = in_child(worker_build, folder / "big", n)
+    changes = in_child(worker_changes, folder / "big", n)
+    kill = in_child(worker_kill, folder / "big", n)
     return {
         "build_small": small,
         "build": big,
@@ -266,31 +217,17 @@ def table(r: dict[str, Any]) -> str:
             f"writer + sweep {r['after_kill']['writer_open_and_sweep_s']:.2f} s",
         ),
     ]
-    width = max(len(a) for a, _ in rows)
-    return "\n".join(f"{a.ljust(width)}  {b}" for a, b in rows) + f"\n\n{r.get('command', '')}\n"
+    return "\n".join(["| | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", type=int, default=60_000)
-    parser.add_argument("--index", default="runs/bench/living")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        result = WORKERS[args.worker](Path(args.index), args.docs)
-        if args.worker_out:
-            Path(args.worker_out).write_text(json.dumps(result, indent=2))
-        return 0
+    parser.add_argument("--index", default="runs/bench/living", help="folder of the indexes")
+
+
+def command(args: argparse.Namespace) -> int:
     folder = Path(args.index)
     folder.mkdir(parents=True, exist_ok=True)
     result = run(args.docs, folder)
-    result["command"] = "python " + " ".join(sys.argv)
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/living.json").write_text(json.dumps(result, indent=2))
-    print(table(result))
+    write_report(Path(args.out), "living", result, table(result), MEDIANS)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,23 +1,21 @@
 """Many small adds: segments, descriptors, open time and search latency, with and
 without the merge policy.
 
-    python scripts/bench.py --merges                    # 10,000 single-document adds
-    python scripts/bench_merges.py --adds 2000          # the same, directly, smaller
+    python scripts/bench.py merges                      # 10,000 single-document adds
+    python scripts/bench.py merges --adds 2000          # the same, smaller
 
 A base index of 5,000 synthetic documents (dim 128, 32 tokens each, ``auto``:
 ivf-pq) takes ``--adds`` single-document adds through one writer, once with the
 default merge policy and once with none; each run is its own process. Reported:
 add ms (median, p95), segments, descriptors an open index holds, open ms
-(median of 5), search p50 (200 queries, ANN path). Writes runs/bench/merges.json.
+(median of 5), search p50 (200 queries, ANN path). Writes merges.json and merges.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_child import in_child
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 from bench_living import SPEC, _docs  # noqa: E402 (the same synthetic documents)
 
 BASE_DOCS = 5000
+MEDIANS = "one run a policy; add ms and search p50 over its adds and queries, open ms median of 5"
 
 
 def _build(path: Path) -> None:
@@ -49,6 +50,7 @@ def _fds() -> int:
 
 
 def worker(base: Path, adds: int, merged: bool) -> dict[str, Any]:
+    """``adds`` single-document adds to a copy of ``base`` (run in its own process)."""
     from sie_index import Index
     from storage import MergePolicy, StoreWriter
 
@@ -94,10 +96,8 @@ def worker(base: Path, adds: int, merged: bool) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def table(rows: list[dict[str, Any]], command: str) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"`{command}`",
-        "",
         "| merge policy | adds | add ms p50 / p95 | segments | descriptors | open ms"
         " | search p50 ms |",
         "|---|---|---|---|---|---|---|",
@@ -111,44 +111,16 @@ def table(rows: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adds", type=int, default=10_000, help="single-document adds")
-    parser.add_argument("--out", default="runs/bench", help="folder for merges.json")
-    parser.add_argument("--worker", choices=["default", "none"], help=argparse.SUPPRESS)
-    parser.add_argument("--base", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(Path(args.base), args.adds, args.worker == "default")))
-        return 0
+
+
+def command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-merges-base-") as tmp:
         base = Path(tmp) / "base"
         _build(base)
-        rows = []
-        for policy in ("default", "none"):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    policy,
-                    "--base",
-                    str(base),
-                    "--adds",
-                    str(args.adds),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    command = "python " + " ".join(sys.argv)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "merges.json").write_text(json.dumps({"rows": rows, "command": command}, indent=2))
-    print(table(rows, command))
+        rows = [
+            in_child(worker, base, args.adds, policy == "default") for policy in ("default", "none")
+        ]
+    write_report(Path(args.out), "merges", {"rows": rows}, table(rows), MEDIANS)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

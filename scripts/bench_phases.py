@@ -1,8 +1,8 @@
 """Where a query's milliseconds go, one query at a time against one batch.
 
-    python scripts/bench.py --phases --index runs/bench/base/index --queries 1000
+    python scripts/bench.py phases --index runs/bench/base/index --queries 1000
 
-On an index an earlier ``bench.py`` run built: encodes the first ``--queries`` dev
+On an index an earlier ``bench.py full`` run built: encodes the first ``--queries`` dev
 queries once, then, ``--runs`` times, searches them one ``search`` call at a time
 and all in one ``search_batch`` call (default settings, ids only), timing each
 phase of the pipeline (``sie_index.phases``: ANN, candidates, vector reads,
@@ -10,19 +10,18 @@ exact MaxSim, SQLite). Reports the medians over the runs: queries a second each
 way, their ratio (measured in the same run), the single query's p50, and the
 milliseconds a query in each phase. A batch runs its queries on threads side by
 side, so its phase times add up the threads' seconds (the work, not the wall).
-Writes phases.json and phases.md next to the other reports.
+Writes phases.json and phases.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_report import write_report
 
 
 def run(index_path: str, queries: int, runs: int) -> dict[str, Any]:
@@ -111,8 +110,6 @@ def table(result: dict[str, Any]) -> str:
     m = result["median"]
     phases = list(m["single_ms"])
     lines = [
-        f"Command: `{result['command']}`",
-        "",
         f"{result['queries']} dev queries, default settings, medians of {result['runs']} runs: "
         f"one at a time {m['single_qps']:.0f} q/s (p50 {m['single_p50_ms']:.2f} ms), "
         f"one batch {m['batch_qps']:.0f} q/s, ratio {m['ratio']:.2f}.",
@@ -140,23 +137,18 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default="runs/bench/index")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--bench-out", default="runs/bench")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
     result = run(args.index, args.queries, args.runs)
     result["kernels"] = kernels(args.index, args.queries)
-    result["command"] = "python " + " ".join(sys.argv)
-    out = Path(args.bench_out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "phases.json").write_text(json.dumps(result, indent=2))
-    (out / "phases.md").write_text(table(result))
-    print(table(result))
+    medians = (
+        f"phases and q/s: medians of {args.runs} runs; kernels: one run of "
+        "interleaved blocks of 50 queries"
+    )
+    write_report(Path(args.out), "phases", result, table(result), medians)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

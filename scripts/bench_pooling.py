@@ -1,7 +1,7 @@
 """Token pooling: tokens, bytes, quality and speed by pool factor, against exhaustive MaxSim.
 
-    python scripts/bench.py --pooling                     # 3,000 documents, factors 1/2/3, f16
-    python scripts/bench_pooling.py --docs 3000 --factors 1,2,3 --codecs f16,pq
+    python scripts/bench.py pooling                       # 3,000 documents, factors 1/2/3, f16
+    python scripts/bench.py pooling --docs 3000 --factors 1,2,3 --codecs f16,pq
 
 The first ``--docs`` documents of the committed debian-pkgs corpus (bad and
 duplicate lines skipped) are encoded once, with the default encoder, into an
@@ -16,7 +16,8 @@ against exhaustive MaxSim over the unpooled vectors, so the ratio shows the
 whole loss, pooling and ANN together; exhaustive MaxSim over each variant's own
 (pooled) vectors shows pooling's share. Bytes a token are every file of the
 index over the tokens of the original text (the unpooled index's count).
-Writes ``--out``/pooling.json and pooling.md.
+The indexes go under ``--work`` (default OUT/pooling).
+Writes pooling.json and pooling.md.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CHUNK_DOCS = 1024
+from bench_report import write_report
+
+MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
 
 def build_base(path: Path, docs: int, index_kind: str) -> dict[str, Any]:
@@ -63,6 +65,7 @@ def build_base(path: Path, docs: int, index_kind: str) -> dict[str, Any]:
 def stored_documents(base: Path) -> tuple[list[str], list[Any], list[str]]:
     """Ids, stored (float16, widened) vectors and texts of the base index's documents."""
     import numpy as np
+    from bench_stored import stored_batches
 
     from storage import StoreSnapshot
 
@@ -70,16 +73,11 @@ def stored_documents(base: Path) -> tuple[list[str], list[Any], list[str]]:
     vectors: list[Any] = []
     texts: list[str] = []
     with StoreSnapshot.open(base, verify_vectors=False) as snap:
-        live = np.flatnonzero(~snap.spans.deleted)
-        for lo in range(0, len(live), CHUNK_DOCS):
-            chunk = live[lo : lo + CHUNK_DOCS]
-            stored = snap.docs.fetch(chunk.tolist(), text=True)
-            counts = snap.spans.token_count[chunk]
-            rows = snap.tokens.spans(snap.spans.token_start[chunk], counts)
-            for d, v in zip(chunk.tolist(), np.split(rows, np.cumsum(counts)[:-1]), strict=True):
-                ids.append(stored[d].external_id)
-                vectors.append(np.asarray(v, dtype=np.float32))
-                texts.append(stored[d].text or "")
+        for batch in stored_batches(snap):
+            for doc in batch:
+                ids.append(doc.external_id)
+                vectors.append(np.asarray(doc.vectors, dtype=np.float32))
+                texts.append(doc.text or "")
     return ids, vectors, texts
 
 
@@ -192,13 +190,10 @@ def _vector_file(info: dict[str, Any]) -> str:
 def table(report: dict[str, Any]) -> str:
     ex = report["oracle"]
     lines = [
-        f"Command: `{report['command']}`",
-        "",
         f"First {report['docs']} debian-pkgs documents ({report['original_tokens']} tokens "
         f"unpooled), {report['queries']} judged dev queries; exhaustive MaxSim over the "
         f"unpooled vectors: MRR@10 {ex['MRR@10']:.4f}, R@100 {ex['R@100']:.4f}. Search: "
-        "default settings, one query at a time, one thread, one run on the shared 2-core "
-        "machine. Base build (encoding): "
+        "default settings, one query at a time, one thread. Base build (encoding): "
         f"{report['base']['build_s']:.0f} s.",
         "",
         "| pool factor | codec | ANN | tokens | bytes / original token (vectors) | MRR@10 | ratio "
@@ -217,8 +212,7 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", type=int, default=3000, help="first N corpus documents")
     parser.add_argument("--factors", default="1,2,3")
     parser.add_argument("--codecs", default="f16", help="comma-separated: f16, sq8, pq")
@@ -229,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         help="one token-index kind for every variant (auto would pick flat for a small "
         "pooled index, and its latency would measure that choice, not pooling)",
     )
-    parser.add_argument("--out", default="runs/bench/pooling")
+    parser.add_argument("--work", help="folder of the indexes (default: OUT/pooling)")
     parser.add_argument("--reuse", action="store_true", help="keep the base index if built")
     parser.add_argument("--keep", action="store_true", help="keep the variants' indexes")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
+
+
+def command(args: argparse.Namespace) -> int:
+    out = Path(args.work) if args.work else Path(args.out) / "pooling"
     out.mkdir(parents=True, exist_ok=True)
     base = out / "base"
     base_json = out / "base.json"
@@ -259,22 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     del docs
     result = measure(paths, base, args.queries)
     report = {
-        "command": "python " + " ".join(sys.argv),
         "docs": args.docs,
         "base": base_report,
         "builds": builds,
         **result,
     }
-    (out / "pooling.json").write_text(json.dumps(report, indent=2))
-    text = table(report)
-    (out / "pooling.md").write_text(text)
-    print(text)
+    write_report(Path(args.out), "pooling", report, table(report), MEDIANS)
     if not args.keep:
         for path in paths.values():
             if path != base:
                 shutil.rmtree(path, ignore_errors=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

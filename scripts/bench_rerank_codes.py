@@ -1,11 +1,11 @@
 """How much exhaustive MRR@10 a product code keeps when it alone scores the rerank.
 
-    python scripts/bench.py --rerank-codes --index runs/bench/base/index
+    python scripts/bench.py rerank-codes --index runs/bench/base/index --out runs/bench/base
 
 The ``pq`` codec loses its MRR@10 in the rerank, not in the ANN: ``f16`` with
-the same ANN keeps 0.998 of exhaustive MaxSim (``bench.py --codecs``). This
+the same ANN keeps 0.998 of exhaustive MaxSim (``bench.py codecs``). This
 bench isolates that loss and prices the codes that could close it, without a
-full build for each. On the f16 index an earlier ``bench.py`` run built, it
+full build for each. On the f16 index an earlier ``bench.py full`` run built, it
 
 1. encodes the first ``--queries`` dev queries and searches each with the index
    at ``n_rerank`` 256 (its ANN, then exact MaxSim over float16 vectors), keeping
@@ -26,19 +26,19 @@ centroids; for the f16 row its stored vectors, without its separate ANN file),
 MRR@10, its ratio to exhaustive MaxSim (``exhaustive.json`` next to the index,
 over all 2,000 dev queries) and to the same candidates reranked from the f16
 vectors, and the relative reconstruction error. Writes rerank_codes.json and
-rerank_codes.md next to the other reports.
+rerank_codes.md under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_report import write_report
 
 # (name, OPQ rotation, sub-quantizers, bits each): every code FAISS's ProductQuantizer
 # holds; "opq" rotates the residuals first (FAISS's OPQMatrix, same code size)
@@ -51,6 +51,7 @@ CODES = [
 ]
 LIST_BYTES = 2  # FAISS's inverted list number in a standalone code, below 65,536 lists
 CHUNK = 200_000
+MEDIANS = "one run (quality only; no latency)"
 
 
 def run(index_path: str, queries: int, depth: int, codes: list[str] | None) -> dict[str, Any]:
@@ -190,8 +191,6 @@ def table_row(row: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"Command: `{result['command']}`",
-        "",
         f"{result['queries']} dev queries, each reranking the top {result['depth']} documents "
         f"the f16 index finds ({result['candidate_tokens']} tokens) with the code's vectors; "
         f"IVF{result['nlist']} centroids of the index; ratio to exhaustive MaxSim's MRR@10 "
@@ -206,24 +205,15 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default="runs/bench/index")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--codes", help="comma-separated names from CODES (default: all)")
-    parser.add_argument("--bench-out", default="runs/bench")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
     codes = args.codes.split(",") if args.codes else None
     result = run(args.index, args.queries, args.depth, codes)
-    result["command"] = "python " + " ".join(sys.argv)
-    out = Path(args.bench_out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rerank_codes.json").write_text(json.dumps(result, indent=2))
-    (out / "rerank_codes.md").write_text(table(result))
-    print(table(result))
+    write_report(Path(args.out), "rerank_codes", result, table(result), MEDIANS)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """The search service under load, on loopback: QPS and latency at 1, 4 and 16 clients.
 
-    python scripts/bench.py --server                      # a synthetic index of 20,000
-    python scripts/bench_server.py --synthetic 2000 --requests 200     # a quick look
-    python scripts/bench_server.py --index runs/bench/index            # a real index
-    python scripts/bench_server.py --index runs/bench/index --text     # text queries
+    python scripts/bench.py server                                  # a synthetic index of 20,000
+    python scripts/bench.py server --synthetic 2000 --requests 200  # a quick look
+    python scripts/bench.py server --index runs/bench/index         # a real index
+    python scripts/bench.py server --index runs/bench/index --text  # text queries
 
 A ``sie-index serve`` child process on 127.0.0.1 serves the index; an httpx
 async loop of our own runs N concurrent clients, each sending requests until
@@ -13,7 +13,8 @@ them; writes go to a copy of the index, never to the index given. Queries are
 random unit vectors of the index's dimension (8 tokens), so a real index built
 with any encoder works and no model is loaded. The server's overhead is its
 p50 at one client minus in-process ``Index.search``'s p50 on the same queries.
-Writes runs/bench/server.json and prints a table.
+Writes server.json and server.md; exits 1 if a request failed or an acknowledged
+write is missing.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from typing import Any
 
 import httpx
 import numpy as np
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.server_process import ServerProcess  # noqa: E402 (the one way we start a server)
+
+MEDIANS = "one run a level; p50 / p99 are over the requests of that run"
 
 
 def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -215,25 +219,27 @@ def table(report: dict[str, Any]) -> str:
             f"| {r['mix']} | {r['clients']} | {r['qps']:.0f} | "
             f"{r['search_p50_ms']:.2f} / {r['search_p99_ms']:.2f} | {writes} | {r['errors']} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--synthetic", type=int, metavar="N", help="a synthetic index of N docs")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--synthetic", type=int, default=20_000, metavar="N", help="a synthetic index of N docs"
+    )
     source.add_argument("--index", type=Path, help="an existing index (served from a copy)")
     parser.add_argument("--dim", type=int, default=128, help="dimension (--synthetic)")
     parser.add_argument("--clients", default="1,4,16", help="concurrency levels")
     parser.add_argument("--requests", type=int, default=2000, help="requests per level")
     parser.add_argument("--write-fraction", type=float, default=0.1)
-    parser.add_argument("--out", default="runs/bench", help="folder for server.json")
     parser.add_argument(
         "--text",
         action="store_true",
         help="search with debian-pkgs dev query texts, encoded by the server (with --index)",
     )
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
     texts = None
     if args.text:
         from sie_index.corpus import BeirDataset
@@ -242,18 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-server-index-") as work:
         index = args.index
-        if args.synthetic is not None:
+        if index is None:
             index = Path(work) / "synthetic"
             build_synthetic(index, args.synthetic, args.dim)
         report = run(index, levels, args.requests, args.write_fraction, texts)
-    report["command"] = "python " + " ".join(sys.argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "server.json").write_text(json.dumps(report, indent=2))
-    print(table(report))
+    write_report(Path(args.out), "server", report, table(report), MEDIANS)
     bad = sum(r["errors"] for r in report["runs"])
     return 1 if bad or report["acked_present"] != report["acked_writes"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,36 +1,38 @@
 """Sharded search and build: 1 / 2 / 4 shards, local threads and Ray actors, against
 the unsharded index in the same run; Ray Data encoding with 1 and 2 actors.
 
-    python scripts/bench.py --shards                        # on runs/bench/index
-    python scripts/bench_shards.py --index runs/bench/index --queries 500
+    python scripts/bench.py shards                          # on runs/bench/index
+    python scripts/bench.py shards --index runs/bench/index --queries 500
 
-Search: the f16 index an earlier ``bench.py`` run built (``--index``) is
+Search: the f16 index an earlier ``bench.py full`` run built (``--index``) is
 resharded into 1, 2 and 4 shards from its stored vectors (nothing re-encoded,
 so every variant holds the same vectors). The dev queries are encoded once;
 each variant answers each query one at a time (k=100, default settings):
 p50 / p95 ms, QPS, MRR@10 and R@100, and their ratios to the unsharded index.
 Build: ``--build-docs`` documents of debian-pkgs into 2 shards, encoded by a Ray
 Data pool of 1 and of 2 actors, and half as many documents with 2 (documents/s,
-and the driver's peak RSS), each in its own process. Writes runs/bench/shards.json and shards.md.
+and the driver's peak RSS), each in its own process. The resharded indexes go
+under ``--out``. Writes shards.json and shards.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_child import in_child, peak_rss_mb
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
 
 def _search_all(index: Any, Qs: list[np.ndarray], qids: list[str], external: Any) -> dict[str, Any]:
@@ -85,6 +87,7 @@ def search_rows(index_path: Path, work: Path, queries: int | None) -> list[dict[
 
 
 def build_worker(docs: int, actors: int, out: Path) -> dict[str, Any]:
+    """One Ray Data build of ``docs`` documents into 2 shards (run in its own process)."""
     from sie_index import ShardedIndex
 
     t = time.perf_counter()
@@ -105,14 +108,12 @@ def build_worker(docs: int, actors: int, out: Path) -> dict[str, Any]:
         "documents": n,
         "seconds": seconds,
         "docs_per_s": n / seconds,
-        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_rss_mb": peak_rss_mb(),
     }
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"`{result['command']}`",
-        "",
         "| variant | p50 ms | p95 ms | QPS | MRR@10 | ratio | R@100 | ratio | p50 over unsharded |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -135,53 +136,26 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default="runs/bench/index", help="an f16 index to reshard")
     parser.add_argument("--queries", type=int, default=None, help="dev queries (default all)")
     parser.add_argument("--build-docs", type=int, default=2000, help="documents a build")
-    parser.add_argument("--out", default="runs/bench", help="folder for shards.json")
     parser.add_argument("--skip-build", action="store_true", help="search figures only")
-    parser.add_argument("--worker-build", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if args.worker_build:
-        print(json.dumps(build_worker(args.build_docs, args.worker_build, Path(args.worker_out))))
-        return 0
+
+
+def command(args: argparse.Namespace) -> int:
     import ray
 
+    out = Path(args.out)
     ray.init(include_dashboard=False, log_to_driver=False)
-    result: dict[str, Any] = {"command": "python " + " ".join(sys.argv)}
-    result["search"] = search_rows(Path(args.index), out, args.queries)
+    result: dict[str, Any] = {"search": search_rows(Path(args.index), out, args.queries)}
     ray.shutdown()
-    result["build"] = []
     # 1 and 2 actors on the same documents; 2 actors on half of them too, so the
     # driver's peak RSS is seen against corpus size
     runs = [(1, args.build_docs), (2, args.build_docs), (2, args.build_docs // 2)]
-    for actors, docs in () if args.skip_build else runs:
-        done = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--worker-build",
-                str(actors),
-                "--build-docs",
-                str(docs),
-                "--worker-out",
-                str(out / "shards-build"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result["build"].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shards.json").write_text(json.dumps(result, indent=2))
-    (out / "shards.md").write_text(table(result))
-    print(table(result))
+    result["build"] = [
+        in_child(build_worker, docs, actors, out / "shards-build")
+        for actors, docs in ([] if args.skip_build else runs)
+    ]
+    write_report(out, "shards", result, table(result), MEDIANS)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

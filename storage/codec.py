@@ -58,7 +58,7 @@ PROJECTION_NAME = "projection.f32"
 PROJECTION_DTYPE = np.dtype("<f4")
 AUTO_PQ_MIN_TOKENS = 20_000_000
 """Where ``auto`` switches to ``pq``. On the full debian-pkgs corpus (4.8M tokens,
-``python scripts/bench.py --codecs``) ``pq`` takes 46.9 bytes a token against
+``python scripts/bench.py codecs``) ``pq`` takes 46.9 bytes a token against
 f16's 840 but keeps 0.968 of exhaustive MRR@10 (f16: 0.998). Below 20M tokens
 an f16 index (about 17 GB there) still fits a machine's memory, so exactness
 wins; above it, f16 no longer fits where pq (under 1 GB) does."""

@@ -105,3 +105,17 @@ def test_the_slow_tier_selects_tests() -> None:
         check=True,
     ).stdout
     assert re.search(r"(\d+)/\d+ tests collected", out) and "test_kill_9" in out
+
+
+def test_every_bench_command_the_readme_names_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench
+
+    parser = bench.build_parser()
+    commands = re.findall(r"`python scripts/bench\.py ([^`]*)`", README)
+    assert len(commands) >= 8
+    for command in commands:
+        if command == "--help":
+            continue
+        args = parser.parse_args(shlex.split(command))
+        assert callable(args.run), command
