@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from storage.errors import CorruptIndex
-from storage.fsio import atomic_replace, fsync_dir, sha256_hex
+from storage.fsio import atomic_replace, fsync_dir, sealed_json, unseal_json
 
 __all__ = [
     "BATCHES_TABLE",
@@ -47,7 +46,7 @@ JOURNAL_FORMAT = 1
 BATCHES_TABLE = "build_batches"
 MAX_JOURNAL_BYTES = 2 << 20
 """The request holds an encoder spec (at most 1 MiB, :mod:`storage.manifest`) and settings."""
-_KEYS = {"format_version", "generation", "segment", "request", "sha256"}
+_KEYS = {"format_version", "generation", "segment", "request"}
 _SEG = re.compile(r"seg-(\d{6,})\Z")
 
 
@@ -90,18 +89,11 @@ class BuildJournal:
         }
 
     def to_bytes(self) -> bytes:
-        body = self._body()
-        digest = sha256_hex(json.dumps(body, sort_keys=True).encode())
-        return (json.dumps({**body, "sha256": digest}, sort_keys=True) + "\n").encode()
+        return sealed_json(self._body())
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> BuildJournal:
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptIndex(f"{where} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict) or set(raw) != _KEYS:
-            raise CorruptIndex(f"{where} does not hold a build journal")
+        raw = unseal_json(data, where, _KEYS, "a build journal")
         gen, seg = raw["generation"], raw["segment"]
         if (
             raw["format_version"] != JOURNAL_FORMAT

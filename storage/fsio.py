@@ -16,10 +16,12 @@ is what they verified, whatever is renamed on disk afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from storage.errors import CorruptIndex, read_failure
 
@@ -44,6 +46,27 @@ TMP_SUFFIX = ".tmp"
 
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sealed_json(body: Mapping[str, Any]) -> bytes:
+    """``body`` as one line of canonical JSON carrying a SHA-256 of itself (the shard
+    map, a build's journal): damage to any byte fails :func:`unseal_json`'s caller's
+    re-encoding check."""
+    digest = sha256_hex(json.dumps(body, sort_keys=True).encode())
+    return (json.dumps({**body, "sha256": digest}, sort_keys=True) + "\n").encode()
+
+
+def unseal_json(data: bytes, where: str, keys: set[str], what: str) -> dict[str, Any]:
+    """The object :func:`sealed_json` wrote, with exactly ``keys`` (and its checksum),
+    or :class:`CorruptIndex` naming ``where``. The caller checks the values, then
+    that re-sealing them gives ``data`` back (which checks the checksum too)."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptIndex(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or set(raw) != keys | {"sha256"}:
+        raise CorruptIndex(f"{where} does not hold {what}")
+    return raw
 
 
 def fsync_dir(path: Path) -> None:

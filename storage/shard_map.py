@@ -24,14 +24,13 @@ add, upsert or delete of an id reaches the one shard that holds it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from storage.errors import CorruptIndex
-from storage.fsio import atomic_replace, sha256_hex
+from storage.fsio import atomic_replace, sealed_json, unseal_json
 
 __all__ = [
     "BUILDING_NAME",
@@ -49,7 +48,7 @@ SHARD_MAP_FORMAT = 1
 ROUTING = "blake2b-64-mod"
 MAX_SHARDS = 4096
 _SHARD_DIR = re.compile(r"shards-(\d{6})-(\d{3,})\Z")
-_KEYS = {"format_version", "generation", "shards", "routing", "token_index", "sha256"}
+_KEYS = {"format_version", "generation", "shards", "routing", "token_index"}
 
 
 def shard_dirname(generation: int, position: int) -> str:
@@ -84,18 +83,11 @@ class ShardMap:
         }
 
     def to_bytes(self) -> bytes:
-        body = self._body()
-        digest = sha256_hex(json.dumps(body, sort_keys=True).encode())
-        return (json.dumps({**body, "sha256": digest}, sort_keys=True) + "\n").encode()
+        return sealed_json(self._body())
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> ShardMap:
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptIndex(f"{where} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict) or set(raw) != _KEYS:
-            raise CorruptIndex(f"{where} does not hold a shard map")
+        raw = unseal_json(data, where, _KEYS, "a shard map")
         gen, shards = raw["generation"], raw["shards"]
         if (
             raw["format_version"] != SHARD_MAP_FORMAT
