@@ -34,9 +34,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.build_journal import JOURNAL_NAME, read_journal
 from storage.errors import CorruptIndex, read_failure
 from storage.failpoints import failpoint
 from storage.fsio import TMP_SUFFIX, fsync_dir, sha256_hex
+from storage.segment import SCRATCH_NAME
 
 __all__ = [
     "CURRENT_NAME",
@@ -256,7 +258,8 @@ def find_debris(
     gens = [folder / gen_dirname(n) for n in generation_numbers(folder) if n != keep]
     found = list(gens)
     if keep_segments is not None:
-        named: set[str] | None = set(keep_segments)
+        # an interrupted build's segment is kept for its resume (its journal names it)
+        named: set[str] | None = set(keep_segments) | _resumable_segment(folder, keep)
         for gen in gens:
             more = _segments_named(gen)
             named = None if more is None or named is None else named | more
@@ -266,7 +269,33 @@ def find_debris(
         for name in (*LEGACY_FILES, CURRENT_NAME + TMP_SUFFIX):
             if (folder / name).exists():
                 found.append(folder / name)
+        found += _finished_build(folder, keep)
     return found
+
+
+def _resumable_segment(folder: Path, keep: int | None) -> set[str]:
+    try:
+        journal = read_journal(folder)
+    except CorruptIndex:
+        return set()
+    if journal is None or (keep is not None and journal.generation <= keep):
+        return set()
+    return {journal.segment}
+
+
+def _finished_build(folder: Path, keep: int | None) -> list[Path]:
+    """What a build killed between its commit and its last clean-up left: its journal
+    (:mod:`storage.build_journal`), naming a generation already committed, and the
+    float16 scratch it kept in that segment till then. An unreadable journal is left
+    to the next build, which knows what to do with it."""
+    try:
+        journal = read_journal(folder)
+    except CorruptIndex:
+        return []
+    if journal is None or keep is None or journal.generation > keep:
+        return []  # no journal, or an interrupted build still to resume
+    scratch = folder / journal.segment / SCRATCH_NAME
+    return [p for p in (scratch, folder / JOURNAL_NAME) if p.exists()]
 
 
 def remove_debris(

@@ -22,9 +22,10 @@ from sie_index.errors import InvalidInput, NotAnIndex, StorageError
 from sie_index.index import Index
 from sie_index.updates import IndexWriter
 from sie_index.writer import build_index
-from storage.build_journal import JOURNAL_NAME, read_journal
+from storage.build_journal import JOURNAL_NAME, BuildJournal, read_journal, write_journal
 from storage.codec import vector_file
 from storage.segment import SCRATCH_NAME, segment_numbers
+from storage.verify import verify_index
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 N_DOCS = 300
@@ -304,3 +305,27 @@ def test_a_build_refused_at_its_end_resumes_with_another_token_index(tmp_path: P
     assert encoder.encoded == []
     build(tmp_path / "ref", docs, vectors, index_kind="flat")
     assert_same_index(tmp_path / "ref", path)
+
+
+def test_what_a_build_killed_after_its_commit_left_is_cleared(tmp_path: Path) -> None:
+    """Killed between its commit and its clean-up: the journal (naming the committed
+    generation) and the scratch it kept are debris that verify --repair, or the next
+    writer, removes; the index is whole."""
+    docs, vectors = corpus()
+    path = tmp_path / "idx"
+    build(path, docs, vectors, **SETTINGS[1])
+    with Index.open(path) as index:
+        generation = index.info()["generation"]
+    segment = f"seg-{segment_numbers(path)[-1]:06d}"
+    write_journal(path, BuildJournal(generation=generation, segment=segment, request={}))
+    (path / segment / SCRATCH_NAME).write_bytes(b"\0" * 64)
+    report = verify_index(path, repair=True)
+    assert report.ok and sorted(report.removed) == sorted([JOURNAL_NAME, SCRATCH_NAME])
+    assert not (path / JOURNAL_NAME).exists() and not (path / segment / SCRATCH_NAME).exists()
+    assert verify_index(path).ok
+    # an interrupted build's journal (a generation not committed) is never debris
+    with pytest.raises(RuntimeError):
+        build(path, failing(docs, 100), vectors, overwrite=True, **SETTINGS[1])
+    assert read_journal(path) is not None
+    assert verify_index(path, repair=True).removed == []
+    assert read_journal(path) is not None
