@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sie_index import Index
+from sie_index.cli import main
 from sie_index.errors import CorruptIndex, InvalidInput
 from storage.commit import commit_generation, next_number
 from storage.growth import FAR_SAMPLE_MAX, GROWTH_WARN_FACTOR, TRAINED_KEY
@@ -175,6 +176,42 @@ def test_the_reader_refuses_a_bad_record(tmp_path: Path, bad: Any) -> None:
     rewrite_manifest(path, lambda raw: raw["token_index"].update({TRAINED_KEY: bad}))
     with pytest.raises(CorruptIndex, match=TRAINED_KEY):
         Index.open(path)
+
+
+def test_cli_info_and_verify_show_growth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "idx"
+    with _ivf(path) as index:
+        _grow(index, 2.5)
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "growth" in out and "tokens_at_training" in out and "far_token_share" in out
+    assert main(["info", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["growth"]["factor"] > 2.5
+    assert main(["verify", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ok:") and lines[1].startswith("warning: outgrown")
+
+
+def test_cli_add_past_the_threshold_prints_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = [{"id": f"d{i}", "text": f"package number {i} for testing"} for i in range(40)]
+    first, rest, more = (tmp_path / name for name in ("a.jsonl", "b.jsonl", "c.jsonl"))
+    for file, part in ((first, docs[:10]), (rest, docs[10:35]), (more, docs[35:])):
+        file.write_text("".join(json.dumps(d) + "\n" for d in part), encoding="utf-8")
+    idx = tmp_path / "idx"
+    assert main(["-q", "build", str(first), str(idx), "--index-kind", "flat"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "add", str(idx), str(rest)]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [
+        next(line for line in out.splitlines() if "compact --retrain" in line)
+    ]
+    assert main(["-q", "add", str(idx), str(more)]) == 0  # past it already: no repeat
+    assert "warning:" not in capsys.readouterr().out
 
 
 def test_a_sharded_index_reports_growth_per_shard(tmp_path: Path) -> None:
