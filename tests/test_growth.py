@@ -231,3 +231,21 @@ def test_a_sharded_index_reports_growth_per_shard(tmp_path: Path) -> None:
     assert all(s["growth"]["factor"] > GROWTH_WARN_FACTOR for s in grown)
     assert report["ok"] and len(report["warnings"]) == 2
     assert report["warnings"][0].startswith("shard 0: outgrown")
+
+
+@pytest.mark.parametrize(("kind", "codec"), [("ivf-sq8", "sq8"), ("ivf-pq", "pq")])
+def test_every_ivf_kind_and_codec_records_and_measures_its_training(
+    tmp_path: Path, kind: str, codec: str
+) -> None:
+    """The far-token threshold is measured on the stored vectors as a reader decodes
+    them (pq: the codes the index holds), so a fresh index has about 1% below it."""
+    ids, vectors = synthetic_corpus(800, DIM, seed=3)  # ivf-pq trains on 9,984+ tokens
+    path = tmp_path / "idx"
+    with Index.from_vectors(path, ids, vectors, index_kind=kind, codec=codec) as index:
+        growth = index.info()["growth"]
+        index.add_vectors(NEW_IDS[:100], NEW_VECTORS[:100])
+        grown = index.info()["growth"]
+    assert growth["factor"] == 1.0 and growth["far_token_share"] < 0.05
+    assert grown["far_token_share"] > growth["far_token_share"]
+    trained = _manifest(path)["token_index"][TRAINED_KEY]
+    assert trained["tokens"] == sum(len(v) for v in vectors)
