@@ -536,6 +536,7 @@ class StoreBuilder:
         trained: faiss.Index | None = None,
         phase: Callable[[str], None] | None = None,
         pool_factor: int = 1,
+        training: Callable[[int], TrainingRecord | None] | None = None,
     ) -> Manifest:
         """Build the token index, write the manifest and commit the generation.
 
@@ -543,7 +544,9 @@ class StoreBuilder:
         index) replace ``index_kind`` and training: a fresh build with the quantizer
         of another index (and with the codec it was given, that index's codec).
         ``pool_factor``: the factor the documents' vectors were pooled by, recorded in
-        the manifest (the commit refuses one no reader accepts).
+        the manifest (the commit refuses one no reader accepts). ``training`` gives,
+        for the index's token count, the training record to keep instead of measuring
+        one (:mod:`storage.growth`; None: unknown): a reshard keeps its source's.
         """
         assert self.segment is not None
         choice = self.codec if isinstance(self.codec, CodecChoice) else None
@@ -560,7 +563,7 @@ class StoreBuilder:
             )
         if self.segment.codec is not None and self.segment.codec.name == "pq" and trained is None:
             trained = self.segment.codec.quantizer
-        codec, training = write_first_segment_index(
+        codec, measured = write_first_segment_index(
             self.segment,
             plan,
             progress,
@@ -571,11 +574,15 @@ class StoreBuilder:
             phase=phase,
         )
         record = self.segment.finish()
+        kept = measured if training is None else training(record.tokens)
+        token_index = plan.to_dict()
+        if kept is not None:
+            token_index[TRAINED_KEY] = kept.to_dict()
         manifest = Manifest(
             generation=self.generation,
             encoder=dict(encoder_spec),
             dim=codec.dim,
-            token_index={**plan.to_dict(), TRAINED_KEY: training.to_dict()},
+            token_index=token_index,
             codec=codec.name,
             documents=record.documents,
             live_documents=record.documents,

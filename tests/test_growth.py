@@ -249,3 +249,23 @@ def test_every_ivf_kind_and_codec_records_and_measures_its_training(
     assert grown["far_token_share"] > growth["far_token_share"]
     trained = _manifest(path)["token_index"][TRAINED_KEY]
     assert trained["tokens"] == sum(len(v) for v in vectors)
+
+
+def test_a_reshard_keeps_the_growth_of_its_source(tmp_path: Path) -> None:
+    """A reshard does not retrain: its shards keep the source's quantizer, so they
+    keep its growth (and an unrecorded source's unknown), not a fresh 1.0."""
+    from sie_index import ShardedIndex
+
+    source = tmp_path / "idx"
+    with _ivf(source) as index:
+        _grow(index, 3.0)
+        factor = index.info()["growth"]["factor"]
+    with ShardedIndex.from_index(source, tmp_path / "sharded", shards=2) as sharded:
+        shards = sharded.info()["shards"]
+    for shard in shards:
+        assert shard["growth"]["factor"] == pytest.approx(factor, rel=0.01)
+        assert shard["growth"]["far_token_share"] > 0.2
+
+    rewrite_manifest(source, lambda raw: raw["token_index"].pop(TRAINED_KEY))
+    with ShardedIndex.from_index(source, tmp_path / "unknown", shards=2) as sharded:
+        assert [s["growth"]["factor"] for s in sharded.info()["shards"]] == [None, None]
