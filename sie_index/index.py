@@ -29,7 +29,7 @@ from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport, vector_docs
 from sie_index.writer import BuildReport, build_index
-from storage import StoreSnapshot
+from storage import StoreSnapshot, measure_growth
 
 __all__ = ["Index", "Query"]
 
@@ -51,6 +51,8 @@ class Index:
         if encoder is not None:
             self.spec.check_query_encoder(encoder.spec)
         self.build_report: BuildReport | None = None
+        # growth measured on a generation, which never changes: by generation number
+        self._growth: tuple[int, dict[str, Any]] | None = None
 
     # -- making one ----------------------------------------------------------------
 
@@ -504,12 +506,18 @@ class Index:
 
     # -- describing it -------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
-        """What the index holds and how big it is on disk."""
-        m = self._snapshot.manifest
-        files = self._snapshot.file_sizes
+    def info(self, *, growth: bool = True) -> dict[str, Any]:
+        """What the index holds, how big it is on disk, and (``growth``) how far it has
+        grown since its quantizer was trained: tokens then and now, the growth factor,
+        the inverted lists' imbalance, the share of sampled tokens far from every
+        centroid (see :class:`storage.Growth`; unknown for an index written before
+        training was recorded). It is measured once a generation; ``growth=False``
+        leaves it out (a metrics scrape)."""
+        snapshot = self._snapshot
+        m = snapshot.manifest
+        files = snapshot.file_sizes
         total = sum(files.values())
-        return {
+        out = {
             "path": str(self.path),
             "format_version": m.format_version,
             "generation": m.generation,
@@ -521,13 +529,20 @@ class Index:
             "encoder": m.encoder,
             "token_index": m.token_index,
             "codec": m.codec,
-            "vector_bytes_per_token": self._snapshot.codec.row_bytes,
+            "vector_bytes_per_token": snapshot.codec.row_bytes,
             "pool_factor": m.pool_factor,
             "created_at": m.created_at,
             "files_bytes": files,
             "total_bytes": total,
             "bytes_per_token": total / m.tokens if m.tokens else 0.0,
         }
+        if growth:
+            cached = self._growth
+            if cached is None or cached[0] != m.generation:
+                cached = (m.generation, measure_growth(snapshot).to_dict())
+                self._growth = cached
+            out["growth"] = dict(cached[1])
+        return out
 
     def close(self) -> None:
         """Let the index go: later calls raise :class:`IndexClosed`. A search running

@@ -37,6 +37,8 @@ def combine_changes(reports: Sequence[ChangeReport], documents: int) -> ChangeRe
         replaced=sum(r.replaced for r in reports),
         tokens=sum(r.tokens for r in reports),
         documents=documents,
+        # a shard that crossed the growth threshold in this change says so
+        outgrown=max((r.outgrown for r in reports if r.outgrown is not None), default=None),
     )
 
 

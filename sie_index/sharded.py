@@ -414,21 +414,25 @@ class ShardedIndex:
             total += int(a)
         return total
 
-    def info(self) -> dict[str, Any]:
-        """The shards, their sizes and the shared plan."""
+    def info(self, *, growth: bool = True) -> dict[str, Any]:
+        """The shards (each with its growth since training), their sizes and the shared plan."""
         self._live_executor()
         shards = []
         for path in self.shard_paths:
-            m = read_manifest(path)
-            shards.append(
-                {
+            if growth:
+                with Index.open(path, verify=False) as shard:
+                    shard_info = shard.info()
+            else:
+                m = read_manifest(path)
+                shard_info = {
                     "path": str(path),
                     "documents": m.live_documents,
                     "tokens": m.tokens,
                     "segments": len(m.segments),
                     "generation": m.generation,
                 }
-            )
+            keys = ("path", "documents", "tokens", "segments", "generation", "growth")
+            shards.append({key: shard_info[key] for key in keys if key in shard_info})
         return {
             "path": str(self._path),
             "shards": shards,
@@ -445,17 +449,24 @@ class ShardedIndex:
         shard its id routes to; ``ok`` is True when all holds."""
         self._live_executor()
         problems = []
+        warnings = []
         for position, path in enumerate(self.shard_paths):
             report = verify_index(path)
             if not report.ok:
                 problems.append(f"shard {position}: {report.problem}")
                 continue
+            warnings += [f"shard {position}: {w}" for w in report.warnings]
             with Index.open(path, verify=False) as shard:
                 live_ids = shard.lookup(shard.external_ids())
                 wrong = [e for e in live_ids if shard_of(e, len(self.shard_paths)) != position]
                 if wrong:
                     problems.append(f"shard {position} holds {wrong[0]!r}, which routes elsewhere")
-        return {"path": str(self._path), "ok": not problems, "problems": problems}
+        return {
+            "path": str(self._path),
+            "ok": not problems,
+            "problems": problems,
+            "warnings": warnings,
+        }
 
     def close(self) -> None:
         if self._executor is not None:

@@ -378,4 +378,6 @@ def _summed(changes: Sequence[ChangeReport]) -> ChangeReport:
         replaced=sum(c.replaced for c in changes),
         tokens=sum(c.tokens for c in changes),
         documents=last.documents,
+        # the commit that crossed the growth threshold, if one did (at most one does)
+        outgrown=max((c.outgrown for c in changes if c.outgrown is not None), default=None),
     )

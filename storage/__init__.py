@@ -12,7 +12,8 @@ and FAISS data (:mod:`storage.token_index`). :mod:`storage.builder` writes a new
 :mod:`storage.merging` says), :mod:`storage.commit` commits either, after the
 reader's own checks, :mod:`storage.snapshot` opens one (:mod:`storage.segmented`
 reads across its segments), :mod:`storage.verify` checks one, and
-:mod:`storage.build_journal` records a build in progress so it can be resumed. Its errors are in
+:mod:`storage.build_journal` records a build in progress so it can be resumed;
+:mod:`storage.growth` says how far it has grown since its quantizer was trained. Its errors are in
 :mod:`storage.errors`. It knows nothing of models or HTTP, imports nothing from
 ``sie_index``, and importing it changes no process state.
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "DOCS_NAME",
     "FILTER_BUDGET_S",
+    "GROWTH_WARN_FACTOR",
     "MAX_POOL_FACTOR",
     "SHARD_MAP_NAME",
     "ChangeReport",
@@ -35,6 +37,7 @@ __all__ = [
     "CorruptIndex",
     "DimensionMismatch",
     "FormatVersionMismatch",
+    "Growth",
     "IndexClosed",
     "IndexLocked",
     "InvalidInput",
@@ -63,6 +66,7 @@ __all__ = [
     "check_document",
     "check_text",
     "mapped_os_errors",
+    "measure_growth",
     "plain_json",
     "read_journal",
     "read_manifest",
@@ -72,6 +76,9 @@ __all__ = [
 ]
 
 _WHERE = {
+    "GROWTH_WARN_FACTOR": "storage.growth",
+    "Growth": "storage.growth",
+    "measure_growth": "storage.growth",
     "mapped_os_errors": "storage.errors",
     "WriteLock": "storage.lock",
     "as_array": "storage.segment",
@@ -136,6 +143,7 @@ if TYPE_CHECKING:
         TooManyOpenFiles,
         mapped_os_errors,
     )
+    from storage.growth import GROWTH_WARN_FACTOR, Growth, measure_growth
     from storage.lock import WriteLock
     from storage.manifest import MAX_POOL_FACTOR
     from storage.merging import MergePolicy

@@ -56,6 +56,7 @@ from storage.errors import (
 )
 from storage.fsio import atomic_replace
 from storage.generations import CURRENT_NAME, read_pointer, remove_debris
+from storage.growth import TRAINED_KEY, TrainingRecord, measure_training
 from storage.lock import LOCK_NAME, WriteLock
 from storage.manifest import MANIFEST_NAME, MAX_DIM, FileRecord, Manifest, check_encoder_record
 from storage.segment import (
@@ -193,7 +194,7 @@ def write_first_segment_index(
     projection: np.ndarray | None = None,
     keep_scratch: bool = False,
     phase: Callable[[str], None] | None = None,
-) -> VectorCodec:
+) -> tuple[VectorCodec, TrainingRecord]:
     """Write the FAISS and codec files of a build's or a compaction's segment.
 
     A segment that stored its vectors with a codec already (a compaction copying
@@ -204,7 +205,8 @@ def write_first_segment_index(
     vectors (so an add, which encodes what it stores, equals a build), with
     ``trained`` (reuse that trained index, no training); for the ``pq`` codec the
     stored codes are the index, and only its trained copy is written.
-    Returns the segment's codec.
+    Returns the segment's codec, and what its quantizer looks like on the segment's
+    stored vectors (:func:`storage.growth.measure_training`), for the manifest.
     """
     segment.close_data()
     choice = choice or CodecChoice()
@@ -239,24 +241,25 @@ def write_first_segment_index(
             finally:
                 scratch.close()
     write_codec_files(segment.folder, codec)
-    if codec.name == "pq":
-        assert trained is not None
-        TokenIndex.save_index(trained, segment.folder / TRAINED_NAME)
-        if progress is not None:
-            progress(segment.n_tokens)
-        return codec
     reader = TokenReader(segment.folder, codec.dim, segment.n_tokens, codec=codec)
-    if trained is None and plan.kind != "flat" and plan.kind != "hnsw":
-        say(f"training the {plan.factory_string()} token index on sampled tokens")
-    say(f"adding {segment.n_tokens:,} tokens to the token index")
     try:
+        if codec.name == "pq":
+            assert trained is not None
+            TokenIndex.save_index(trained, segment.folder / TRAINED_NAME)
+            if progress is not None:
+                progress(segment.n_tokens)
+            return codec, measure_training(plan, trained, reader)
+        if trained is None and plan.kind != "flat" and plan.kind != "hnsw":
+            say(f"training the {plan.factory_string()} token index on sampled tokens")
+        say(f"adding {segment.n_tokens:,} tokens to the token index")
         token_index = TokenIndex.build(plan, reader, progress, trained=trained)
+        record = measure_training(plan, token_index.index, reader)
     finally:
         reader.close()
     token_index.save(segment.folder / TOKEN_INDEX_NAME)
     if takes_codes(plan):
         TokenIndex.save_index(token_index.trained_copy(), segment.folder / TRAINED_NAME)
-    return codec
+    return codec, record
 
 
 def check_build_options(
@@ -533,6 +536,7 @@ class StoreBuilder:
         trained: faiss.Index | None = None,
         phase: Callable[[str], None] | None = None,
         pool_factor: int = 1,
+        training: Callable[[int], TrainingRecord | None] | None = None,
     ) -> Manifest:
         """Build the token index, write the manifest and commit the generation.
 
@@ -540,7 +544,9 @@ class StoreBuilder:
         index) replace ``index_kind`` and training: a fresh build with the quantizer
         of another index (and with the codec it was given, that index's codec).
         ``pool_factor``: the factor the documents' vectors were pooled by, recorded in
-        the manifest (the commit refuses one no reader accepts).
+        the manifest (the commit refuses one no reader accepts). ``training`` gives,
+        for the index's token count, the training record to keep instead of measuring
+        one (:mod:`storage.growth`; None: unknown): a reshard keeps its source's.
         """
         assert self.segment is not None
         choice = self.codec if isinstance(self.codec, CodecChoice) else None
@@ -557,7 +563,7 @@ class StoreBuilder:
             )
         if self.segment.codec is not None and self.segment.codec.name == "pq" and trained is None:
             trained = self.segment.codec.quantizer
-        codec = write_first_segment_index(
+        codec, measured = write_first_segment_index(
             self.segment,
             plan,
             progress,
@@ -568,11 +574,15 @@ class StoreBuilder:
             phase=phase,
         )
         record = self.segment.finish()
+        kept = measured if training is None else training(record.tokens)
+        token_index = plan.to_dict()
+        if kept is not None:
+            token_index[TRAINED_KEY] = kept.to_dict()
         manifest = Manifest(
             generation=self.generation,
             encoder=dict(encoder_spec),
             dim=codec.dim,
-            token_index=plan.to_dict(),
+            token_index=token_index,
             codec=codec.name,
             documents=record.documents,
             live_documents=record.documents,

@@ -22,6 +22,12 @@ A pooled index (each document's token vectors merged into about one in
 index that is not pooled leaves the field out, so its manifest is what it was
 before pooling existed, and a manifest without it reads as factor 1.
 
+The ``token_index`` record holds the plan (:class:`storage.token_index.TokenIndexPlan`)
+and, under ``trained``, what the index held when its quantizer was trained
+(:class:`storage.growth.TrainingRecord`); both are checked by
+:func:`storage.snapshot.check_generation`, on every open and every commit. A
+manifest written before that record existed has none, and opens as before.
+
 Parsing is strict: every field must be present with its JSON type (``1.0`` or
 ``true`` is not an integer), no unknown field is accepted, and counts and sizes
 must agree with each other. Anything else is :class:`CorruptIndex` naming the

@@ -36,6 +36,7 @@ from storage.errors import InvalidInput, StorageError, mapped_os_errors
 from storage.failpoints import failpoint
 from storage.fsio import atomic_replace
 from storage.generations import CURRENT_NAME, LEASE_NAME
+from storage.growth import TrainingRecord, training_of
 from storage.lock import LOCK_NAME, WriteLock
 from storage.manifest import MANIFEST_NAME
 from storage.segment import PendingDoc
@@ -50,6 +51,7 @@ from storage.shard_map import (
     shard_of,
     write_shard_map,
 )
+from storage.snapshot import read_manifest
 from storage.store_writer import StoreWriter
 from storage.token_index import (
     TokenIndex,
@@ -93,6 +95,25 @@ def _quantizer_of(index: Path) -> tuple[TokenIndexPlan, faiss.Index | None, Code
         codec = w.codec()
         trained = w.trained_index() if w.plan.kind != "hnsw" else None
         return w.plan, trained, CodecChoice(codec.name)
+
+
+def _carried_training(index: Path) -> Callable[[int], TrainingRecord | None]:
+    """What a shard of a reshard of ``index`` records of its quantizer's training. The
+    quantizer is the source's, trained when the source held ``then`` of the ``now``
+    tokens it holds: a shard of ``n`` tokens keeps the source's growth factor (its
+    record says ``n * then / now``) and threshold, or the source's unknown."""
+    manifest = read_manifest(index)
+    plan = TokenIndexPlan.from_dict(manifest.token_index, str(index))
+    record = training_of(manifest.token_index, plan, str(index))
+    now = manifest.tokens
+
+    def scaled(n: int) -> TrainingRecord | None:
+        if record is None or record.tokens == 0 or now == 0:
+            return None
+        then = max(round(n * record.tokens / now), 1 if n else 0)
+        return TrainingRecord(tokens=then, far_similarity=record.far_similarity if then else None)
+
+    return scaled
 
 
 def _write(path: Path, text: str) -> None:
@@ -303,15 +324,21 @@ class ShardedBuilder:
         trained quantizer and codec: a reshard of its vectors), commit every shard,
         then the shard map."""
         with mapped_os_errors(str(self.target)):
+            carried = None
             if quantizer_of is not None:
                 plan, trained, choice = _quantizer_of(quantizer_of)
+                carried = _carried_training(quantizer_of)
             else:
                 plan, trained, choice = self._shared_quantizer(index_kind, index_options)
             for position in sorted(self.builders):
                 builder = self.builders[position]
                 builder.codec = choice
                 builder.finish(
-                    encoder_spec=encoder_spec, plan=plan, trained=trained, progress=progress
+                    encoder_spec=encoder_spec,
+                    plan=plan,
+                    trained=trained,
+                    progress=progress,
+                    training=carried,
                 )
                 self.kept.add(position)
                 failpoint(f"shards:after-shard-{position}")

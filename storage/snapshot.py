@@ -44,6 +44,7 @@ from storage.docstore import DOCS_NAME, DocReader, DocSpans
 from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex, read_failure
 from storage.fsio import read_at, sha256_hex, verify_bytes
 from storage.generations import Lease, Pointer, read_pointer
+from storage.growth import training_of
 from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest, SegmentRecord
 from storage.segment import CODES_NAME, REQUIRED_FILES, SEGMENT_FILES, TRAINED_NAME
 from storage.segmented import SegmentedDocs, SegmentedTokens
@@ -141,6 +142,7 @@ def check_generation(
     refuses). ``deleted_bytes`` are verified by the caller."""
     name = f"{where}/{MANIFEST_NAME}"
     plan = TokenIndexPlan.from_dict(manifest.token_index, name)
+    training_of(manifest.token_index, plan, name)  # what it held at training, if recorded
     if not manifest.segments:
         raise CorruptIndex(f"{name} names no segment")
     for position, seg in enumerate(manifest.segments):

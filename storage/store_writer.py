@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import faiss
 import numpy as np
@@ -52,6 +53,7 @@ from storage.errors import (
 )
 from storage.fsio import read_at, verify_bytes
 from storage.generations import remove_debris
+from storage.growth import GROWTH_WARN_FACTOR, TRAINED_KEY, growth_factor, training_of, warning_line
 from storage.lock import WriteLock
 from storage.manifest import DELETED_NAME, Manifest
 from storage.merging import DEFAULT_MERGE_POLICY, MergePolicy, copy_segment
@@ -93,6 +95,10 @@ class ChangeReport:
     tokens: int = 0
     documents: int = 0
     """Live documents after the change."""
+    outgrown: float | None = None
+    """The growth factor (:mod:`storage.growth`), when this change took the index past
+    :data:`~storage.growth.GROWTH_WARN_FACTOR` times the tokens its quantizer was
+    trained on (an add crossing it; the adds after it leave this None)."""
 
 
 class StoreWriter:
@@ -278,6 +284,7 @@ class StoreWriter:
         )
         deleted = self.deleted | set(replaced)
         self._commit(manifest, deleted)
+        outgrown = self._crossed(m.tokens, manifest.tokens)
         for offset, ext in enumerate(added):
             self.live[ext] = record.doc_base + offset
             self._ext_of[record.doc_base + offset] = ext
@@ -292,7 +299,19 @@ class StoreWriter:
             added=len(added) - len(replaced),
             replaced=len(replaced),
             tokens=record.tokens,
+            outgrown=outgrown,
         )
+
+    def _crossed(self, before: int, after: int) -> float | None:
+        """The growth factor after an add of ``before`` -> ``after`` tokens, when it
+        crossed the threshold (then logged, once: later adds stay quiet, and ``info``
+        and ``verify`` keep saying it); else None."""
+        record = training_of(self.manifest.token_index, self.plan, str(self.target))
+        then, now = growth_factor(before, record), growth_factor(after, record)
+        if then is None or now is None or not then <= GROWTH_WARN_FACTOR < now:
+            return None
+        log.warning("%s: %s", self.target, warning_line(now))
+        return now
 
     @typed_os_errors
     def merge(self, lo: int, hi: int) -> ChangeReport:
@@ -447,7 +466,7 @@ class StoreWriter:
                     seed=plan.seed,
                     codec=codec.name,
                 )
-            write_first_segment_index(
+            _, training = write_first_segment_index(
                 segment,
                 plan,
                 progress,
@@ -460,10 +479,15 @@ class StoreWriter:
         except BaseException:
             segment.abort()
             raise
+        # a new quantizer is measured on what it was trained on; the old one keeps its
+        # record (or its lack of one: growth since an unrecorded training is unknown)
+        token_index = {**plan.to_dict(), TRAINED_KEY: training.to_dict()}
+        if not retrain:
+            token_index = dict(self.manifest.token_index)
         manifest = dataclasses.replace(
             self.manifest,
             generation=number,
-            token_index=plan.to_dict(),
+            token_index=token_index,
             documents=record.documents,
             tokens=record.tokens,
             segments=[record],
@@ -506,7 +530,7 @@ class StoreWriter:
                 "open a new writer"
             )
 
-    def _report(self, generation: int, **counts: int) -> ChangeReport:
+    def _report(self, generation: int, **counts: Any) -> ChangeReport:
         return ChangeReport(generation=generation, documents=len(self.live), **counts)
 
     def close(self) -> None:

@@ -119,7 +119,11 @@ class TokenIndexPlan:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> TokenIndexPlan:
-        """The plan a manifest records, checked field by field (:class:`CorruptIndex`)."""
+        """The plan a manifest records, checked field by field (:class:`CorruptIndex`).
+
+        The record's ``trained`` entry, if any, is not part of the plan: it says what
+        the index held at training, and :mod:`storage.growth` checks it."""
+        raw = {key: value for key, value in raw.items() if key != "trained"}
         fields = {"kind", "nlist", "pq_m", "hnsw_m", "train_sample", "seed", "factory"}
         if set(raw) != fields:
             raise CorruptIndex(f"{where}: token_index has fields {sorted(raw)}")

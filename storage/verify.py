@@ -4,7 +4,8 @@
 once (every segment's vector file in full, every row's text and metadata, every
 live id once, not only what a search would touch) and lists the debris beside it: generation
 folders that are not current, segment folders no generation names, a stale
-temporary pointer, files of the format-1 layout. With
+temporary pointer, files of the format-1 layout. It reports, as a warning that
+leaves the index ``ok``, an index grown past its quantizer (:mod:`storage.growth`). With
 ``repair`` it takes the write lock (so never while a writer works) and removes
 that debris, leaving any generation a reader still holds.
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from storage.errors import CorruptIndex, StorageError
 from storage.generations import CURRENT_NAME, find_debris, remove_debris
+from storage.growth import measure_growth
 from storage.lock import WriteLock
 from storage.snapshot import StoreSnapshot, read_manifest
 
@@ -33,6 +36,11 @@ class VerifyReport:
     documents: int | None = None
     tokens: int | None = None
     problem: str | None = None
+    growth: dict[str, Any] | None = None
+    """How far the index has grown since its quantizer was trained (:mod:`storage.growth`)."""
+    warnings: list[str] = field(default_factory=list)
+    """Findings that do not make the index damaged (``ok`` stays True): an index
+    outgrown its quantizer."""
     debris: list[str] = field(default_factory=list)
     """Leftovers still in the folder (after ``repair``: those a reader holds)."""
     removed: list[str] = field(default_factory=list)
@@ -59,6 +67,7 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
                 raise CorruptIndex(f"{folder}: documents {twice} are live twice")
             m = snap.manifest
             segments = {seg.name for seg in m.segments}
+            growth = measure_growth(snap)
     except StorageError as exc:
         if not folder.is_dir() or not (folder / CURRENT_NAME).exists():
             raise
@@ -80,6 +89,8 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
         generation=m.generation,
         documents=m.live_documents,
         tokens=m.tokens,
+        growth=growth.to_dict(),
+        warnings=[growth.verdict] if growth.outgrown else [],
         # what is left (after repair, a generation a reader holds)
         debris=[
             p.name

@@ -66,6 +66,8 @@ def _verify_sharded(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     elif report["ok"]:
         print(f"ok: {report['path']}: every shard verified, every id in the shard it routes to")
+        for warning in report["warnings"]:
+            print(f"warning: {warning}")
     else:
         for problem in report["problems"]:
             print(f"DAMAGED: {problem}", file=sys.stderr)
@@ -86,6 +88,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"ok: {report.path} generation {report.generation}, {report.documents} documents, "
             f"{report.tokens} tokens; every checksum and invariant verified"
         )
+        for warning in report.warnings:
+            print(f"warning: {warning}")
         for name in report.removed:
             print(f"removed {name}")
         for name in report.debris:

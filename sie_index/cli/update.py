@@ -19,6 +19,7 @@ from sie_index.cli.options import (
     open_index,
 )
 from sie_index.errors import InvalidInput
+from storage import GROWTH_WARN_FACTOR
 
 
 def _change_line(verb: str, index: Path, change: Any) -> str:
@@ -67,6 +68,12 @@ def cmd_add(args: argparse.Namespace) -> int:
             args.command + "ed" if args.command == "add" else "upserted", index, report.change
         )
     )
+    if report.change.outgrown is not None:
+        print(
+            f"warning: the index now holds {report.change.outgrown:.2f}x the tokens its "
+            f"quantizer was trained on (past {GROWTH_WARN_FACTOR:g}x), which costs recall; "
+            f"retrain it: sie-index compact --retrain {index}"
+        )
     for bad in report.bad_lines:
         print(f"skipped {bad.source}:{bad.line}: {bad.reason}", file=sys.stderr)
     return 0

@@ -93,7 +93,11 @@ class _Service:
         self.config = config
         self.limits = config.limits
         self.pool = ThreadPoolExecutor(config.search_threads, thread_name_prefix="sie-search")
-        self.metrics = ServerMetrics(index.info, lambda: self.writer.depth if self.writer else 0)
+        # a scrape reads counts only: growth samples tokens once a generation, and a
+        # busy server commits often
+        self.metrics = ServerMetrics(
+            lambda: index.info(growth=False), lambda: self.writer.depth if self.writer else 0
+        )
         self.writer: BatchingWriter | None = None
         self.encoder = "loading"
         """``loading``, ``ready``, ``none`` (the index takes query vectors only) or
