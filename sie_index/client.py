@@ -139,7 +139,9 @@ def _hit(raw: Mapping[str, Any]) -> Hit:
 
 
 def _change(raw: Mapping[str, Any]) -> ChangeReport:
-    return ChangeReport(**{k: int(raw[k]) for k in ChangeReport.__dataclass_fields__})
+    counts = {k: int(raw[k]) for k in ChangeReport.__dataclass_fields__ if k != "outgrown"}
+    outgrown = raw.get("outgrown")
+    return ChangeReport(**counts, outgrown=None if outgrown is None else float(outgrown))
 
 
 def _update(raw: Mapping[str, Any]) -> UpdateReport:

@@ -483,6 +483,13 @@ def test_a_typed_error_is_one_line_without_a_traceback(tmp_path: Path) -> None:
     assert len(done.stderr.splitlines()) == 1 and str(tmp_path) in done.stderr
 
 
+def interruptible() -> None:
+    """In the child before it runs: SIGINT back to its default, so Python turns it
+    into KeyboardInterrupt even when these tests run where it is ignored (a shell
+    starts background jobs that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupt_is_one_line_and_status_130(
     sie_server: LoopbackSie, small_index: Path
 ) -> None:
@@ -490,7 +497,9 @@ def test_an_interrupt_is_one_line_and_status_130(
     sie = ["--encoder", "sie", "--sie-url", sie_server.url, "--model", MODEL]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "sie_index.cli", "search", str(small_index), "q", *sie]
-    with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) as child:
+    with subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=interruptible
+    ) as child:
         try:
             assert sie_server.arrived.wait(60), "the search never reached the server"
             child.send_signal(signal.SIGINT)
@@ -517,7 +526,9 @@ def test_an_interrupted_build_says_what_is_kept_and_resumes(
     idx = tmp_path / "idx"
     build = ["build", str(corpus), str(idx), "--batch-size", "8", *sie]
     args = [sys.executable, "-m", "sie_index.cli", "-q", *build]
-    with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) as child:
+    with subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=interruptible
+    ) as child:
         try:
             deadline = time.monotonic() + 60
             while sie_server.stats.requests < 3 and time.monotonic() < deadline:

@@ -175,8 +175,13 @@ def test_a_build_interrupted_while_indexing_resumes(
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr("sie_index.writer._phase", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        build(path, docs, vectors, **settings)
+    # Python's own Ctrl-C handler, even where this runs with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build(path, docs, vectors, **settings)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     journal = read_journal(path)
     assert journal is not None  # the half-done step's files are there for the resume to undo

@@ -199,6 +199,8 @@ class ChangeOut(_Strict):
     documents: int = 0
     encode_seconds: float = 0.0
     store_seconds: float = 0.0
+    outgrown: float | None = None
+    """Set on the commit that took the index past its growth threshold: the factor."""
 
 
 class ErrorDetail(_Strict):

@@ -367,6 +367,7 @@ class BatchingWriter:
                     documents=change.documents,
                     encode_seconds=encode_s,
                     store_seconds=store_s,
+                    outgrown=change.outgrown,
                 )
             )
         return out
