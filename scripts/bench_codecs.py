@@ -28,6 +28,7 @@ from typing import Any
 
 from bench_child import in_child, peak_rss_mb
 from bench_report import write_report
+from bench_runs import timed_run
 
 VARIANTS = [("f16", 0), ("sq8", 0), ("pq", 0), ("f16", 128), ("sq8", 128), ("pq", 128)]
 RERANK = (64, 256)
@@ -91,19 +92,7 @@ def search_variants(base: Path, paths: dict[str, str], queries: int | None) -> d
             rows = []
             for n_rerank in RERANK:
                 params = SearchParams(k=RUN_DEPTH, n_rerank=n_rerank)
-                index.rank(Qs[:5], params, threads=1)  # warm the page cache and FAISS
-                run: dict[str, dict[str, float]] = {}
-                times = []
-                for qid, Q in zip(qids, Qs, strict=True):
-                    t0 = time.perf_counter()
-                    ranked = index.rank([Q], params, threads=1)[0]
-                    times.append(time.perf_counter() - t0)
-                    run[qid] = {
-                        ext[d]: float(s)
-                        for d, s in zip(
-                            ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True
-                        )
-                    }
+                run, times = timed_run(index, Qs, qids, ext, params)
                 ms = np.array(times) * 1000
                 # the same queries in one batch (search_batch), against the loop above
                 t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_report import write_report
+from bench_runs import timed_run
 
 MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
@@ -111,19 +112,7 @@ def _run(
     from sie_index.evaluation import RUN_DEPTH
     from sie_index.params import SearchParams
 
-    params = SearchParams(k=RUN_DEPTH)
-    index.rank(Qs[:5], params, threads=1)  # warm the page cache and FAISS
-    run: dict[str, dict[str, float]] = {}
-    times = []
-    for qid, Q in zip(qids, Qs, strict=True):
-        t0 = time.perf_counter()
-        ranked = index.rank([Q], params, threads=1)[0]
-        times.append(time.perf_counter() - t0)
-        run[qid] = {
-            external[d]: float(s)
-            for d, s in zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)
-        }
-    return run, times
+    return timed_run(index, Qs, qids, external, SearchParams(k=RUN_DEPTH))
 
 
 def _exhaustive_run(index: Any, Qs: list[Any], qids: list[str], external: list[str]) -> Any:
