@@ -37,7 +37,6 @@ MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
 def build_variant(base: Path, target: Path, codec: str, dim: int) -> dict[str, Any]:
     """Build ``target`` from the documents and stored vectors of ``base``."""
-    from bench_stored import stored_batches
 
     from sie_index.index import Index
     from storage import CodecChoice, StoreBuilder, StoreSnapshot
@@ -48,7 +47,7 @@ def build_variant(base: Path, target: Path, codec: str, dim: int) -> dict[str, A
         with StoreBuilder(
             target, snap.codec.input_dim, overwrite=True, codec=CodecChoice(codec, dim or None)
         ) as builder:
-            for batch in stored_batches(snap):
+            for batch in snap.live_documents():
                 builder.add(batch)
             store_s = time.perf_counter() - t0
             builder.finish(encoder_spec=spec)

@@ -41,7 +41,6 @@ def _old_nlist(n_tokens: int) -> int:
 
 def _copy_first(base: Path, target: Path, n_docs: int, spec: str) -> dict[str, Any]:
     """Build ``target`` of kind ``spec`` from the first ``n_docs`` documents of ``base``."""
-    from bench_stored import stored_batches
 
     from storage import CodecChoice, StoreBuilder, StoreSnapshot
 
@@ -51,7 +50,7 @@ def _copy_first(base: Path, target: Path, n_docs: int, spec: str) -> dict[str, A
         with StoreBuilder(
             target, snap.codec.input_dim, overwrite=True, codec=CodecChoice("auto")
         ) as builder:
-            for batch in stored_batches(snap, limit=n_docs):
+            for batch in snap.live_documents(limit=n_docs):
                 builder.add(batch)
             kind, _, rule = spec.partition(":")
             options = {"nlist": _old_nlist(builder.n_tokens)} if rule == "4sqrt" else None

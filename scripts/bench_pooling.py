@@ -66,7 +66,6 @@ def build_base(path: Path, docs: int, index_kind: str) -> dict[str, Any]:
 def stored_documents(base: Path) -> tuple[list[str], list[Any], list[str]]:
     """Ids, stored (float16, widened) vectors and texts of the base index's documents."""
     import numpy as np
-    from bench_stored import stored_batches
 
     from storage import StoreSnapshot
 
@@ -74,7 +73,7 @@ def stored_documents(base: Path) -> tuple[list[str], list[Any], list[str]]:
     vectors: list[Any] = []
     texts: list[str] = []
     with StoreSnapshot.open(base, verify_vectors=False) as snap:
-        for batch in stored_batches(snap):
+        for batch in snap.live_documents():
             for doc in batch:
                 ids.append(doc.external_id)
                 vectors.append(np.asarray(doc.vectors, dtype=np.float32))

@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from tqdm import tqdm
 
 from sie_index.corpus import batched
@@ -186,25 +185,14 @@ def reshard_index(
         with ShardedBuilder(
             Path(path), shards, int(spec["dim"]), codec=choice, overwrite=overwrite
         ) as builder:
-            live = np.flatnonzero(~snap.spans.deleted)
-            for lo in range(0, len(live), chunk_docs):
-                t = time.perf_counter()
-                chunk = live[lo : lo + chunk_docs]
-                stored = snap.docs.fetch(chunk.tolist(), text=True, metadata=True)
-                starts = snap.spans.token_start[chunk]
-                counts = snap.spans.token_count[chunk]
-                rows = snap.tokens.spans(starts, counts)
-                parts = np.split(rows, np.cumsum(counts)[:-1])
-                batch = [
-                    PendingDoc(
-                        external_id=stored[d].external_id,
-                        text=stored[d].text,
-                        metadata=stored[d].metadata,
-                        vectors=v,
-                    )
-                    for d, v in zip(chunk.tolist(), parts, strict=True)
-                ]
+            live = ~snap.spans.deleted
+            batches = snap.live_documents(chunk_docs=chunk_docs)
+            while True:
+                t = time.perf_counter()  # reading stored vectors stands in for encoding
+                batch = next(batches, None)
                 timing.encode_seconds += time.perf_counter() - t
+                if batch is None:
+                    break
                 t = time.perf_counter()
                 builder.add(batch)
                 timing.store_seconds += time.perf_counter() - t
@@ -213,7 +201,7 @@ def reshard_index(
             index_s = time.perf_counter() - t
     del shard_map
     return BuildReport(
-        documents=len(live),
+        documents=int(live.sum()),
         tokens=int(snap.spans.token_count[live].sum()),
         encode_seconds=timing.encode_seconds,
         store_seconds=timing.store_seconds,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from storage.fsio import read_at, sha256_hex, verify_bytes
 from storage.generations import Lease, Pointer, read_pointer
 from storage.growth import training_of
 from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest, SegmentRecord
-from storage.segment import CODES_NAME, REQUIRED_FILES, SEGMENT_FILES, TRAINED_NAME
+from storage.segment import CODES_NAME, REQUIRED_FILES, SEGMENT_FILES, TRAINED_NAME, PendingDoc
 from storage.segmented import SegmentedDocs, SegmentedTokens
 from storage.token_index import TOKEN_INDEX_NAME, TokenIndex, TokenIndexPlan, takes_codes
 from storage.vectors import TOKEN_DOC_NAME, TokenReader
@@ -545,6 +545,30 @@ class StoreSnapshot:
             if live:
                 out[ext] = live[0]
         return out
+
+    def live_documents(
+        self, limit: int | None = None, chunk_docs: int = 1024
+    ) -> Iterator[list[PendingDoc]]:
+        """The live documents (the first ``limit`` of them) with their stored vectors,
+        ``chunk_docs`` at a time, as a writer takes them: id, text, metadata and
+        vectors decoded by the index's codec (a reshard, or a benchmark's variants,
+        built without encoding again)."""
+        live = np.flatnonzero(~self.spans.deleted)[:limit]
+        for lo in range(0, len(live), chunk_docs):
+            chunk = live[lo : lo + chunk_docs]
+            stored = self.docs.fetch(chunk.tolist(), text=True, metadata=True)
+            counts = self.spans.token_count[chunk]
+            vectors = self.tokens.spans(self.spans.token_start[chunk], counts)
+            parts = np.split(vectors, np.cumsum(counts)[:-1])
+            yield [
+                PendingDoc(
+                    external_id=stored[d].external_id,
+                    text=stored[d].text,
+                    metadata=stored[d].metadata,
+                    vectors=v,
+                )
+                for d, v in zip(chunk.tolist(), parts, strict=True)
+            ]
 
     def __enter__(self) -> StoreSnapshot:
         return self
