@@ -48,7 +48,18 @@ from sie_index.writer import open_corpus
 
 __all__ = ["AsyncClient", "Client", "ServerError"]
 
-_PARAM_FIELDS = ("k", "k_token", "n_rerank", "nprobe", "ef_search", "exact_threshold")
+_PARAM_FIELDS = (
+    "k",
+    "k_token",
+    "n_rerank",
+    "nprobe",
+    "ef_search",
+    "exact_threshold",
+    "hybrid",
+    "fusion",
+    "fusion_weight",
+    "lexical_k",
+)
 # The server's error codes that are the library's own errors (sie_index.server.errors_http).
 _TYPED: dict[str, type[SieIndexError]] = {
     "invalid_input": InvalidInput,
@@ -135,6 +146,8 @@ def _hit(raw: Mapping[str, Any]) -> Hit:
         metadata=raw.get("metadata"),
         explain=None if explain is None else tuple(MatchedToken(**m) for m in explain),
         shard=raw.get("shard"),
+        maxsim=raw.get("maxsim"),
+        bm25=raw.get("bm25"),
     )
 
 

@@ -16,7 +16,8 @@ The tree::
     │   ├── StorageFull              the disk or quota is full (nothing was committed)
     │   ├── ReadOnlyIndex            the index's folder cannot be written
     │   ├── TooManyOpenFiles         the process has no file descriptor left
-    │   └── DimensionMismatch        vectors or a query encoder of the wrong dimension
+    │   ├── DimensionMismatch        vectors or a query encoder of the wrong dimension
+    │   └── NoLexicon                hybrid search on an index that keeps no lexicon
     ├── ShardTimeout                 a shard did not answer within a search's deadline
     └── InvalidInput (ValueError)    bad user input: corpus lines, ids, texts, vectors
         └── UnknownFilterField       a filter that matches nothing names a field no document has
@@ -58,6 +59,7 @@ __all__ = [
     "IndexClosed",
     "IndexLocked",
     "InvalidInput",
+    "NoLexicon",
     "NotAnIndex",
     "ReadOnlyIndex",
     "ShardTimeout",
@@ -86,6 +88,22 @@ class EncoderMismatch(EncoderError):
 
     A query encoder of the wrong dimension raises :class:`DimensionMismatch` instead.
     """
+
+
+class NoLexicon(StorageError):
+    """Hybrid search asked of an index that keeps no lexicon: one built before
+    lexicons existed, or with ``store_text=False`` (no text to index)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(
+            f"{where} keeps no lexicon for hybrid search (built before lexicons, or without "
+            "its text); compact it with lexical_fields=[] (CLI: compact --lexicon) to add one, "
+            "or search without hybrid"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses to and from Ray shard actors
+        return (type(self), (self.where,))
 
 
 class ShardTimeout(SieIndexError):

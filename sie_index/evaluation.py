@@ -134,7 +134,7 @@ def evaluate(
         t0 = time.perf_counter()
         Q = index.encode_queries([text])[0]
         t1 = time.perf_counter()
-        run[qid] = run_one(index, Q, params, external)
+        run[qid] = run_one(index, Q, params, external, text)
         t2 = time.perf_counter()
         search_s.append(t2 - t1)
         total_s.append(t2 - t0)
@@ -197,10 +197,11 @@ def judged_queries(dataset: BeirDataset, external: list[str]) -> list[str]:
 
 
 def run_one(
-    index: Index, Q: np.ndarray, params: SearchParams, external: list[str]
+    index: Index, Q: np.ndarray, params: SearchParams, external: list[str], text: str | None = None
 ) -> dict[str, float]:
-    """One encoded query's results, as a run entry (external id -> score)."""
-    ranked = index.rank([Q], params, threads=1)[0]
+    """One encoded query's results, as a run entry (external id -> score); ``text``:
+    the query's, which a hybrid search needs."""
+    ranked = index.rank([Q], params, threads=1, texts=[text])[0]
     return {external[d]: float(s) for d, s in zip(ranked.doc_ids, ranked.scores, strict=True)}
 
 

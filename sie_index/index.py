@@ -89,6 +89,7 @@ class Index:
         progress: bool | None = None,
         resume: bool = False,
         pool_factor: int = 1,
+        lexical_fields: Sequence[str] | None = (),
     ) -> Index:
         """Build a new index at ``path`` from a corpus and open it.
 
@@ -108,7 +109,9 @@ class Index:
         encoded: ``resume=True``, with the same corpus and settings, encodes only the
         rest (see :func:`sie_index.writer.build_index`). ``pool_factor`` above 1
         merges each document's token vectors into about one in ``pool_factor``
-        (Ward clustering, :mod:`sie_index.pooling`), and adds pool alike.
+        (Ward clustering, :mod:`sie_index.pooling`), and adds pool alike. The
+        index keeps a lexicon of each document's text and of the metadata
+        ``lexical_fields`` for ``search(..., hybrid=True)``.
         """
         if encoder is None:
             from sie_index.encoders.token_states import TokenStatesEncoder
@@ -130,6 +133,7 @@ class Index:
             progress=progress,
             resume=resume,
             pool_factor=pool_factor,
+            lexical_fields=lexical_fields,
         )
         query_encoder = None if isinstance(encoder, PrecomputedEncoder) else encoder
         index = cls.open(path, encoder=query_encoder, verify=False)
@@ -260,16 +264,25 @@ class Index:
         explain: bool = False,
         threads: int | None = None,
         timings: PhaseTimes | None = None,
+        texts: Sequence[str | None] | None = None,
     ) -> list[Ranked]:
         """Internal ids and scores, without reading documents (for evaluation loops).
-        ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`)."""
+        ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
+        ``texts``: the texts of queries given as vectors, for a hybrid search (a
+        query given as text is its own)."""
         searcher = self._searcher
+        own = _texts(queries)
+        if texts is not None:
+            if len(texts) != len(queries):
+                raise InvalidInput(f"{len(texts)} texts for {len(queries)} queries")
+            own = [o if o is not None else t for o, t in zip(own, texts, strict=True)]
         return searcher.rank(
             self._query_matrices(queries),
             params or SearchParams(),
             explain=explain,
             threads=threads,
             timings=timings,
+            texts=own,
         )
 
     @overload
@@ -339,7 +352,12 @@ class Index:
         params = (params or SearchParams()).with_(k=k, **overrides)
         searcher = self._searcher  # one snapshot for the whole call, whatever refresh does
         ranked = searcher.rank(
-            self._query_matrices(queries), params, explain=explain, threads=threads, timings=timings
+            self._query_matrices(queries),
+            params,
+            explain=explain,
+            threads=threads,
+            timings=timings,
+            texts=_texts(queries),
         )
         results = searcher.hits(ranked, text=text or explain, metadata=metadata, timings=timings)
         if explain:
@@ -469,9 +487,13 @@ class Index:
         commit, then refresh."""
         return self._change(lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql))
 
-    def compact(self, *, retrain: bool = False) -> ChangeReport:
-        """Purge deleted documents (one new segment), then refresh."""
-        return self._change(lambda w: w.compact(retrain=retrain))
+    def compact(
+        self, *, retrain: bool = False, lexical_fields: Sequence[str] | None = None
+    ) -> ChangeReport:
+        """Purge deleted documents (one new segment), then refresh. ``lexical_fields``
+        (None: keep the index's) gives the index a lexicon of its text and those
+        metadata fields, for hybrid search."""
+        return self._change(lambda w: w.compact(retrain=retrain, lexical_fields=lexical_fields))
 
     # -- reading it whole -----------------------------------------------------------
 
@@ -576,6 +598,11 @@ def _doc_texts(m: MatchedToken, tokens: list[str] | None) -> dict[str, Any]:
         texts = tuple(tokens[i] for i in m.merged_tokens)
         return {"doc_text": " + ".join(texts), "merged_texts": texts}
     return {"doc_text": tokens[m.doc_token]}
+
+
+def _texts(queries: Sequence[Query]) -> list[str | None]:
+    """Each query's text (None for a query given as vectors), for hybrid search."""
+    return [q if isinstance(q, str) else None for q in queries]
 
 
 def _searcher_of(snapshot: StoreSnapshot) -> Searcher:

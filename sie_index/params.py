@@ -9,6 +9,7 @@ from typing import Any
 
 from sie_index.errors import InvalidInput
 from sie_index.filters import CompiledFilter, compile_filter
+from sie_index.fusion import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS
 from storage import FILTER_BUDGET_S
 
 __all__ = ["Hit", "Hits", "MatchedToken", "SearchParams"]
@@ -38,6 +39,10 @@ class SearchParams:
       index, a selective filter), skip the token ANN and score every allowed
       document exactly; ``None`` means ``8 * max(n_rerank, k)``, 0 always runs
       the ANN.
+    - ``hybrid``: add BM25's best ``lexical_k`` documents (:mod:`sie_index.lexical`)
+      to the token ANN's candidates, score them all by exact MaxSim, and rank by
+      ``fusion`` (:mod:`sie_index.fusion`: ``"maxsim"``, ``"rrf"`` or
+      ``"weighted"`` with ``fusion_weight`` on MaxSim). Needs the query's text.
     """
 
     k: int = 10
@@ -50,10 +55,14 @@ class SearchParams:
     filter_sql: str | None = None
     filter_budget_s: float = FILTER_BUDGET_S
     exact_threshold: int | None = None
+    hybrid: bool = False
+    fusion: str = DEFAULT_FUSION
+    fusion_weight: float = DEFAULT_WEIGHT
+    lexical_k: int = 100
     _compiled: CompiledFilter | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("k", "k_token", "n_rerank", "nprobe", "ef_search"):
+        for name in ("k", "k_token", "n_rerank", "nprobe", "ef_search", "lexical_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"SearchParams.{name} must be a positive integer, got {value!r}")
@@ -67,6 +76,15 @@ class SearchParams:
             raise InvalidInput(
                 f"SearchParams.filter_budget_s must be a positive number of seconds, got {budget!r}"
             )
+        if not isinstance(self.hybrid, bool):
+            raise InvalidInput(f"SearchParams.hybrid must be true or false, got {self.hybrid!r}")
+        if self.fusion not in FUSIONS:
+            raise InvalidInput(
+                f"SearchParams.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}"
+            )
+        w = self.fusion_weight
+        if not isinstance(w, int | float) or isinstance(w, bool) or not 0 <= w <= 1:
+            raise InvalidInput(f"SearchParams.fusion_weight must be in 0..1, got {w!r}")
         t = self.exact_threshold
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
             raise InvalidInput(f"SearchParams.exact_threshold must be None or >= 0, got {t!r}")
@@ -166,6 +184,10 @@ class Hit:
     shard: int | None = None
     """The shard that holds the document (a :class:`~sie_index.ShardedIndex`'s hits;
     ``doc_id`` is internal to that shard)."""
+    maxsim: float | None = None
+    """A hybrid search's hits: the exact MaxSim score (``score`` is the fused one)."""
+    bm25: float | None = None
+    """A hybrid search's hits: the BM25 score (0: no query term in the document)."""
 
     @property
     def id(self) -> str:
@@ -174,11 +196,16 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         """The hit as a JSON-ready dict: ``id``, ``doc_id``, ``score``, and ``shard``,
-        ``text``, ``metadata``, ``explain`` (a list of dicts) where they are not None.
+        ``maxsim``, ``bm25``, ``text``, ``metadata``, ``explain`` (a list of dicts)
+        where they are not None.
         The CLI's ``--json`` and the server's answers are made from it."""
         out: dict[str, Any] = {"id": self.external_id, "doc_id": self.doc_id, "score": self.score}
         if self.shard is not None:
             out["shard"] = self.shard
+        if self.maxsim is not None:
+            out["maxsim"] = self.maxsim
+        if self.bm25 is not None:
+            out["bm25"] = self.bm25
         if self.text is not None:
             out["text"] = self.text
         if self.metadata is not None:

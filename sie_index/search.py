@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from sie_index.errors import UnknownFilterField
+from sie_index.errors import InvalidInput, UnknownFilterField
 from sie_index.filters import CompiledFilter, compile_filter
+from sie_index.fusion import fuse
+from sie_index.lexical import LexicalScorer
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import segment_maxsim_explain, segment_maxsim_torch, token_blocks, top_k
@@ -52,8 +54,12 @@ class Ranked:
     """Internal ids and exact scores of one query's results, best first."""
 
     doc_ids: np.ndarray  # int64 [n]
-    scores: np.ndarray  # float32 [n]
+    scores: np.ndarray  # float32 [n]; a hybrid search's: the fused scores, float64
     explain: list[tuple[MatchedToken, ...]] | None = None
+    maxsim: np.ndarray | None = None
+    """A hybrid search's: each result's exact MaxSim score."""
+    bm25: np.ndarray | None = None
+    """A hybrid search's: each result's BM25 score."""
 
 
 class _Allowed:
@@ -114,6 +120,16 @@ class Searcher:
         self.n_docs = len(spans.token_start)
         self._masks: OrderedDict[str, _Allowed] = OrderedDict()
         self._masks_lock = threading.Lock()
+        self._lexical: LexicalScorer | None = None
+
+    def lexical(self) -> LexicalScorer:
+        """BM25 over this snapshot's live documents, made on first use
+        (:class:`NoLexicon` for an index that keeps none)."""
+        if self._lexical is None:
+            with self._masks_lock:
+                if self._lexical is None:
+                    self._lexical = LexicalScorer(self.snapshot, self.live)
+        return self._lexical
 
     # -- filters -------------------------------------------------------------
 
@@ -180,11 +196,19 @@ class Searcher:
         explain: bool = False,
         threads: int | None = None,
         timings: PhaseTimes | None = None,
+        texts: Sequence[str | None] | None = None,
     ) -> list[Ranked]:
         """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``);
-        ``timings`` gathers the seconds of each phase."""
+        ``timings`` gathers the seconds of each phase. A hybrid search
+        (``params.hybrid``) needs each query's text in ``texts``."""
         if not queries:
             return []
+        lexical = None
+        if params.hybrid:
+            if texts is None or len(texts) != len(queries) or any(t is None for t in texts):
+                raise InvalidInput("hybrid search needs each query's text, not only its vectors")
+            lexical = self.lexical()
+        words = list(texts) if lexical is not None and texts is not None else [None] * len(queries)
         limit_numpy_blas()
         codec = self.snapshot.codec
         if codec.projection is not None:  # queries go where the stored vectors are
@@ -199,7 +223,11 @@ class Searcher:
         if n_allowed <= params.exact_below():
             candidates = np.flatnonzero(allowed)
             return self._map(
-                lambda Q: self._exact(Q, candidates, params.k, explain, timings), queries, threads
+                lambda job: self._final(
+                    job[0], job[1], candidates, allowed, params, explain, timings
+                ),
+                list(zip(queries, words, strict=True)),
+                threads,
             )
         lengths = [len(Q) for Q in queries]
         stacked = np.concatenate(queries).astype(np.float32, copy=False)
@@ -213,11 +241,13 @@ class Searcher:
             )
         bounds = np.cumsum([0, *lengths])
         jobs = [
-            (queries[i], sims[bounds[i] : bounds[i + 1]], rows[bounds[i] : bounds[i + 1]])
+            (queries[i], words[i], sims[bounds[i] : bounds[i + 1]], rows[bounds[i] : bounds[i + 1]])
             for i in range(len(queries))
         ]
         return self._map(
-            lambda job: self._rerank(job[0], job[1], job[2], allowed, params, explain, timings),
+            lambda job: self._rerank(
+                job[0], job[1], job[2], job[3], allowed, params, explain, timings
+            ),
             jobs,
             threads,
         )
@@ -258,6 +288,7 @@ class Searcher:
     def _rerank(
         self,
         Q: np.ndarray,
+        text: str | None,
         sims: np.ndarray,
         rows: np.ndarray,
         allowed: np.ndarray,
@@ -267,7 +298,41 @@ class Searcher:
     ) -> Ranked:
         with _phase(timings, "candidates"):
             cand = self.candidates(sims, rows, allowed, max(params.n_rerank, params.k))
-        return self._exact(Q, cand, params.k, explain, timings)
+        return self._final(Q, text, cand, allowed, params, explain, timings)
+
+    def _final(
+        self,
+        Q: np.ndarray,
+        text: str | None,
+        cand: np.ndarray,
+        allowed: np.ndarray,
+        params: SearchParams,
+        explain: bool,
+        timings: PhaseTimes | None,
+    ) -> Ranked:
+        """The top ``k`` of ``cand`` by exact MaxSim; with a query ``text`` (a hybrid
+        search), of ``cand`` joined by BM25's best, by the fused score."""
+        if text is None:
+            return self._exact(Q, cand, params.k, explain, timings)
+        with _phase(timings, "lexical"):
+            best, ids, scores = self.lexical().top(text, allowed, params.lexical_k)
+            union = np.union1d(cand, best)
+            bm25 = np.zeros(len(union), np.float64)
+            if len(ids):
+                at = np.minimum(np.searchsorted(ids, union), len(ids) - 1)
+                found = ids[at] == union
+                bm25[found] = scores[at[found]]
+        maxsim = self._maxsim(Q, union, timings)
+        fused = fuse(maxsim, bm25, params.fusion, params.fusion_weight)
+        top_scores, doc_ids = top_k(fused, union.astype(np.int64), params.k)
+        pick = np.searchsorted(union, doc_ids)
+        return Ranked(
+            doc_ids,
+            top_scores,
+            self._explain(np.ascontiguousarray(Q, dtype=np.float32), doc_ids) if explain else None,
+            maxsim=maxsim[pick],
+            bm25=bm25[pick],
+        )
 
     def _vectors(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Stored vectors of whole documents as float32, decoded by the codec: only
@@ -290,6 +355,16 @@ class Searcher:
         timings: PhaseTimes | None = None,
     ) -> Ranked:
         """Exact MaxSim of ``cand`` documents, top ``k``."""
+        scores = self._maxsim(Q, cand, timings)
+        with _phase(timings, "maxsim"):
+            top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
+        matched = None
+        if explain:
+            matched = self._explain(np.ascontiguousarray(Q, dtype=np.float32), doc_ids)
+        return Ranked(doc_ids, top_scores, matched)
+
+    def _maxsim(self, Q: np.ndarray, cand: np.ndarray, timings: PhaseTimes | None) -> np.ndarray:
+        """Exact MaxSim of each of ``cand`` documents (float32)."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         scores = np.empty(len(cand), np.float32)
         counts = self.token_count[cand]
@@ -303,12 +378,7 @@ class Searcher:
                 # read and pick candidates meanwhile), and every product runs on the
                 # same pool, so batch and single scores are identical
                 scores[start:stop] = segment_maxsim_torch(Q, D, counts[start:stop])
-        with _phase(timings, "maxsim"):
-            top_scores, doc_ids = top_k(scores, cand.astype(np.int64), k)
-        matched = None
-        if explain:
-            matched = self._explain(Q, doc_ids)
-        return Ranked(doc_ids, top_scores, matched)
+        return scores
 
     def _explain(self, Q: np.ndarray, doc_ids: np.ndarray) -> list[tuple[MatchedToken, ...]]:
         if len(doc_ids) == 0:
@@ -368,6 +438,8 @@ class Searcher:
                     text=stored[doc_id].text if text else None,
                     metadata=stored[doc_id].metadata if metadata else None,
                     explain=ranked.explain[i] if ranked.explain is not None else None,
+                    maxsim=float(ranked.maxsim[i]) if ranked.maxsim is not None else None,
+                    bm25=float(ranked.bm25[i]) if ranked.bm25 is not None else None,
                 )
                 for i, (doc_id, score) in enumerate(
                     zip(ranked.doc_ids.tolist(), ranked.scores.tolist(), strict=True)

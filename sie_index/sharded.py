@@ -369,9 +369,11 @@ class ShardedIndex:
         """Delete the documents matching a filter, in every shard."""
         return self._change(lambda w: w.delete_where(flt, ids=ids, filter_sql=filter_sql))
 
-    def compact(self, *, retrain: bool = False) -> ChangeReport:
+    def compact(
+        self, *, retrain: bool = False, lexical_fields: Sequence[str] | None = None
+    ) -> ChangeReport:
         """Compact every shard with the shared quantizer (see :meth:`ShardedWriter.compact`)."""
-        return self._change(lambda w: w.compact(retrain=retrain))
+        return self._change(lambda w: w.compact(retrain=retrain, lexical_fields=lexical_fields))
 
     def refresh(self) -> bool:
         """Move to the latest committed shard map (a rebuild) and every shard to its

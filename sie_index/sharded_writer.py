@@ -169,15 +169,20 @@ class ShardedWriter:
         )
         return combine_changes(reports, len(self))
 
-    def compact(self, *, retrain: bool = False) -> ChangeReport:
+    def compact(
+        self, *, retrain: bool = False, lexical_fields: Sequence[str] | None = None
+    ) -> ChangeReport:
         """Compact every shard with the shared quantizer (``retrain`` would give each
-        shard a quantizer of its own: rebuild the sharded index instead)."""
+        shard a quantizer of its own: rebuild the sharded index instead);
+        ``lexical_fields`` as :meth:`IndexWriter.compact`."""
         if retrain:
             raise InvalidInput(
                 "a sharded index shares one quantizer; compact(retrain=True) would make each "
                 "shard's its own: rebuild the sharded index (ShardedIndex.build, overwrite)"
             )
-        return combine_changes(self._on(self._every(), lambda w: w.compact()), len(self))
+        return combine_changes(
+            self._on(self._every(), lambda w: w.compact(lexical_fields=lexical_fields)), len(self)
+        )
 
     def close(self) -> None:
         for writer in self._writers.values():

@@ -96,7 +96,7 @@ def sweep(
         times = []
         for qid, Q in zip(qids, Qs, strict=True):
             t0 = time.perf_counter()
-            run[qid] = run_one(index, Q, p, external)
+            run[qid] = run_one(index, Q, p, external, dataset.queries[qid])
             times.append(time.perf_counter() - t0)
             bar.update()
         points.append(

@@ -325,11 +325,18 @@ class IndexWriter:
         return self._store.delete_where(compiled.predicate)
 
     def compact(
-        self, *, retrain: bool = False, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        retrain: bool = False,
+        progress: Callable[[int], None] | None = None,
+        lexical_fields: Sequence[str] | None = None,
     ) -> ChangeReport:
         """Rewrite the index without its deleted documents (one segment); ``retrain``
-        trains a new quantizer on the live tokens."""
-        return self._store.compact(retrain=retrain, progress=progress)
+        trains a new quantizer on the live tokens; ``lexical_fields`` (None: keep
+        the index's) gives it a lexicon of its text and those metadata fields."""
+        return self._store.compact(
+            retrain=retrain, progress=progress, lexical_fields=lexical_fields
+        )
 
     def close(self) -> None:
         self._store.close()

@@ -39,6 +39,7 @@ from storage import (
     StoreBuilder,
     check_build_options,
     check_document,
+    check_lexical_fields,
 )
 
 __all__ = [
@@ -301,6 +302,7 @@ def build_index(
     progress: bool | None = None,
     resume: bool = False,
     pool_factor: int = 1,
+    lexical_fields: Sequence[str] | None = (),
 ) -> BuildReport:
     """Encode ``corpus`` with ``encoder`` and write a new index at ``path``.
 
@@ -320,9 +322,14 @@ def build_index(
     ``pool_factor`` above 1 stores each document's token vectors merged into about
     one in ``pool_factor`` (:mod:`sie_index.pooling`), recorded in the manifest so
     that adds pool alike; 1 (the default) stores every token vector.
+
+    The index gets a lexicon for hybrid search (:mod:`storage.lexicon`) of each
+    document's text and of the metadata ``lexical_fields``; with ``store_text=False``
+    it keeps no text, and so no lexicon.
     """
     t0 = time.perf_counter()
     pool_factor = check_pool_factor(pool_factor)
+    fields = check_lexical_fields(lexical_fields) if store_text else None
     spec = encoder.spec
     choice = CodecChoice(codec, dim)
     check_build_options(spec.to_dict(), index_kind, index_options, choice, spec.dim)
@@ -340,9 +347,16 @@ def build_index(
         "on_error": on_error,
         "store_text": store_text,
         "pool_factor": pool_factor,
+        "lexical_fields": None if fields is None else list(fields),
     }
     with StoreBuilder(
-        Path(path), spec.dim, overwrite=overwrite, codec=choice, request=request, resume=resume
+        Path(path),
+        spec.dim,
+        overwrite=overwrite,
+        codec=choice,
+        request=request,
+        resume=resume,
+        lexical_fields=fields,
     ) as builder:
         kept = builder.n_docs
         todo = _skip_resumed(iter(batched(feed.documents, batch_size)), builder)

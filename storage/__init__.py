@@ -13,7 +13,8 @@ and FAISS data (:mod:`storage.token_index`). :mod:`storage.builder` writes a new
 reader's own checks, :mod:`storage.snapshot` opens one (:mod:`storage.segmented`
 reads across its segments), :mod:`storage.verify` checks one, and
 :mod:`storage.build_journal` records a build in progress so it can be resumed;
-:mod:`storage.growth` says how far it has grown since its quantizer was trained. Its errors are in
+:mod:`storage.lexicon` keeps each segment's terms for BM25; :mod:`storage.growth`
+says how far it has grown since its quantizer was trained. Its errors are in
 :mod:`storage.errors`. It knows nothing of models or HTTP, imports nothing from
 ``sie_index``, and importing it changes no process state.
 
@@ -64,10 +65,12 @@ __all__ = [
     "check_build_options",
     "check_condition",
     "check_document",
+    "check_lexical_fields",
     "check_text",
     "mapped_os_errors",
     "measure_growth",
     "plain_json",
+    "query_terms",
     "read_journal",
     "read_manifest",
     "read_shard_map",
@@ -118,6 +121,8 @@ _WHERE = {
     "TooManyOpenFiles": "storage.errors",
     "VerifyReport": "storage.verify",
     "check_build_options": "storage.builder",
+    "check_lexical_fields": "storage.lexicon",
+    "query_terms": "storage.lexicon",
     "plain_json": "storage.values",
     "read_manifest": "storage.snapshot",
     "read_journal": "storage.build_journal",
@@ -144,6 +149,7 @@ if TYPE_CHECKING:
         mapped_os_errors,
     )
     from storage.growth import GROWTH_WARN_FACTOR, Growth, measure_growth
+    from storage.lexicon import check_lexical_fields, query_terms
     from storage.lock import WriteLock
     from storage.manifest import MAX_POOL_FACTOR
     from storage.merging import MergePolicy

@@ -57,6 +57,7 @@ from storage.errors import (
 from storage.fsio import atomic_replace
 from storage.generations import CURRENT_NAME, read_pointer, remove_debris
 from storage.growth import TRAINED_KEY, TrainingRecord, measure_training
+from storage.lexicon import check_lexical_fields
 from storage.lock import LOCK_NAME, WriteLock
 from storage.manifest import MANIFEST_NAME, MAX_DIM, FileRecord, Manifest, check_encoder_record
 from storage.segment import (
@@ -323,8 +324,11 @@ class StoreBuilder:
         codec: CodecChoice | VectorCodec | None = None,
         request: Mapping[str, Any] | None = None,
         resume: bool = False,
+        lexical_fields: Sequence[str] | None = (),
     ) -> None:
-        """``dim`` is the encoder's dimension. ``codec``: what to store (a
+        """``dim`` is the encoder's dimension. ``lexical_fields``: the segment gets a
+        lexicon (:mod:`storage.lexicon`) of the stored text and these metadata fields
+        (the default: the text alone); None: no lexicon. ``codec``: what to store (a
         :class:`CodecChoice`, trained at :meth:`finish`), or a trained codec to
         encode with as documents arrive (a fresh build equal to another index).
 
@@ -339,6 +343,7 @@ class StoreBuilder:
         self.target = Path(target)
         self.request = dict(request) if request is not None else None
         self.resumed: list[BatchRecord] = []
+        self.lexical_fields = check_lexical_fields(lexical_fields)
         if type(dim) is not int or not 0 < dim <= MAX_DIM:
             raise InvalidInput(f"dimension must be an integer in 1..{MAX_DIM}, got {dim!r}")
         codec = codec if codec is not None else CodecChoice()
@@ -400,6 +405,7 @@ class StoreBuilder:
             codec=None if choice is not None else codec,  # type: ignore[arg-type]
             file_name=file_name,
             journaled=self.request is not None,
+            lexical_fields=self.lexical_fields,
         )
         if self.request is not None:
             write_journal(
@@ -463,6 +469,7 @@ class StoreBuilder:
                 dim,
                 generation=journal.generation,
                 file_name=file_name,
+                lexical_fields=self.lexical_fields,
             )
         except CorruptIndex as exc:
             log.warning("%s; building anew", exc)
@@ -590,6 +597,7 @@ class StoreBuilder:
             segments=[record],
             deleted=FileRecord(bytes=0, sha256_blocks=[]),
             pool_factor=pool_factor,
+            lexical_fields=self.lexical_fields,
         )
         manifest = commit_generation(self.target, manifest, np.zeros(0, np.int64), open_first=True)
         if self.request is not None:  # committed: the journal and its scratch go

@@ -49,6 +49,14 @@ import sqlite_utils
 
 from storage.build_journal import BATCHES_TABLE, BatchRecord
 from storage.errors import CorruptIndex, InvalidInput, read_failure
+from storage.lexicon import (
+    LEXICON_SCHEMA,
+    Postings,
+    read_lengths,
+    read_postings,
+    verify_lexicon,
+    write_lexicon,
+)
 from storage.predicate import Predicate, matching_ids
 
 __all__ = [
@@ -317,11 +325,21 @@ class DocWriter:
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
-    def finish(self, meta: Mapping[str, str]) -> None:
+    def finish(
+        self,
+        meta: Mapping[str, str],
+        *,
+        lexical_fields: Sequence[str] | None = None,
+        doc_base: int = 0,
+    ) -> None:
         """Record ``meta`` (dropping a journaled build's batch records, which no reader
-        knows) and close: the file is complete (rollback journal, no WAL)."""
+        knows) and, unless ``lexical_fields`` is None, the lexicon of the stored text
+        and those metadata fields (:mod:`storage.lexicon`); then close: the file is
+        complete (rollback journal, no WAL)."""
         with self.db.atomic():
             self.db.execute("DROP TABLE IF EXISTS build_batches")
+            if lexical_fields is not None:
+                write_lexicon(self.db.conn, lexical_fields, doc_base)
             self.db.table("meta").upsert_all(
                 [{"key": k, "value": v} for k, v in meta.items()], pk="key"
             )
@@ -359,8 +377,15 @@ class DocReader:
             raise read_failure(
                 exc, f"{self.path} is not a readable SQLite database: {exc}"
             ) from exc
-        if schema not in (_SCHEMA, _SCHEMA_POOLED):
+        lexical = schema & LEXICON_SCHEMA
+        if schema - lexical not in (_SCHEMA, _SCHEMA_POOLED) or lexical not in (
+            set(),
+            LEXICON_SCHEMA,
+        ):
             raise CorruptIndex(f"{self.path} does not hold the documents schema of sie-index")
+        self.lexical = bool(lexical)
+        """Whether the file holds a lexicon (:mod:`storage.lexicon`)."""
+        schema -= lexical
         page_size, pages = (self._query(f"PRAGMA {p}")[0][0] for p in ("page_size", "page_count"))
         self.size = int(page_size) * int(pages)
         """Bytes of the database file."""
@@ -502,6 +527,19 @@ class DocReader:
                 return
             self._checked_sources(rows)
             after = rows[-1][0]
+
+    def lexicon_lengths(self, n_docs: int) -> np.ndarray:
+        """Every document's length in lexical terms (local order), verified."""
+        return read_lengths(self._query, n_docs, str(self.path))
+
+    def postings(self, terms: Iterable[str], n_docs: int) -> dict[str, Postings]:
+        """The lexicon's postings of ``terms`` (local offsets), each row verified."""
+        return read_postings(self._query, terms, n_docs, str(self.path))
+
+    def verify_lexicon(self, n_docs: int) -> None:
+        """Check every row of the lexicon (what verify runs); none to check: a no-op."""
+        if self.lexical:
+            verify_lexicon(self._query, n_docs, str(self.path))
 
     def lookup(self, external_ids: Sequence[str]) -> dict[str, int]:
         """Internal ids of the live documents among ``external_ids``."""

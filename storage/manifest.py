@@ -20,7 +20,8 @@ order, without gaps.
 A pooled index (each document's token vectors merged into about one in
 ``pool_factor``) records ``pool_factor``, which every later add must pool by; an
 index that is not pooled leaves the field out, so its manifest is what it was
-before pooling existed, and a manifest without it reads as factor 1.
+before pooling existed, and a manifest without it reads as factor 1. Likewise
+``lexical_fields``, present when every segment holds a lexicon for hybrid search.
 
 The ``token_index`` record holds the plan (:class:`storage.token_index.TokenIndexPlan`)
 and, under ``trained``, what the index held when its quantizer was trained
@@ -68,7 +69,7 @@ MAX_ENCODER_BYTES = 1 << 20
 MAX_POOL_FACTOR = 64
 """The largest pool factor a manifest may record: past it, a document keeps a vector
 or two, and the index is no longer a multi-vector index."""
-_OPTIONAL_FIELDS = {"pool_factor"}
+_OPTIONAL_FIELDS = {"pool_factor", "lexical_fields"}
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _FIELDS = {
     "format_version",
@@ -129,6 +130,10 @@ class Manifest:
     pool_factor: int = 1
     """Each document's token vectors were merged into about ``1 / pool_factor`` as many
     (1: not pooled); an add pools by the same factor."""
+    lexical_fields: tuple[str, ...] | None = None
+    """Every segment holds a lexicon (:mod:`storage.lexicon`) of its documents' text
+    and of these metadata fields; None: an index made before lexicons, which has none
+    (a compaction gives it one)."""
 
     @property
     def deleted_count(self) -> int:
@@ -141,6 +146,8 @@ class Manifest:
         # not pooled: the manifest as it was before pooling existed
         if type(raw["pool_factor"]) is int and raw["pool_factor"] == 1:
             del raw["pool_factor"]
+        if raw["lexical_fields"] is None:
+            del raw["lexical_fields"]
         text = json.dumps(raw, indent=2, sort_keys=True, allow_nan=False)
         return (text + "\n").encode("utf-8")
 
@@ -247,6 +254,7 @@ class Manifest:
             pool_factor=(
                 check.integer(raw, "pool_factor", 1, MAX_POOL_FACTOR) if "pool_factor" in raw else 1
             ),
+            lexical_fields=check.names(raw, "lexical_fields") if "lexical_fields" in raw else None,
         )
 
 
@@ -332,6 +340,12 @@ class _Checker:
         if not isinstance(value, str):
             raise CorruptIndex(f"{self.where}: field {prefix}{key} is {value!r}, not a string")
         return value
+
+    def names(self, raw: dict[str, Any], key: str) -> tuple[str, ...]:
+        value = self._get(raw, key, "")
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise CorruptIndex(f"{self.where}: field {key} is {value!r}, not a list of names")
+        return tuple(value)
 
     def obj(self, raw: dict[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
         value = self._get(raw, key, prefix)

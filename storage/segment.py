@@ -186,9 +186,12 @@ class SegmentWriter:
         encode_codes: Callable[[np.ndarray], np.ndarray] | None = None,
         copy_codes: bool = False,
         journaled: bool = False,
+        lexical_fields: Sequence[str] | None = None,
     ) -> None:
         """``journaled``: a build that records each batch for a resume
-        (:mod:`storage.build_journal`); its batches come with an input digest."""
+        (:mod:`storage.build_journal`); its batches come with an input digest.
+        ``lexical_fields``: unless None, :meth:`finish` writes the lexicon of the
+        stored text and these metadata fields (:mod:`storage.lexicon`)."""
         self.name = segment_dirname(number)
         self.folder = Path(target) / self.name
         self.folder.mkdir()
@@ -197,6 +200,7 @@ class SegmentWriter:
         self.token_base = token_base
         self.generation = generation
         self.n_docs = 0
+        self.lexical_fields = None if lexical_fields is None else tuple(lexical_fields)
         self._encode_codes = encode_codes
         self._codes = None
         self.codec = codec
@@ -216,7 +220,14 @@ class SegmentWriter:
 
     @classmethod
     def reopen(
-        cls, target: Path, number: int, dim: int, *, generation: int, file_name: str
+        cls,
+        target: Path,
+        number: int,
+        dim: int,
+        *,
+        generation: int,
+        file_name: str,
+        lexical_fields: Sequence[str] | None = None,
     ) -> tuple[SegmentWriter, list[BatchRecord]]:
         """A journaled build's float16 segment, reopened to take more batches.
 
@@ -256,6 +267,7 @@ class SegmentWriter:
         self.token_base = 0
         self.generation = generation
         self.n_docs = n_docs
+        self.lexical_fields = None if lexical_fields is None else tuple(lexical_fields)
         self._encode_codes = None
         self._codes = None
         self.codec = None
@@ -361,7 +373,11 @@ class SegmentWriter:
     def finish(self) -> SegmentRecord:
         """Close every file, make the folder durable, and describe it for the manifest."""
         self.close_data()
-        self.docs.finish({"generation": str(self.generation), "segment": self.name})
+        self.docs.finish(
+            {"generation": str(self.generation), "segment": self.name},
+            lexical_fields=self.lexical_fields,
+            doc_base=self.doc_base,
+        )
         fsync_file(self.folder / DOCS_NAME)
         files = {
             name: file_record(self.folder / name)

@@ -18,6 +18,7 @@ import numpy as np
 from storage.codec import VectorCodec
 from storage.docstore import DocReader, StoredDoc
 from storage.errors import CorruptIndex
+from storage.lexicon import Postings
 from storage.predicate import FILTER_BUDGET_S, Predicate
 from storage.vectors import VECTOR_DTYPE, TokenReader
 
@@ -169,6 +170,35 @@ class SegmentedDocs:
         for s in np.unique(seg[seg >= 0]).tolist():
             out.update(self.readers[s].sources(ids[seg == s].tolist()))
         return out
+
+    @property
+    def lexical(self) -> bool:
+        """Whether every segment holds a lexicon (an index built before lexicons, or
+        one whose segments a compaction has not yet rewritten, has none)."""
+        return bool(self.readers) and all(r.lexical for r in self.readers)
+
+    def lexicon_lengths(self) -> np.ndarray:
+        """Every document's length in lexical terms, by global internal id."""
+        parts = [
+            r.lexicon_lengths(len(ids)) for r, ids in zip(self.readers, self.ranges, strict=True)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def postings(self, terms: Sequence[str]) -> dict[str, Postings]:
+        """Each of ``terms`` any segment holds: the global internal ids of the
+        documents holding it (ascending, deleted ones too) and how often each does."""
+        found: dict[str, list[Postings]] = {}
+        for reader, ids in zip(self.readers, self.ranges, strict=True):
+            for term, (docs, tfs) in reader.postings(terms, len(ids)).items():
+                found.setdefault(term, []).append((docs + ids.start, tfs))
+        return {
+            term: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+            for term, parts in found.items()
+        }
+
+    def verify_lexicon(self) -> None:
+        for reader, ids in zip(self.readers, self.ranges, strict=True):
+            reader.verify_lexicon(len(ids))
 
     def lookup_all(self, external_ids: Sequence[str]) -> dict[str, list[int]]:
         """Every internal id (deleted or not) each of ``external_ids`` has had."""

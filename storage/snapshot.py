@@ -514,7 +514,14 @@ class StoreSnapshot:
                 verify=verify_vectors and codec.name != "pq",  # pq codes: verified above
             )
         )
-        opened.docs.append(DocReader(Path(where) / DOCS_NAME))
+        docs = DocReader(Path(where) / DOCS_NAME)
+        opened.docs.append(docs)
+        if docs.lexical != (manifest.lexical_fields is not None):
+            has = "holds a lexicon" if docs.lexical else "holds no lexicon"
+            raise CorruptIndex(
+                f"{where}/{DOCS_NAME} {has}, and the manifest says "
+                f"{'it has' if manifest.lexical_fields is not None else 'the index has none'}"
+            )
         return token_index, codec
 
     @staticmethod

@@ -54,6 +54,7 @@ from storage.errors import (
 from storage.fsio import read_at, verify_bytes
 from storage.generations import remove_debris
 from storage.growth import GROWTH_WARN_FACTOR, TRAINED_KEY, growth_factor, training_of, warning_line
+from storage.lexicon import check_lexical_fields
 from storage.lock import WriteLock
 from storage.manifest import DELETED_NAME, Manifest
 from storage.merging import DEFAULT_MERGE_POLICY, MergePolicy, copy_segment
@@ -238,6 +239,7 @@ class StoreWriter:
             generation=number,
             codec=codec,
             encode_codes=self.trained_index().sa_encode if ann_codes else None,
+            lexical_fields=m.lexical_fields,
         )
         added: list[str] = []
         seen: set[str] = set()
@@ -334,6 +336,7 @@ class StoreWriter:
             generation=number,
             codec=codec,
             copy_codes=takes_codes(self.plan) and codec.name != "pq",
+            lexical_fields=m.lexical_fields,
         )
         try:
             for seg in m.segments[lo:hi]:
@@ -410,12 +413,21 @@ class StoreWriter:
 
     @typed_os_errors
     def compact(
-        self, *, retrain: bool = False, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        retrain: bool = False,
+        progress: Callable[[int], None] | None = None,
+        lexical_fields: Sequence[str] | None = None,
     ) -> ChangeReport:
         """Rewrite the index as one segment of its live documents, purging deleted
         tokens; keep the trained quantizer, or with ``retrain`` train a new one on
-        the live tokens (after the corpus has drifted a lot)."""
+        the live tokens (after the corpus has drifted a lot). ``lexical_fields``
+        (None: keep the index's) gives the index a lexicon of its stored text and
+        those metadata fields (:mod:`storage.lexicon`), as a build would have."""
         self._check_usable()
+        fields = check_lexical_fields(lexical_fields)
+        if fields is None:
+            fields = self.manifest.lexical_fields
         number = next_number(self.target, self.manifest.generation)
         plan = self.plan
         codec = self.codec()
@@ -432,6 +444,7 @@ class StoreWriter:
             generation=number,
             codec=None if recode else codec,
             file_name=SCRATCH_NAME,
+            lexical_fields=fields,
         )
         try:
             with StoreSnapshot.open(self.target, verify_vectors=True) as snap:
@@ -492,6 +505,7 @@ class StoreWriter:
             tokens=record.tokens,
             segments=[record],
             created_at=datetime.now(UTC).isoformat(),
+            lexical_fields=fields,
         )
         self._commit(manifest, set(), open_first=True)
         self._load()

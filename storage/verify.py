@@ -57,6 +57,7 @@ def verify_index(path: Path, *, repair: bool = False) -> VerifyReport:
         with StoreSnapshot.open(folder, verify_vectors=True) as snap:
             snap.docs.verify_content()
             snap.docs.verify_sources()
+            snap.docs.verify_lexicon()
             live_ids = [
                 ext
                 for ext, deleted in zip(snap.docs.external_ids(), snap.spans.deleted, strict=True)

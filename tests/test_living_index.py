@@ -186,6 +186,32 @@ def _check_against_fresh(tmp: Path, kind: str, seeds: list[int], ann_calls: list
         assert len(ann_calls) == 2
         for x, y in zip(got, want, strict=True):
             same_ranking(x, y)
+        # the lexicon too: BM25 over the live documents, and hybrid rankings (rrf
+        # breaks ties by internal id, which a fresh build renumbers in the same order)
+        for text in LEXICAL_QUERIES:
+            la, lb = lexical_scores(a, text), lexical_scores(b, text)
+            assert la.keys() == lb.keys()
+            assert [la[e] for e in lb] == pytest.approx(list(lb.values()), rel=1e-9)
+        hybrid = params.with_(hybrid=True, fusion="rrf", lexical_k=7)
+        texts = LEXICAL_QUERIES[: len(qs)]
+        ann_calls.clear()
+        got, want = (
+            ix._searcher.hits(ix._searcher.rank(qs[: len(texts)], hybrid, texts=texts))
+            for ix in (a, b)
+        )
+        assert len(ann_calls) == 2
+        for x, y in zip(got, want, strict=True):
+            same_ranking(x, y, tol=1e-9)
+
+
+LEXICAL_QUERIES = ["v0 b1 b2 b3", "h0 h1 v0 b7", "b10 b11 b12 b13 h2 h2", "v0", "h3 h4 h5"]
+
+
+def lexical_scores(ix: Index, text: str) -> dict[str, float]:
+    """External id -> BM25 score of every live document holding a term of ``text``."""
+    ids, scores = ix._searcher.lexical().scores(text)
+    stored = ix._snapshot.docs.fetch(ids.tolist())
+    return {stored[d].external_id: s for d, s in zip(ids.tolist(), scores.tolist(), strict=True)}
 
 
 @pytest.mark.parametrize("kind", list(KIND_OPTIONS))

@@ -11,6 +11,7 @@ from sie_index.cli.options import (
     _add_encoder_options,
     _corpus_arg,
     _sie_options,
+    names_arg,
 )
 from sie_index.errors import InvalidInput
 
@@ -39,6 +40,12 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
         default=1,
         help="merge each document's token vectors into about one in N (Ward clustering; "
         "queries untouched; adds pool alike); 1 keeps every token vector",
+    )
+    p.add_argument(
+        "--lexical-fields",
+        metavar="F,G",
+        default="",
+        help="metadata fields the lexicon indexes besides the text, for --hybrid searches",
     )
     p.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     p.add_argument("--batch-size", type=int, default=256, help="documents per encode/commit batch")
@@ -93,6 +100,8 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
             raise InvalidInput("--dim is not available with --shards (one shared quantizer)")
         if args.pool_factor != 1:
             raise InvalidInput("--pool-factor is not available with --shards yet")
+        if args.lexical_fields:
+            raise InvalidInput("--lexical-fields is not available with --shards yet")
         return ShardedIndex.build(
             out,
             corpus,
@@ -111,6 +120,7 @@ def _build(args: argparse.Namespace, corpus: Path, out: Path) -> Any:
         dim=args.dim,
         resume=args.resume,
         pool_factor=args.pool_factor,
+        lexical_fields=names_arg(args.lexical_fields),
         **options,
     )
 

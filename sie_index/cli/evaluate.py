@@ -114,7 +114,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split=split,
         progress=progress,
     )
-    header: tuple[str, ...] = ("metric", "pipeline")
+    hybrid = report.params.get("hybrid")
+    column = f"hybrid ({report.params['fusion']})" if hybrid else "pipeline"
+    header: tuple[str, ...] = ("metric", column)
     rows: list[tuple[str, ...]] = [(name, f"{value:.4f}") for name, value in report.metrics.items()]
     if report.exhaustive_metrics and report.ratio_to_exhaustive:
         header += ("exhaustive", "ratio")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sie_index.errors import InvalidInput
+from sie_index.fusion import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS
 
 INDEX_HELP = "the index folder"
 QUIET_HELP = "no progress bars"
@@ -111,10 +112,26 @@ def _add_filter_options(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def names_arg(text: str) -> list[str]:
+    """A comma-separated list of names (empty: none)."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _params(args: argparse.Namespace) -> Any:
     from sie_index.params import SearchParams
 
     flt = _filter_args(args) if hasattr(args, "filter_json") else {}
+    hybrid_only = [
+        flag
+        for flag, name in (
+            ("--fusion", "fusion"),
+            ("--fusion-weight", "fusion_weight"),
+            ("--lexical-k", "lexical_k"),
+        )
+        if getattr(args, name, None) is not None
+    ]
+    if hybrid_only and not getattr(args, "hybrid", False):
+        raise InvalidInput(f"{', '.join(hybrid_only)} tune a hybrid search: add --hybrid")
     return SearchParams(**{k: v for k, v in flt.items() if v is not None}).with_(
         k=getattr(args, "k", None),
         k_token=args.k_token,
@@ -122,6 +139,10 @@ def _params(args: argparse.Namespace) -> Any:
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         exact_threshold=args.exact_threshold,
+        hybrid=True if getattr(args, "hybrid", False) else None,
+        fusion=getattr(args, "fusion", None),
+        fusion_weight=getattr(args, "fusion_weight", None),
+        lexical_k=getattr(args, "lexical_k", None),
     )
 
 
@@ -135,6 +156,25 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="score every allowed document exactly when at most this many are allowed "
         "(default 8 x max(n_rerank, k); 0: always the token ANN)",
+    )
+    p.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="add BM25's best documents to the candidates and fuse the scores",
+    )
+    p.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        help=f"with --hybrid: the final score (default: {DEFAULT_FUSION})",
+    )
+    p.add_argument(
+        "--fusion-weight",
+        type=float,
+        metavar="W",
+        help=f"with --fusion weighted: the weight of MaxSim, 0..1 (default: {DEFAULT_WEIGHT})",
+    )
+    p.add_argument(
+        "--lexical-k", type=int, metavar="N", help="with --hybrid: BM25 candidates (default: 100)"
     )
 
 

@@ -16,6 +16,7 @@ from sie_index.cli.options import (
     _filter_args,
     _query_encoder,
     _sharded,
+    names_arg,
     open_index,
 )
 from sie_index.errors import InvalidInput
@@ -106,8 +107,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     index = Path(args.index)
     t = time.perf_counter()
+    fields = None if args.lexicon is None else names_arg(args.lexicon)
     with open_index(index, verify=False) if _sharded(index) else IndexWriter(index) as writer:
-        change = writer.compact(retrain=args.retrain)
+        change = writer.compact(retrain=args.retrain, lexical_fields=fields)
     print(
         f"compacted {index}: {change.documents} documents, {change.tokens} tokens in one "
         f"segment (generation {change.generation}, {time.perf_counter() - t:.1f}s)"
@@ -154,5 +156,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("index", help=INDEX_HELP)
     p.add_argument(
         "--retrain", action="store_true", help="train a new quantizer on the live tokens"
+    )
+    p.add_argument(
+        "--lexicon",
+        nargs="?",
+        const="",
+        metavar="F,G",
+        help="give the index a lexicon for --hybrid searches, of the text and these "
+        "metadata fields (an index built before lexicons has none)",
     )
     p.set_defaults(func=cmd_compact)

@@ -31,7 +31,18 @@ __all__ = [
 ]
 
 Matrix = list[list[float]]
-PARAM_FIELDS = ("k", "k_token", "n_rerank", "nprobe", "ef_search", "exact_threshold")
+PARAM_FIELDS = (
+    "k",
+    "k_token",
+    "n_rerank",
+    "nprobe",
+    "ef_search",
+    "exact_threshold",
+    "hybrid",
+    "fusion",
+    "fusion_weight",
+    "lexical_k",
+)
 
 
 class _Strict(BaseModel):
@@ -47,6 +58,10 @@ class SearchSettings(_Strict):
     nprobe: int | None = Field(None, ge=1)
     ef_search: int | None = Field(None, ge=1)
     exact_threshold: int | None = Field(None, ge=0)
+    hybrid: bool | None = Field(None, description="add BM25 candidates, fuse the scores")
+    fusion: str | None = Field(None, description="maxsim, rrf or weighted")
+    fusion_weight: float | None = Field(None, ge=0, le=1)
+    lexical_k: int | None = Field(None, ge=1)
     filter: dict[str, Any] | None = Field(None, description="the filter language")
     ids: list[str] | None = Field(None, description="only documents with these ids")
     filter_sql: str | None = Field(None, description="raw SQL predicate (if the server allows)")
@@ -102,6 +117,8 @@ class HitOut(_Strict):
     doc_id: int
     score: float
     shard: int | None = None
+    maxsim: float | None = None
+    bm25: float | None = None
     text: str | None = None
     metadata: dict[str, Any] | None = None
     explain: list[MatchedTokenOut] | None = None
@@ -124,6 +141,8 @@ class HitOut(_Strict):
             metadata=self.metadata,
             explain=explain,
             shard=self.shard,
+            maxsim=self.maxsim,
+            bm25=self.bm25,
         )
 
 
