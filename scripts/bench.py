@@ -53,6 +53,7 @@ COMMANDS = [  # subcommand, the module of its measurements (add_arguments, comma
     ("encoding", "bench_encoding"),
     ("kinds", "bench_kinds"),
     ("pooling", "bench_pooling"),
+    ("hybrid", "bench_hybrid"),
     ("rerank-codes", "bench_rerank_codes"),
     ("shards", "bench_shards"),
     ("merges", "bench_merges"),

@@ -213,6 +213,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--work", help="folder of the indexes (default: OUT/pooling)")
     parser.add_argument("--reuse", action="store_true", help="keep the base index if built")
+    parser.add_argument(
+        "--base",
+        help="an unpooled f16 index to start from instead of encoding --docs documents "
+        "(bench.py build's; its build.json, beside it, gives its build time)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the variants' indexes")
 
 
@@ -221,7 +226,16 @@ def command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base = out / "base"
     base_json = out / "base.json"
-    if args.reuse and (base / "CURRENT").is_file() and base_json.is_file():
+    if args.base:  # an unpooled f16 index already built (bench.py build): no encoding
+        base = Path(args.base)
+        built = base.parent / "build.json"
+        b = json.loads(built.read_text()) if built.is_file() else {}
+        base_report = {
+            "docs": b.get("documents"),
+            "build_s": b.get("total_s", float("nan")),
+            "store_index_s": b.get("store_s", 0.0) + b.get("index_s", float("nan")),
+        }
+    elif args.reuse and (base / "CURRENT").is_file() and base_json.is_file():
         base_report = json.loads(base_json.read_text())
     else:
         base_report = build_base(base, args.docs, args.index_kind)
@@ -243,7 +257,7 @@ def command(args: argparse.Namespace) -> int:
     del docs
     result = measure(paths, base, args.queries)
     report = {
-        "docs": args.docs,
+        "docs": base_report.get("docs") or args.docs,
         "base": base_report,
         "builds": builds,
         **result,

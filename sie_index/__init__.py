@@ -48,6 +48,7 @@ __all__ = [
     "IndexLocked",
     "IndexWriter",
     "InvalidInput",
+    "LexicalStats",
     "NoLexicon",
     "NotAnIndex",
     "PrecomputedEncoder",
@@ -96,6 +97,7 @@ _WHERE = {
     "FormatVersionMismatch": "sie_index.errors",
     "IndexLocked": "sie_index.errors",
     "InvalidInput": "sie_index.errors",
+    "LexicalStats": "sie_index.lexical",
     "NoLexicon": "sie_index.errors",
     "NotAnIndex": "sie_index.errors",
     "SieIndexError": "sie_index.errors",
@@ -144,6 +146,7 @@ if TYPE_CHECKING:
     from sie_index.exhaustive import ResidentScan
     from sie_index.filters import CompiledFilter
     from sie_index.index import Index
+    from sie_index.lexical import LexicalStats
     from sie_index.params import Hit, Hits, SearchParams
     from sie_index.scoring import maxsim, maxsim_batch
     from sie_index.search import Ranked

@@ -36,6 +36,7 @@ from sie_index.errors import (
     IndexClosed,
     IndexLocked,
     InvalidInput,
+    NoLexicon,
     ReadOnlyIndex,
     SieIndexError,
     StorageFull,
@@ -73,6 +74,7 @@ _TYPED: dict[str, type[SieIndexError]] = {
     "encoder_protocol_error": EncoderProtocolError,
     "storage_full": StorageFull,
     "corrupt_index": CorruptIndex,
+    "no_lexicon": NoLexicon,
 }
 _CONNECT_RETRY_S = 0.2
 

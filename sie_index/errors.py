@@ -94,16 +94,14 @@ class NoLexicon(StorageError):
     """Hybrid search asked of an index that keeps no lexicon: one built before
     lexicons existed, or with ``store_text=False`` (no text to index)."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
-        super().__init__(
+    @classmethod
+    def of(cls, where: str) -> NoLexicon:
+        """The error for the index at ``where``, saying how to give it a lexicon."""
+        return cls(
             f"{where} keeps no lexicon for hybrid search (built before lexicons, or without "
             "its text); compact it with lexical_fields=[] (CLI: compact --lexicon) to add one, "
             "or search without hybrid"
         )
-
-    def __reduce__(self) -> tuple[Any, ...]:  # crosses to and from Ray shard actors
-        return (type(self), (self.where,))
 
 
 class ShardTimeout(SieIndexError):

@@ -1,7 +1,7 @@
 """Where a sharded index's shards run: in this process, or one Ray actor a shard.
 
 Both executors run the same calls on an opened :class:`~sie_index.index.Index`
-per shard (:func:`shard_call`: search, refresh, size) and answer one outcome a
+per shard (:func:`shard_call`: search, BM25 statistics, refresh, size) and answer one outcome a
 shard, the value or the error, within a deadline; a shard that has not answered
 by then is a :class:`ShardTimeout`. They decide nothing: the sharded index
 merges, routes and reports.
@@ -35,10 +35,20 @@ ACTOR_RESTARTS = 3
 def shard_call(index: Index, call: str, *args: Any, **kwargs: Any) -> Any:
     """The calls an executor runs on one shard (the same in every executor)."""
     if call == "search":
-        queries, params, text, metadata, explain, threads = args
+        queries, params, text, metadata, explain, threads, texts, stats = args
         return index.search_batch(
-            queries, params=params, text=text, metadata=metadata, explain=explain, threads=threads
+            queries,
+            params=params,
+            text=text,
+            metadata=metadata,
+            explain=explain,
+            threads=threads,
+            texts=texts,
+            lexical_stats=stats,
         )
+    if call == "lexical_stats":
+        (texts,) = args
+        return index.lexical_stats(texts)
     if call == "refresh":
         return index.refresh()
     if call == "len":

@@ -22,6 +22,7 @@ from sie_index.encoders.base import Encoder, EncoderSpec, TokenTexts
 from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import EncoderError, IndexClosed, InvalidInput
 from sie_index.exhaustive import ResidentScan, exhaustive_search
+from sie_index.lexical import LexicalStats
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.query_batch import texts_of_batch
@@ -270,20 +271,20 @@ class Index:
         ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
         ``texts``: the texts of queries given as vectors, for a hybrid search (a
         query given as text is its own)."""
-        searcher = self._searcher
-        own = _texts(queries)
-        if texts is not None:
-            if len(texts) != len(queries):
-                raise InvalidInput(f"{len(texts)} texts for {len(queries)} queries")
-            own = [o if o is not None else t for o, t in zip(own, texts, strict=True)]
-        return searcher.rank(
+        return self._searcher.rank(
             self._query_matrices(queries),
             params or SearchParams(),
             explain=explain,
             threads=threads,
             timings=timings,
-            texts=own,
+            texts=_texts(queries, texts),
         )
+
+    def lexical_stats(self, texts: Sequence[str]) -> list[LexicalStats]:
+        """Each text's BM25 statistics over this index's live documents (what a
+        sharded index adds up over its shards, so each scores as one index would)."""
+        lexical = self._searcher.lexical()
+        return [lexical.stats(t) for t in texts]
 
     @overload
     def search(self, query: Query, k: int | None = None, **options: Any) -> list[Hit]: ...
@@ -312,6 +313,9 @@ class Index:
         ``k_token=128, filter={...}``) tune the pipeline; ``text``/``metadata`` add
         the stored fields to hits (without ``text=True`` a hit's ``text`` is None);
         ``explain`` adds, per query token, the best-matching document token;
+        ``hybrid=True`` adds BM25's best documents to the candidates and fuses the
+        two scores (``fusion``, ``fusion_weight``, ``lexical_k``: see
+        :class:`SearchParams`), each hit carrying ``maxsim`` and ``bm25``;
         ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
         """
         texts = texts_of_batch(query)
@@ -340,12 +344,17 @@ class Index:
         explain: bool = False,
         threads: int | None = None,
         timings: PhaseTimes | None = None,
+        texts: Sequence[str | None] | None = None,
+        lexical_stats: Sequence[LexicalStats] | None = None,
         **overrides: Any,
     ) -> list[list[Hit]]:
         """Search with many queries at once, on all cores; one hit list per query.
 
         ``k`` (default: ``params.k``, 10) is the number of hits per query;
         ``timings`` gathers the seconds of each phase (see :mod:`sie_index.phases`).
+        ``texts``: the texts of queries given as vectors, for a hybrid search;
+        ``lexical_stats``: each query's BM25 statistics of a larger collection (a
+        sharded index's, see :meth:`lexical_stats`).
         """
         if isinstance(queries, str | np.ndarray):
             raise InvalidInput("search_batch takes a sequence of queries; use search for one")
@@ -357,7 +366,8 @@ class Index:
             explain=explain,
             threads=threads,
             timings=timings,
-            texts=_texts(queries),
+            texts=_texts(queries, texts),
+            lexical_stats=lexical_stats,
         )
         results = searcher.hits(ranked, text=text or explain, metadata=metadata, timings=timings)
         if explain:
@@ -600,9 +610,15 @@ def _doc_texts(m: MatchedToken, tokens: list[str] | None) -> dict[str, Any]:
     return {"doc_text": tokens[m.doc_token]}
 
 
-def _texts(queries: Sequence[Query]) -> list[str | None]:
-    """Each query's text (None for a query given as vectors), for hybrid search."""
-    return [q if isinstance(q, str) else None for q in queries]
+def _texts(queries: Sequence[Query], texts: Sequence[str | None] | None = None) -> list[str | None]:
+    """Each query's text, for hybrid search: its own, else the one ``texts`` gives
+    (None for a query given as vectors alone)."""
+    own = [q if isinstance(q, str) else None for q in queries]
+    if texts is None:
+        return own
+    if len(texts) != len(queries):
+        raise InvalidInput(f"{len(texts)} texts for {len(queries)} queries")
+    return [o if o is not None else t for o, t in zip(own, texts, strict=True)]
 
 
 def _searcher_of(snapshot: StoreSnapshot) -> Searcher:

@@ -58,7 +58,7 @@ class SearchParams:
     hybrid: bool = False
     fusion: str = DEFAULT_FUSION
     fusion_weight: float = DEFAULT_WEIGHT
-    lexical_k: int = 100
+    lexical_k: int = 50
     _compiled: CompiledFilter | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

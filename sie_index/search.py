@@ -13,6 +13,11 @@ For each query (a ``Q`` matrix of query-token vectors):
    over their stored vectors, in one vectorized pass (segment max);
 5. the top ``k`` by exact score are returned, ties broken by internal id.
 
+A hybrid search (``params.hybrid``, with the query's text) joins BM25's best
+``lexical_k`` allowed documents (:mod:`sie_index.lexical`) to the candidates of
+step 4, scores the union by exact MaxSim, and ranks it by the fused score
+(:mod:`sie_index.fusion`); filters, ids and deletes bound both sides.
+
 When few documents are allowed (a selective filter, or a small index: at most
 ``params.exact_below()``, by default ``8 * max(n_rerank, k)``), the ANN is
 skipped and every allowed document is scored exactly, so a filter never
@@ -37,7 +42,7 @@ from threadpoolctl import ThreadpoolController
 from sie_index.errors import InvalidInput, UnknownFilterField
 from sie_index.filters import CompiledFilter, compile_filter
 from sie_index.fusion import fuse
-from sie_index.lexical import LexicalScorer
+from sie_index.lexical import LexicalScorer, LexicalStats
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import segment_maxsim_explain, segment_maxsim_torch, token_blocks, top_k
@@ -197,10 +202,13 @@ class Searcher:
         threads: int | None = None,
         timings: PhaseTimes | None = None,
         texts: Sequence[str | None] | None = None,
+        lexical_stats: Sequence[LexicalStats] | None = None,
     ) -> list[Ranked]:
         """Exact-MaxSim rankings of many queries (each ``Q`` float32 ``[nq, dim]``);
         ``timings`` gathers the seconds of each phase. A hybrid search
-        (``params.hybrid``) needs each query's text in ``texts``."""
+        (``params.hybrid``) needs each query's text in ``texts``; ``lexical_stats``,
+        each query's BM25 statistics of a collection larger than this snapshot (a
+        shard's: the whole sharded index's)."""
         if not queries:
             return []
         lexical = None
@@ -208,7 +216,10 @@ class Searcher:
             if texts is None or len(texts) != len(queries) or any(t is None for t in texts):
                 raise InvalidInput("hybrid search needs each query's text, not only its vectors")
             lexical = self.lexical()
-        words = list(texts) if lexical is not None and texts is not None else [None] * len(queries)
+        words: list[tuple[str, LexicalStats | None] | None] = [None] * len(queries)
+        if lexical is not None and texts is not None:
+            stats: Sequence[LexicalStats | None] = lexical_stats or [None] * len(queries)
+            words = [(str(t), st) for t, st in zip(texts, stats, strict=True)]
         limit_numpy_blas()
         codec = self.snapshot.codec
         if codec.projection is not None:  # queries go where the stored vectors are
@@ -288,7 +299,7 @@ class Searcher:
     def _rerank(
         self,
         Q: np.ndarray,
-        text: str | None,
+        text: tuple[str, LexicalStats | None] | None,
         sims: np.ndarray,
         rows: np.ndarray,
         allowed: np.ndarray,
@@ -303,7 +314,7 @@ class Searcher:
     def _final(
         self,
         Q: np.ndarray,
-        text: str | None,
+        text: tuple[str, LexicalStats | None] | None,
         cand: np.ndarray,
         allowed: np.ndarray,
         params: SearchParams,
@@ -315,7 +326,7 @@ class Searcher:
         if text is None:
             return self._exact(Q, cand, params.k, explain, timings)
         with _phase(timings, "lexical"):
-            best, ids, scores = self.lexical().top(text, allowed, params.lexical_k)
+            best, ids, scores = self.lexical().top(text[0], allowed, params.lexical_k, text[1])
             union = np.union1d(cand, best)
             bm25 = np.zeros(len(union), np.float64)
             if len(ids):

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from sie_index.params import Hit, Hits
+import numpy as np
+
+from sie_index.fusion import fuse
+from sie_index.params import Hit, Hits, SearchParams
 from sie_index.updates import ChangeReport, UpdateReport
 
-__all__ = ["combine_changes", "combine_updates", "merge_hits"]
+__all__ = ["combine_changes", "combine_updates", "fuse_hits", "merge_hits"]
 
 
 def merge_hits(
@@ -26,6 +29,33 @@ def merge_hits(
     pooled.sort(key=lambda t: t[:3])
     return Hits(
         [dataclasses.replace(h, shard=shard) for _, shard, _, h in pooled[:k]], missing=missing
+    )
+
+
+def fuse_hits(
+    per_shard: Sequence[Sequence[Hit] | None],
+    params: SearchParams,
+    missing: tuple[int, ...] = (),
+) -> Hits:
+    """A hybrid search's top ``k``: every shard's candidates (each with its exact
+    MaxSim and its BM25 score, by the statistics of all shards) fused together, as
+    one index fuses its candidates (:func:`sie_index.fusion.fuse`), in the order
+    shard then internal id, so ties go as in :func:`merge_hits`."""
+    pooled = [
+        dataclasses.replace(h, shard=shard)
+        for shard, hits in enumerate(per_shard)
+        if hits is not None
+        for h in sorted(hits, key=lambda h: h.doc_id)
+    ]
+    if not pooled:
+        return Hits([], missing=missing)
+    maxsim = np.array([h.maxsim for h in pooled], np.float64)
+    bm25 = np.array([h.bm25 for h in pooled], np.float64)
+    fused = fuse(maxsim, bm25, params.fusion, params.fusion_weight)
+    order = np.argsort(-fused, kind="stable")[: params.k]
+    return Hits(
+        [dataclasses.replace(pooled[i], score=float(fused[i])) for i in order.tolist()],
+        missing=missing,
     )
 
 

@@ -28,10 +28,11 @@ from sie_index.encoders.precomputed import PrecomputedEncoder
 from sie_index.errors import IndexClosed, InvalidInput, NotAnIndex, UnknownFilterField
 from sie_index.executors import LocalExecutor, RayExecutor, ShardExecutor
 from sie_index.index import Index, Query
+from sie_index.lexical import LexicalStats
 from sie_index.params import Hits, SearchParams
 from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
-from sie_index.shard_merge import merge_hits
+from sie_index.shard_merge import fuse_hits, merge_hits
 from sie_index.sharded_build import build_sharded_index, reshard_index
 from sie_index.sharded_writer import ShardedWriter, _naming_shard
 from sie_index.updates import ChangeReport, UpdateReport
@@ -299,24 +300,62 @@ class ShardedIndex:
             )
         params = (params or SearchParams()).with_(k=k, **overrides)
         executor = self._live_executor()
+        texts = stats = None
+        shard_params = params
+        if params.hybrid:
+            texts, stats = self._lexical_stats(queries, deadline_s, allow_partial)
+            # each shard answers all its candidates (the ANN's and BM25's, or every
+            # allowed document where it scores them all); they are fused here, together
+            every = max(max(params.k, params.n_rerank) + params.lexical_k, params.exact_below())
+            shard_params = params.with_(fusion="maxsim", k=every)
         matrices = self._query_matrices(queries)
         answers = executor.run(
-            "search", matrices, params, text, metadata, explain, threads, deadline_s=deadline_s
+            "search",
+            matrices,
+            shard_params,
+            text,
+            metadata,
+            explain,
+            threads,
+            texts,
+            stats,
+            deadline_s=deadline_s,
         )
-        answers = _unknown_fields_answered(answers, len(matrices))
+        answers = self._answered(answers, len(matrices), allow_partial)
         missing = tuple(i for i, a in enumerate(answers) if isinstance(a, BaseException))
+        per_query = [
+            [None if isinstance(a, BaseException) else a[q] for a in answers]
+            for q in range(len(matrices))
+        ]
+        if params.hybrid:
+            return [fuse_hits(hits, params, missing) for hits in per_query]
+        return [merge_hits(hits, params.k, missing) for hits in per_query]
+
+    def _answered(self, answers: list[Any], n_queries: int, allow_partial: bool) -> list[Any]:
+        """The shards' answers, or the first shard's error (naming the shard) where
+        one failed and ``allow_partial`` is not set."""
+        answers = _unknown_fields_answered(answers, n_queries)
+        missing = [i for i, a in enumerate(answers) if isinstance(a, BaseException)]
         if missing and not allow_partial:
             error = answers[missing[0]]
             assert isinstance(error, BaseException)
             raise _naming_shard(error, missing[0], self.shard_map.shards[missing[0]]) from error
-        return [
-            merge_hits(
-                [None if isinstance(a, BaseException) else a[q] for a in answers],
-                params.k,
-                missing,
-            )
-            for q in range(len(matrices))
-        ]
+        return answers
+
+    def _lexical_stats(
+        self, queries: Sequence[Query], deadline_s: float | None, allow_partial: bool
+    ) -> tuple[list[str], list[LexicalStats]]:
+        """The query texts and their BM25 statistics over every shard's live documents."""
+        texts = [q for q in queries if isinstance(q, str)]
+        if len(texts) != len(queries):
+            raise InvalidInput("hybrid search needs each query's text, not only its vectors")
+        answers = self._answered(
+            self._live_executor().run("lexical_stats", texts, deadline_s=deadline_s),
+            len(texts),
+            allow_partial,
+        )
+        parts = [a for a in answers if not isinstance(a, BaseException)]
+        return texts, [LexicalStats.combine([p[q] for p in parts]) for q in range(len(texts))]
 
     # -- changing it -------------------------------------------------------------
 

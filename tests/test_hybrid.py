@@ -21,6 +21,7 @@ import pytest
 
 from sie_index import CorruptIndex, Index, InvalidInput, NoLexicon, SearchParams
 from sie_index.corpus import packaged_dataset
+from sie_index.phases import PhaseTimes
 from sie_index.search import Searcher
 from storage import verify_index
 from storage.snapshot import StoreSnapshot
@@ -230,8 +231,10 @@ def test_hybrid_equals_the_reference(
     params = PARAMS.with_(fusion=fusion)
     for query in QUERIES:
         ann.clear()
-        hits = index.search(query, params=params)
+        timings = PhaseTimes()
+        hits = index.search(query, params=params, timings=timings)
         assert len(ann) == 1 and len(hits) == params.k
+        assert timings.seconds["lexical"] > 0 and timings.seconds["ann"] > 0
         check_against_reference(index, query, params, ann[0])
 
 
@@ -381,7 +384,7 @@ def test_cli_search_and_evaluate_hybrid(
     args = ["search", path, QUERIES[0], "-k", "5", "--json", "--hybrid", "--fusion", "rrf"]
     assert main([*args, "--n-rerank", "16", "--exact-threshold", "0"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["hits"]
-    want = index.search(QUERIES[0], params=PARAMS.with_(k=5, fusion="rrf", lexical_k=100))
+    want = index.search(QUERIES[0], params=PARAMS.with_(k=5, fusion="rrf", lexical_k=50))
     assert [h["id"] for h in hits] == [h.external_id for h in want]
     assert all({"maxsim", "bm25"} <= h.keys() for h in hits)
 
@@ -409,3 +412,72 @@ def test_cli_compact_gives_a_lexicon(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["search", str(tmp_path / "ix"), "python", "--hybrid", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["hits"]
     assert hits and hits[0]["bm25"] > 0
+
+
+# -- shards --------------------------------------------------------------------------
+
+
+def test_a_sharded_index_scores_and_fuses_as_one_index(tmp_path: Path) -> None:
+    """Each shard's BM25 uses the statistics of all shards, and the shards'
+    candidates are fused together: where every document is a candidate (the exact
+    path), a sharded hybrid search equals one index's; on the ANN path each hit's
+    BM25 score is the one index's."""
+    from sie_index import ShardedIndex
+
+    docs = corpus_slice(300)
+    one = Index.build(tmp_path / "one", docs, index_kind="flat", codec="f16", progress=False)
+    sharded = ShardedIndex.build(
+        tmp_path / "sharded", docs, shards=3, index_kind="flat", codec="f16", progress=False
+    )
+    with one, sharded:
+        for fusion in ("maxsim", "rrf", "weighted"):
+            every = PARAMS.with_(fusion=fusion, exact_threshold=10_000)
+            for query in QUERIES:
+                a, b = one.search(query, params=every), sharded.search(query, params=every)
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-5)
+                assert {h.external_id for h in a if h.score > a[-1].score + 1e-6} <= {
+                    h.external_id for h in b
+                }
+        texts = live_texts(one)
+        for query in QUERIES:
+            oracle = fts5_bm25(texts, query)
+            hits = sharded.search(query, params=PARAMS.with_(exact_threshold=0, k=30))
+            assert {h.shard for h in hits} == {0, 1, 2}
+            for h in hits:
+                assert h.bm25 == pytest.approx(oracle.get(h.external_id, 0.0), rel=1e-9)
+
+
+# -- the service ---------------------------------------------------------------------
+
+
+def test_the_server_and_client_search_hybrid(index: Index) -> None:
+    import httpx
+
+    from sie_index.client import Client
+    from tests.server_process import ServerProcess
+
+    path = index.path
+    want = index.search(QUERIES[1], params=PARAMS.with_(fusion="rrf"))
+    index.close()
+    with ServerProcess(path) as server:
+        body = {
+            "query": QUERIES[1],
+            **{f: getattr(PARAMS, f) for f in ("k", "n_rerank", "k_token", "nprobe", "lexical_k")},
+            "hybrid": True,
+            "fusion": "rrf",
+        }
+        hits = httpx.post(server.url + "/search", json=body).json()["hits"]
+        assert [h["id"] for h in hits] == [h.external_id for h in want]
+        assert [h["bm25"] for h in hits] == pytest.approx([h.bm25 for h in want])
+        with Client(server.url) as client:
+            got = client.search(QUERIES[1], params=PARAMS.with_(fusion="rrf"))
+            assert [(h.external_id, h.maxsim) for h in got] == [
+                (h.external_id, pytest.approx(h.maxsim)) for h in want
+            ]
+            vectors = index.encode_queries([QUERIES[1]])[0].tolist()
+            r = httpx.post(server.url + "/search", json={"vectors": vectors, "hybrid": True})
+            assert r.status_code == 422 and "text" in r.json()["error"]["message"]
+            with pytest.raises(InvalidInput, match="fusion"):  # checked before it is sent
+                client.search(QUERIES[1], hybrid=True, fusion="nope")
+            bad = httpx.post(server.url + "/search", json={"query": "x", "fusion_weight": 2})
+            assert bad.status_code == 422

@@ -42,7 +42,7 @@ def test_cli_examples_parse() -> None:
 def test_python_example_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, filters, changes, codecs, rerank, _serve, sharded = (
+    code, filters, hybrid, changes, codecs, rerank, _serve, sharded = (
         code for lang, code in BLOCKS if lang == "python"
     )
     monkeypatch.chdir(tmp_path)
@@ -53,6 +53,8 @@ def test_python_example_runs(
     assert (tmp_path / "pkgs-index" / "CURRENT").is_file()
     exec(compile(filters, "README.md", "exec"), names)  # the filter examples run as written
     assert isinstance(names["hits"], list)
+    exec(compile(hybrid, "README.md", "exec"), names)  # hybrid search, on that index
+    assert capsys.readouterr().out.split() == ["emacs", "True", "True"]
     exec(compile(changes, "README.md", "exec"), {})  # the changes in place, on that index
     live, segments = map(int, capsys.readouterr().out.split())
     assert segments == 1 and 0 < live < 300

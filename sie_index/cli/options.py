@@ -174,7 +174,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         help=f"with --fusion weighted: the weight of MaxSim, 0..1 (default: {DEFAULT_WEIGHT})",
     )
     p.add_argument(
-        "--lexical-k", type=int, metavar="N", help="with --hybrid: BM25 candidates (default: 100)"
+        "--lexical-k", type=int, metavar="N", help="with --hybrid: BM25 candidates (default: 50)"
     )
 
 

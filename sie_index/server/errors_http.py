@@ -10,6 +10,7 @@ error                          status  code                         Retry-After
 =============================  ======  ===========================  ===========
 InvalidInput, LimitExceeded    422     invalid_input, limit         no
 DimensionMismatch              422     dimension_mismatch           no
+NoLexicon                      422     no_lexicon                   no
 Unauthorized                   401     unauthorized                 no
 Forbidden                      403     forbidden                    no
 ReadOnlyIndex                  403     read_only_index              no
@@ -56,6 +57,7 @@ from sie_index.errors import (
     IndexClosed,
     IndexLocked,
     InvalidInput,
+    NoLexicon,
     ReadOnlyIndex,
     SieIndexError,
     StorageFull,
@@ -141,6 +143,7 @@ TABLE: dict[type[BaseException], _Row] = {
     LimitExceeded: _Row(422, "limit"),
     InvalidInput: _Row(422, "invalid_input"),
     DimensionMismatch: _Row(422, "dimension_mismatch"),
+    NoLexicon: _Row(422, "no_lexicon"),
     Unauthorized: _Row(401, "unauthorized"),
     Forbidden: _Row(403, "forbidden"),
     ReadOnlyIndex: _Row(403, "read_only_index"),
