@@ -42,25 +42,14 @@ from sie_index.errors import (
     StorageFull,
     TooManyOpenFiles,
 )
-from sie_index.params import Hit, MatchedToken, SearchParams
+from sie_index.params import WIRE_PARAMS, Hit, MatchedToken, SearchParams
 from sie_index.query_batch import texts_of_batch
 from sie_index.updates import ChangeReport, UpdateReport
 from sie_index.writer import open_corpus
 
 __all__ = ["AsyncClient", "Client", "ServerError"]
 
-_PARAM_FIELDS = (
-    "k",
-    "k_token",
-    "n_rerank",
-    "nprobe",
-    "ef_search",
-    "exact_threshold",
-    "hybrid",
-    "fusion",
-    "fusion_weight",
-    "lexical_k",
-)
+_PARAM_FIELDS = WIRE_PARAMS
 # The server's error codes that are the library's own errors (sie_index.server.errors_http).
 _TYPED: dict[str, type[SieIndexError]] = {
     "invalid_input": InvalidInput,

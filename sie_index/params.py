@@ -12,7 +12,7 @@ from sie_index.filters import CompiledFilter, compile_filter
 from sie_index.fusion import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS
 from storage import FILTER_BUDGET_S
 
-__all__ = ["Hit", "Hits", "MatchedToken", "SearchParams"]
+__all__ = ["WIRE_PARAMS", "Hit", "Hits", "MatchedToken", "SearchParams"]
 
 EXACT_FILTER_FACTOR = 8
 
@@ -115,6 +115,22 @@ class SearchParams:
                 f"valid: {', '.join(names)}"
             )
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+WIRE_PARAMS = (
+    "k",
+    "k_token",
+    "n_rerank",
+    "nprobe",
+    "ef_search",
+    "exact_threshold",
+    "hybrid",
+    "fusion",
+    "fusion_weight",
+    "lexical_k",
+)
+"""The scalar :class:`SearchParams` fields a search request carries over HTTP (the
+filter, ids and raw SQL travel as their own fields)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sie_index.params import Hit, MatchedToken, SearchParams
+from sie_index.params import WIRE_PARAMS, Hit, MatchedToken, SearchParams
 
 __all__ = [
     "ChangeOut",
@@ -31,18 +31,7 @@ __all__ = [
 ]
 
 Matrix = list[list[float]]
-PARAM_FIELDS = (
-    "k",
-    "k_token",
-    "n_rerank",
-    "nprobe",
-    "ef_search",
-    "exact_threshold",
-    "hybrid",
-    "fusion",
-    "fusion_weight",
-    "lexical_k",
-)
+PARAM_FIELDS = WIRE_PARAMS
 
 
 class _Strict(BaseModel):
