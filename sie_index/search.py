@@ -211,13 +211,12 @@ class Searcher:
         shard's: the whole sharded index's)."""
         if not queries:
             return []
-        lexical = None
+        # each query's text and BM25 statistics, for a hybrid search
+        words: list[tuple[str, LexicalStats | None] | None] = [None] * len(queries)
         if params.hybrid:
             if texts is None or len(texts) != len(queries) or any(t is None for t in texts):
                 raise InvalidInput("hybrid search needs each query's text, not only its vectors")
-            lexical = self.lexical()
-        words: list[tuple[str, LexicalStats | None] | None] = [None] * len(queries)
-        if lexical is not None and texts is not None:
+            self.lexical()  # an index without a lexicon fails here, before any work
             stats: Sequence[LexicalStats | None] = lexical_stats or [None] * len(queries)
             words = [(str(t), st) for t, st in zip(texts, stats, strict=True)]
         limit_numpy_blas()
