@@ -112,11 +112,14 @@ class LexicalScorer:
         """This snapshot's share of the statistics a query's BM25 needs (a sharded
         index adds its shards' up, so every shard scores as one index would)."""
         terms = sorted(set(query_terms(text)))
-        postings = self._postings(terms)
+        return self._own_stats(self._postings(terms))
+
+    def _own_stats(self, postings: dict[str, _Live]) -> LexicalStats:
+        """This snapshot's statistics for the terms of ``postings``."""
         return LexicalStats(
             documents=self.n_live,
             length=self.total_length,
-            df={t: len(postings[t].docs) for t in terms},
+            df={t: len(p.docs) for t, p in postings.items()},
         )
 
     def scores(
@@ -129,11 +132,7 @@ class LexicalScorer:
         counts = Counter(query_terms(text))
         postings = self._postings(sorted(counts))
         if stats is None:
-            stats = LexicalStats(
-                documents=self.n_live,
-                length=self.total_length,
-                df={t: len(postings[t].docs) for t in counts},
-            )
+            stats = self._own_stats(postings)
         if not counts or not stats.length or not stats.documents:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         avgdl = stats.length / stats.documents

@@ -122,11 +122,17 @@ class _Tokenizer:
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(":memory:", check_same_thread=True)
-            conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{TOKENIZER}')")
-            conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
-            self._local.conn = conn
+            conn = self._local.conn = tokenizer_table()
         return conn
+
+
+def tokenizer_table() -> sqlite3.Connection:
+    """An in-memory FTS5 table ``t`` (one column ``x``) and its ``fts5vocab``
+    instance table ``v``: what documents and queries are tokenized in."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{TOKENIZER}')")
+    conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+    return conn
 
 
 _TOKENIZER = _Tokenizer()
@@ -148,10 +154,8 @@ def write_lexicon(conn: sqlite3.Connection, fields: Sequence[str], doc_base: int
     """Write the lexicon of every document in the ``documents`` table of ``conn``
     (a segment being finished; its ids start at ``doc_base``), in the caller's
     transaction."""
-    tok = sqlite3.connect(":memory:")
+    tok = tokenizer_table()
     try:
-        tok.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{TOKENIZER}')")
-        tok.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
         n_docs = 0
         rows = conn.execute("SELECT doc_id, text, metadata FROM documents ORDER BY doc_id")
         for doc_id, text, meta in rows:
