@@ -58,6 +58,7 @@ COMMANDS = [  # subcommand, the module of its measurements (add_arguments, comma
     ("shards", "bench_shards"),
     ("merges", "bench_merges"),
     ("server", "bench_server"),
+    ("scale", "bench_scale"),
 ]
 MEDIANS = "one run; p50 / p95 are over the queries of that run"
 

@@ -117,7 +117,7 @@ def evaluate(
     progress: bool = False,
 ) -> EvalReport:
     """Run every query of ``dataset`` against ``index`` and measure quality and latency."""
-    params = run_params(params)
+    params = run_params(params).resolved(index.search_defaults)  # the report says which
     external = external_ids(index)
     judged = judged_queries(dataset, external)
     qids = judged[:max_queries]

@@ -28,6 +28,7 @@ from sie_index.phases import PhaseTimes
 from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
 from sie_index.search import Ranked, Searcher
+from sie_index.search_defaults import SearchDefaults
 from sie_index.updates import ChangeReport, IndexWriter, UpdateReport, vector_docs
 from sie_index.writer import BuildReport, build_index
 from storage import StoreSnapshot, measure_growth
@@ -538,6 +539,12 @@ class Index:
 
     # -- describing it -------------------------------------------------------------
 
+    @property
+    def search_defaults(self) -> SearchDefaults:
+        """The ``k_token``, ``nprobe`` and ``n_rerank`` a search that leaves them unset
+        takes, derived from this index's size (:mod:`sie_index.search_defaults`)."""
+        return self._searcher.defaults
+
     def info(self, *, growth: bool = True) -> dict[str, Any]:
         """What the index holds, how big it is on disk, and (``growth``) how far it has
         grown since its quantizer was trained: tokens then and now, the growth factor,
@@ -567,6 +574,7 @@ class Index:
             "files_bytes": files,
             "total_bytes": total,
             "bytes_per_token": total / m.tokens if m.tokens else 0.0,
+            "search_defaults": self.search_defaults.to_dict(),
         }
         if growth:
             cached = self._growth

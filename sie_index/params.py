@@ -10,11 +10,13 @@ from typing import Any
 from sie_index.errors import InvalidInput
 from sie_index.filters import CompiledFilter, compile_filter
 from sie_index.fusion import DEFAULT_FUSION, DEFAULT_WEIGHT, FUSIONS
+from sie_index.search_defaults import SearchDefaults
 from storage import FILTER_BUDGET_S
 
 __all__ = ["WIRE_PARAMS", "Hit", "Hits", "MatchedToken", "SearchParams"]
 
 EXACT_FILTER_FACTOR = 8
+DERIVED = ("k_token", "n_rerank", "nprobe")  # None: the index's own (search_defaults)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,8 +25,12 @@ class SearchParams:
 
     - ``k``: hits returned per query.
     - ``k_token``: document tokens fetched from the token index per query token.
-    - ``n_rerank``: candidates, best by approximate score, rescored by exact MaxSim.
+    - ``n_rerank``: candidates, best by approximate score, rescored by exact MaxSim
+      (at least ``k``).
     - ``nprobe``: inverted lists visited per query token (IVF kinds).
+
+      These three, left None, take the index's own defaults, derived from its size
+      (:mod:`sie_index.search_defaults`; ``Index.info()["search_defaults"]``).
     - ``ef_search``: HNSW search breadth (HNSW kind).
     - ``filter``: keep only documents matching it, in the filter language of
       :mod:`sie_index.filters` (``{"section": "libs"}``,
@@ -46,9 +52,9 @@ class SearchParams:
     """
 
     k: int = 10
-    k_token: int = 64
-    n_rerank: int = 64
-    nprobe: int = 16
+    k_token: int | None = None
+    n_rerank: int | None = None
+    nprobe: int | None = None
     ef_search: int = 64
     filter: Mapping[str, Any] | None = field(default=None, hash=False)
     ids: tuple[str, ...] | None = None
@@ -64,6 +70,8 @@ class SearchParams:
     def __post_init__(self) -> None:
         for name in ("k", "k_token", "n_rerank", "nprobe", "ef_search", "lexical_k"):
             value = getattr(self, name)
+            if value is None and name in DERIVED:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"SearchParams.{name} must be a positive integer, got {value!r}")
         budget = self.filter_budget_s
@@ -98,11 +106,27 @@ class SearchParams:
         """The filter, ids and raw predicate as one SQL predicate (None: no filter)."""
         return self._compiled
 
+    def resolved(self, defaults: SearchDefaults) -> SearchParams:
+        """These settings with the unset ``k_token``, ``nprobe`` and ``n_rerank`` taken
+        from an index's ``defaults``, and ``n_rerank`` at least ``k``."""
+        n_rerank = self.n_rerank or defaults.n_rerank_for(self.k)
+        return replace(
+            self,
+            k_token=self.k_token or defaults.k_token,
+            nprobe=self.nprobe or defaults.nprobe,
+            n_rerank=max(n_rerank, self.k),
+        )
+
+    def rerank_depth(self) -> int:
+        """Candidates a resolved search reranks (see :meth:`resolved`)."""
+        assert self.n_rerank is not None, "resolve the settings first"
+        return max(self.n_rerank, self.k)
+
     def exact_below(self) -> int:
-        """Allowed documents up to which search scores every one exactly."""
+        """Allowed documents up to which a resolved search scores every one exactly."""
         if self.exact_threshold is not None:
             return self.exact_threshold
-        return EXACT_FILTER_FACTOR * max(self.n_rerank, self.k)
+        return EXACT_FILTER_FACTOR * self.rerank_depth()
 
     def with_(self, **changes: Any) -> SearchParams:
         """A copy with some fields changed (None values are ignored); a name that is

@@ -46,6 +46,7 @@ from sie_index.lexical import LexicalScorer, LexicalStats
 from sie_index.params import Hit, MatchedToken, SearchParams
 from sie_index.phases import PhaseTimes
 from sie_index.scoring import segment_maxsim_explain, segment_maxsim_torch, token_blocks, top_k
+from sie_index.search_defaults import derive_defaults
 from storage import Predicate, RowFilter, StoreSnapshot
 
 __all__ = ["Ranked", "Searcher"]
@@ -126,6 +127,10 @@ class Searcher:
         self._masks: OrderedDict[str, _Allowed] = OrderedDict()
         self._masks_lock = threading.Lock()
         self._lexical: LexicalScorer | None = None
+        trained = (snapshot.manifest.token_index.get("trained") or {}).get("tokens")
+        live_tokens = int(self.token_count[self.live].sum())
+        self.defaults = derive_defaults(live_tokens, trained if isinstance(trained, int) else None)
+        """The ``k_token``, ``nprobe`` and ``n_rerank`` a search leaves unset takes."""
 
     def lexical(self) -> LexicalScorer:
         """BM25 over this snapshot's live documents, made on first use
@@ -211,6 +216,7 @@ class Searcher:
         shard's: the whole sharded index's)."""
         if not queries:
             return []
+        params = params.resolved(self.defaults)
         # each query's text and BM25 statistics, for a hybrid search
         words: list[tuple[str, LexicalStats | None] | None] = [None] * len(queries)
         if params.hybrid:
@@ -241,6 +247,7 @@ class Searcher:
             )
         lengths = [len(Q) for Q in queries]
         stacked = np.concatenate(queries).astype(np.float32, copy=False)
+        assert params.k_token is not None and params.nprobe is not None  # resolved
         with _phase(timings, "ann"):
             sims, rows = self.snapshot.token_index.search(
                 stacked,
@@ -307,7 +314,7 @@ class Searcher:
         timings: PhaseTimes | None,
     ) -> Ranked:
         with _phase(timings, "candidates"):
-            cand = self.candidates(sims, rows, allowed, max(params.n_rerank, params.k))
+            cand = self.candidates(sims, rows, allowed, params.rerank_depth())
         return self._final(Q, text, cand, allowed, params, explain, timings)
 
     def _final(

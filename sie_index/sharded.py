@@ -32,6 +32,7 @@ from sie_index.lexical import LexicalStats
 from sie_index.params import Hits, SearchParams
 from sie_index.query_batch import texts_of_batch
 from sie_index.scoring import check_query
+from sie_index.search_defaults import SearchDefaults, derive_defaults
 from sie_index.shard_merge import fuse_hits, merge_hits
 from sie_index.sharded_build import build_sharded_index, reshard_index
 from sie_index.sharded_writer import ShardedWriter, _naming_shard
@@ -306,8 +307,10 @@ class ShardedIndex:
             texts, stats = self._lexical_stats(queries, deadline_s, allow_partial)
             # each shard answers all its candidates (the ANN's and BM25's, or every
             # allowed document where it scores them all); they are fused here, together
-            every = max(max(params.k, params.n_rerank) + params.lexical_k, params.exact_below())
-            shard_params = params.with_(fusion="maxsim", k=every)
+            # (at the settings the largest shard resolves, so at those of the whole)
+            whole = params.resolved(self.search_defaults)
+            every = max(whole.rerank_depth() + params.lexical_k, whole.exact_below())
+            shard_params = params.with_(fusion="maxsim", k=every, n_rerank=whole.rerank_depth())
         matrices = self._query_matrices(queries)
         answers = executor.run(
             "search",
@@ -330,6 +333,16 @@ class ShardedIndex:
         if params.hybrid:
             return [fuse_hits(hits, params, missing) for hits in per_query]
         return [merge_hits(hits, params.k, missing) for hits in per_query]
+
+    @property
+    def search_defaults(self) -> SearchDefaults:
+        """The search defaults of an index the size of all the shards together: a
+        shard's own (it resolves its unset settings itself) never exceed them."""
+        tokens = 0
+        for path in self.shard_paths:
+            m = read_manifest(path)
+            tokens += int(m.tokens)
+        return derive_defaults(tokens, None)
 
     def _answered(self, answers: list[Any], n_queries: int, allow_partial: bool) -> list[Any]:
         """The shards' answers, or the first shard's error (naming the shard) where

@@ -81,8 +81,8 @@ def sweep(
 ) -> SweepReport:
     """Evaluate ``index`` at every point of ``grid`` (keys ``k_token``, ``nprobe``,
     ``n_rerank``; missing keys keep ``base``'s value)."""
-    grid = {**{k: (getattr(base or SearchParams(), k),) for k in DEFAULT_GRID}, **(grid or {})}
-    params = run_params(base)
+    params = run_params(base).resolved(index.search_defaults)
+    grid = {**{k: (getattr(params, k),) for k in DEFAULT_GRID}, **(grid or {})}
     external = external_ids(index)
     qids = judged_queries(dataset, external)[:max_queries]
     qrels = {q: dataset.qrels[q] for q in qids}

@@ -35,6 +35,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from storage import coarse
+from storage.coarse import CoarseGraph, ivf_of
 from storage.errors import CorruptIndex, InvalidInput
 from storage.fsio import atomic_replace
 from storage.vectors import TokenReader
@@ -306,6 +308,7 @@ class TokenIndex:
         self.parts: list[tuple[faiss.Index, int]] = [(index, 0)]
         self._live: RowFilter | None = None  # the rows of deleted documents masked out
         self._empty: faiss.Index | None = None
+        self._coarse: dict[int, CoarseGraph | None] = {}  # a part's centroid graph, if any
 
     @property
     def ntotal(self) -> int:
@@ -481,6 +484,15 @@ class TokenIndex:
             params.sel = selector
         return params
 
+    def _coarse_graph(self, i: int, part: faiss.Index) -> CoarseGraph | None:
+        """Part ``i``'s graph over its centroids (:mod:`storage.coarse`), for an
+        inverted file of at least ``COARSE_GRAPH_MIN_LISTS`` lists; else None."""
+        if i not in self._coarse:
+            ivf = ivf_of(part) if self.plan.kind.startswith("ivf") else None
+            big = ivf is not None and ivf.nlist >= coarse.COARSE_GRAPH_MIN_LISTS
+            self._coarse[i] = CoarseGraph(ivf) if big else None
+        return self._coarse[i]
+
     def search(
         self,
         Q: np.ndarray,
@@ -505,7 +517,11 @@ class TokenIndex:
                 continue
             kp = min(k, int(part.ntotal))
             params = self._params(i, kp, nprobe, ef_search, rows)
-            part_sims, part_rows = part.search(Q, kp, params=params)
+            graph = self._coarse_graph(i, part)
+            if graph is not None:
+                part_sims, part_rows = graph.search(Q, kp, nprobe, params)
+            else:
+                part_sims, part_rows = part.search(Q, kp, params=params)
             if base:
                 part_rows = np.where(part_rows >= 0, part_rows + base, part_rows)
             found.append((part_sims, part_rows))

@@ -147,9 +147,21 @@ def _params(args: argparse.Namespace) -> Any:
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k-token", type=int, help="document tokens fetched per query token")
-    p.add_argument("--n-rerank", type=int, help="candidates rescored by exact MaxSim")
-    p.add_argument("--nprobe", type=int, help="inverted lists visited per query token (IVF)")
+    p.add_argument(
+        "--k-token",
+        type=int,
+        help="document tokens fetched per query token (default: the index's own, from its size)",
+    )
+    p.add_argument(
+        "--n-rerank",
+        type=int,
+        help="candidates rescored by exact MaxSim (default: the index's own, at least 1.25 k)",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        help="inverted lists visited per query token, IVF (default: the index's own)",
+    )
     p.add_argument("--ef-search", type=int, help="HNSW search breadth")
     p.add_argument(
         "--exact-threshold",

@@ -1,0 +1,282 @@
+"""Latency, quality and memory against corpus size, one index after another.
+
+    python scripts/bench.py scale --index 6k=runs/scale/6k --index 60k=runs/full/index \\
+        --index 730k=runs/grow/index --queries 500 --out runs/scale
+
+Each ``--index LABEL=PATH`` is measured in its own child process (its peak RSS is
+the search's own): what it holds (documents, tokens, bytes, kind, codec, the
+search defaults it derived), one query at a time at k=100 and k=10 with default
+settings, p50 / p95 (warm: after 20 queries), the text -> hits latency at k=10
+(encoding included), and, for the same queries, exhaustive MaxSim over every
+stored token, streamed in blocks (kept in ``OUT/LABEL-exhaustive.json`` and
+reused while the index and queries are the same): MRR@10 and R@100 as ratios of
+the oracle's. ``--fixed`` adds a row per index at the settings the defaults
+replaced (k_token 64, nprobe 16, n_rerank = k). ``--cold`` first drops the page
+cache (root only) and times the first queries of a fresh process. ``--build
+LABEL=build.json`` adds a build's time and peak RSS (a ``bench.py build``
+report, or any JSON with ``encode_s``, ``index_s``, ``peak_rss_mb``). The queries
+are debian-pkgs dev queries judged in the index (its qrels hold for the mixed
+corpus). Writes scale.json, scale.md and scale.png (latency against documents,
+log-log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_child import in_child, peak_rss_mb
+from bench_report import write_report
+
+MEDIANS = "one run; p50 / p95 are over the queries of that run"
+WARM = 20
+TEXT_QUERIES = 200
+COLD_QUERIES = 50
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def _labelled(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        label, sep, path = value.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"{what} takes LABEL=PATH, not {value!r}")
+        out[label] = path
+    return out
+
+
+def _timed(index: Any, Qs: list[Any], params: Any) -> tuple[list[Any], list[float]]:
+    ranked, times = [], []
+    for Q in Qs:
+        t0 = time.perf_counter()
+        ranked.append(index.rank([Q], params, threads=1)[0])
+        times.append(time.perf_counter() - t0)
+    return ranked, times
+
+
+def _ms(times: list[float]) -> dict[str, float]:
+    return {
+        "p50": 1000 * float(np.median(times)),
+        "p95": 1000 * float(np.percentile(times, 95)),
+    }
+
+
+def measure_index(label: str, path: str, queries: int, fixed: bool, out: str) -> dict[str, Any]:
+    """One index, in a child process: see the module's docstring."""
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import external_ids, judged_queries, metrics_of_run
+    from sie_index.index import Index
+    from sie_index.params import SearchParams
+
+    dataset = BeirDataset.load("debian-pkgs")
+    index = Index.open(path, verify=False)
+    info = index.info(growth=False)
+    external = external_ids(index)
+    qids = judged_queries(dataset, external)[:queries]
+    qrels = {q: dataset.qrels[q] for q in qids}
+    texts = [dataset.queries[q] for q in qids]
+    Qs = index.encode_queries(texts)
+    index.search_batch(Qs[:WARM])  # warm: the page cache, FAISS, the coarse graph
+    variants = {"default": SearchParams(k=100), "default k=10": SearchParams(k=10)}
+    if fixed:
+        variants["fixed 64/16/k"] = SearchParams(k=100, k_token=64, nprobe=16, n_rerank=100)
+        variants["fixed 64/16/k k=10"] = SearchParams(k=10, k_token=64, nprobe=16, n_rerank=64)
+    rows: dict[str, Any] = {}
+    runs: dict[str, dict[str, dict[str, float]]] = {}
+    for name, params in variants.items():
+        ranked, times = _timed(index, Qs, params)
+        runs[name] = {
+            q: {
+                external[d]: float(s)
+                for d, s in zip(r.doc_ids.tolist(), r.scores.tolist(), strict=True)
+            }
+            for q, r in zip(qids, ranked, strict=True)
+        }
+        rows[name] = {
+            "latency_ms": _ms(times),
+            "params": {
+                k: getattr(params.resolved(index.search_defaults), k)
+                for k in ("k", "k_token", "nprobe", "n_rerank")
+            },
+        }
+    text_times = []
+    for text in texts[:TEXT_QUERIES]:
+        t0 = time.perf_counter()
+        index.search(text, k=10)
+        text_times.append(time.perf_counter() - t0)
+    search_rss = peak_rss_mb()
+    ex_run = _exhaustive_run(index, Qs, qids, external, Path(out) / f"{label}-exhaustive.json")
+    exhaustive = metrics_of_run(qrels, ex_run)
+    for name, row in rows.items():
+        if name.endswith("k=10"):
+            continue  # quality is measured on the runs 100 deep
+        m = metrics_of_run(qrels, runs[name])
+        row["MRR@10_ratio"] = m["MRR@10"] / exhaustive["MRR@10"]
+        row["R@100_ratio"] = m["R@100"] / exhaustive["R@100"]
+        row["metrics"] = m
+    index.close()
+    return {
+        "label": label,
+        "index": path,
+        "documents": info["documents"],
+        "tokens": info["tokens"],
+        "total_bytes": info["total_bytes"],
+        "token_index": info["token_index"],
+        "codec": info["codec"],
+        "search_defaults": info["search_defaults"],
+        "queries": len(qids),
+        "exhaustive": exhaustive,
+        "variants": rows,
+        "text_to_hits_k10_ms": _ms(text_times),
+        "search_peak_rss_mb": search_rss,
+    }
+
+
+def measure_cold(path: str, queries: int) -> dict[str, Any]:
+    """The first queries of a fresh process on a dropped page cache."""
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import external_ids, judged_queries
+    from sie_index.index import Index
+    from sie_index.params import SearchParams
+
+    dataset = BeirDataset.load("debian-pkgs")
+    t0 = time.perf_counter()
+    index = Index.open(path, verify=False)
+    open_s = time.perf_counter() - t0
+    qids = judged_queries(dataset, external_ids(index))[:queries]
+    Qs = index.encode_queries([dataset.queries[q] for q in qids])
+    _, times = _timed(index, Qs, SearchParams(k=100))
+    index.close()
+    return {"open_s": open_s, "latency_ms": _ms(times), "first_ms": 1000 * times[0]}
+
+
+def _exhaustive_run(
+    index: Any, Qs: list[Any], qids: list[str], external: list[str], keep: Path
+) -> dict[str, dict[str, float]]:
+    from sie_index.evaluation import RUN_DEPTH
+
+    # what the oracle depends on: the stored documents (ids, tokens) and the queries,
+    # not the token index, so an index and its retrained copy share one run
+    info = index.info(growth=False)
+    key = {
+        "documents": info["documents"],
+        "tokens": info["tokens"],
+        "ids_sha256": hashlib.sha256("\n".join(sorted(external)).encode()).hexdigest(),
+        "queries": qids,
+    }
+    if keep.is_file():
+        kept = json.loads(keep.read_text())
+        if kept["key"] == key:
+            return dict(kept["run"])
+    run = {
+        qid: {external[int(d)]: float(s) for d, s in zip(r.doc_ids, r.scores, strict=True)}
+        for qid, r in zip(qids, index.exhaustive(Qs, RUN_DEPTH), strict=True)
+    }
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_text(json.dumps({"key": key, "run": run}))
+    return run
+
+
+def _drop_caches() -> bool:
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        "| documents | tokens | index GB | build s (encode + index) | build peak RSS MB "
+        "| settings | p50 / p95 ms k=100 | p50 / p95 ms k=10 | MRR@10 ratio | R@100 ratio "
+        "| text -> hits p50 ms k=10 | search RSS MB | cold p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["indexes"]:
+        b = r.get("build") or {}
+        build = (
+            f"{b['encode_s']:.0f} + {b['index_s']:.0f}"
+            if "encode_s" in b and "index_s" in b
+            else ""
+        )
+        rss = f"{b['peak_rss_mb']:.0f}" if "peak_rss_mb" in b else ""
+        cold = f"{r['cold']['latency_ms']['p50']:.2f}" if r.get("cold") else ""
+        for name in [n for n in r["variants"] if not n.endswith("k=10")]:
+            v, v10 = r["variants"][name], r["variants"][name + " k=10"]
+            p = v["params"]
+            lines.append(
+                f"| {r['documents']:,} ({r['label']}) | {r['tokens']:,} | "
+                f"{r['total_bytes'] / 1e9:.2f} | {build} | {rss} | {name}: {p['k_token']}/"
+                f"{p['nprobe']}/{p['n_rerank']} | {v['latency_ms']['p50']:.2f} / "
+                f"{v['latency_ms']['p95']:.2f} | {v10['latency_ms']['p50']:.2f} / "
+                f"{v10['latency_ms']['p95']:.2f} | {v['MRR@10_ratio']:.4f} | "
+                f"{v['R@100_ratio']:.4f} | {r['text_to_hits_k10_ms']['p50']:.2f} | "
+                f"{r['search_peak_rss_mb']:.0f} | {cold} |"
+            )
+    lines.append("")
+    lines.append(
+        "Settings: k_token / nprobe / n_rerank at k=100 (the defaults are derived from "
+        "each index's size: `Index.info()['search_defaults']`). Quality: against "
+        "exhaustive MaxSim over the same index, same queries."
+    )
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(report["indexes"], key=lambda r: r["documents"])
+    docs = [r["documents"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, style in (("default", "o-"), ("default k=10", "s--")):
+        ax.plot(docs, [r["variants"][name]["latency_ms"]["p50"] for r in rows], style, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("documents")
+    ax.set_ylabel("search p50, ms (one query at a time)")
+    for r in rows:
+        ax.annotate(r["label"], (r["documents"], r["variants"]["default"]["latency_ms"]["p50"]))
+    ax.legend(["k=100", "k=10"])
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(target, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--index", action="append", required=True, help="LABEL=PATH of a built index (repeat)"
+    )
+    sub.add_argument("--build", action="append", default=[], help="LABEL=build report JSON")
+    sub.add_argument("--queries", type=int, default=500, help="judged dev queries")
+    sub.add_argument("--fixed", action="store_true", help="also the old fixed settings")
+    sub.add_argument("--cold", action="store_true", help="also cold starts (root: drops caches)")
+
+
+def command(args: argparse.Namespace) -> int:
+    indexes = _labelled(args.index, "--index")
+    builds = _labelled(args.build, "--build")
+    out = Path(args.out)
+    results = []
+    for label, path in indexes.items():
+        result = in_child(measure_index, label, path, args.queries, args.fixed, str(out))
+        if label in builds:
+            result["build"] = json.loads(Path(builds[label]).read_text())
+        if args.cold:
+            if _drop_caches():
+                result["cold"] = in_child(measure_cold, path, COLD_QUERIES)
+            else:
+                print(f"cannot write {DROP_CACHES}: no cold start measured")
+        results.append(result)
+    report = {"indexes": results}
+    write_report(out, "scale", report, table(report), MEDIANS)
+    plot(report, out / "scale.png")
+    return 0

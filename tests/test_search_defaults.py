@@ -1,0 +1,101 @@
+"""Search settings derived from the index's size (sie_index/search_defaults.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sie_index import Index, SearchParams
+from sie_index import search_defaults as sd
+from sie_index.errors import InvalidInput
+from sie_index.search import Searcher
+from sie_index.search_defaults import derive_defaults
+from storage.token_index import TokenIndex
+from tests.conftest import synthetic_corpus, synthetic_queries
+
+
+def test_the_defaults_hold_at_the_reference_size_and_grow_past_it() -> None:
+    small = derive_defaults(100_000, 100_000)
+    assert (small.k_token, small.nprobe, small.n_rerank) == (64, 16, 64)
+    assert derive_defaults(sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS) == derive_defaults(
+        sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS
+    )
+    four = derive_defaults(4 * sd.REFERENCE_TOKENS, 4 * sd.REFERENCE_TOKENS)
+    assert (four.k_token, four.n_rerank) == (128, 128)
+    assert four.nprobe == 16  # a fresh build: lists the size training made them
+    grown = derive_defaults(4 * sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS)
+    assert grown.nprobe == 32 and grown.list_growth == 4.0
+    assert derive_defaults(10**12, 1).nprobe == sd.MAX_NPROBE
+    assert derive_defaults(10**12, None).k_token == round(64 * sd.MAX_SCALE)
+    # sizes in between never go down as the index grows
+    sizes = np.geomspace(1e4, 1e9, 60).astype(int)
+    ks = [derive_defaults(int(n), None) for n in sizes]
+    assert all(a.k_token <= b.k_token and a.n_rerank <= b.n_rerank for a, b in zip(ks, ks[1:]))
+
+
+def test_n_rerank_keeps_candidates_beyond_k() -> None:
+    d = derive_defaults(1000, None)
+    assert d.n_rerank_for(10) == 64
+    assert d.n_rerank_for(100) == 125
+    resolved = SearchParams(k=100).resolved(d)
+    assert (resolved.k_token, resolved.nprobe, resolved.n_rerank) == (64, 16, 125)
+    # what a caller sets wins; an explicit n_rerank is still at least k
+    own = SearchParams(k=100, k_token=7, nprobe=3, n_rerank=20).resolved(d)
+    assert (own.k_token, own.nprobe, own.n_rerank) == (7, 3, 100)
+
+
+def test_unset_settings_stay_checked() -> None:
+    with pytest.raises(InvalidInput, match="k_token"):
+        SearchParams(k_token=0)
+    with pytest.raises(InvalidInput, match="k"):
+        SearchParams(k=None)  # type: ignore[arg-type]
+
+
+def test_a_search_runs_with_the_index_own_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ANN gets the derived k_token and nprobe, the rerank the derived n_rerank,
+    and a value the caller passes replaces each."""
+    monkeypatch.setattr(sd, "REFERENCE_TOKENS", 1000)  # this small index is 'large'
+    ids, vectors = synthetic_corpus(1000, 32, seed=4)
+    index = Index.from_vectors(tmp_path / "idx", ids, vectors, index_kind="ivf-flat")
+    defaults = index.search_defaults
+    assert defaults.k_token > 64 and defaults.n_rerank > 64
+    assert index.info()["search_defaults"] == defaults.to_dict()
+    seen: list[tuple[Any, ...]] = []
+    ann, cands = TokenIndex.search, Searcher.candidates
+
+    def ann_spy(self: TokenIndex, Q: Any, k_token: int, **kw: Any) -> Any:
+        seen.append(("ann", k_token, kw["nprobe"]))
+        return ann(self, Q, k_token, **kw)
+
+    def cand_spy(self: Searcher, sims: Any, rows: Any, allowed: Any, n: int) -> Any:
+        seen.append(("rerank", n))
+        return cands(self, sims, rows, allowed, n)
+
+    monkeypatch.setattr(TokenIndex, "search", ann_spy)
+    monkeypatch.setattr(Searcher, "candidates", cand_spy)
+    Q = synthetic_queries(vectors, 1, seed=1)[0]
+    index.search(Q, k=100, exact_threshold=0)
+    assert seen == [
+        ("ann", defaults.k_token, defaults.nprobe),
+        ("rerank", defaults.n_rerank_for(100)),
+    ]
+    seen.clear()
+    index.search(Q, k=10, k_token=9, nprobe=2, n_rerank=11, exact_threshold=0)
+    assert seen == [("ann", 9, 2), ("rerank", 11)]
+
+
+def test_an_index_grown_past_its_training_probes_more_lists(tmp_path: Path) -> None:
+    ids, vectors = synthetic_corpus(1200, 32, seed=8)
+    index = Index.from_vectors(tmp_path / "idx", ids[:300], vectors[:300], index_kind="ivf-flat")
+    before = index.search_defaults
+    assert before.nprobe == 16 and before.list_growth == 1.0
+    index.add_vectors(ids[300:], vectors[300:])
+    after = index.search_defaults
+    assert after.list_growth == pytest.approx(after.tokens / before.tokens)
+    assert after.list_growth > 3
+    assert after.nprobe == round(16 * after.list_growth**0.5)
