@@ -143,9 +143,14 @@ def _hit(raw: Mapping[str, Any]) -> Hit:
 
 
 def _change(raw: Mapping[str, Any]) -> ChangeReport:
-    counts = {k: int(raw[k]) for k in ChangeReport.__dataclass_fields__ if k != "outgrown"}
+    flags = ("outgrown", "retrained")
+    counts = {k: int(raw[k]) for k in ChangeReport.__dataclass_fields__ if k not in flags}
     outgrown = raw.get("outgrown")
-    return ChangeReport(**counts, outgrown=None if outgrown is None else float(outgrown))
+    return ChangeReport(
+        **counts,
+        outgrown=None if outgrown is None else float(outgrown),
+        retrained=bool(raw.get("retrained", False)),
+    )
 
 
 def _update(raw: Mapping[str, Any]) -> UpdateReport:

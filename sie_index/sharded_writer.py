@@ -97,7 +97,9 @@ class ShardedWriter:
         for position, docs in sorted(groups.items()):
 
             def change(w: IndexWriter, docs: list[Document] = docs) -> UpdateReport:
-                return w.upsert(docs, **options) if replace else w.add(docs, **options)
+                # the shards share one quantizer: no shard retrains its own
+                each = {**options, "retrain": "never"}
+                return w.upsert(docs, **each) if replace else w.add(docs, **each)
 
             reports += self._on([position], change)
         combined = combine_updates(reports, len(self))
@@ -134,6 +136,7 @@ class ShardedWriter:
                     texts=[texts[i] for i in rows] if texts is not None else None,
                     metadata=[metadata[i] for i in rows] if metadata is not None else None,
                     replace=replace,
+                    retrain="never",  # the shards share one quantizer
                 )
 
             reports += self._on([position], change)

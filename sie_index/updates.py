@@ -11,8 +11,9 @@ change keeps its snapshot until ``refresh()``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from sie_index.filters import compile_filter
 from sie_index.pooling import Pooled, pool_encoded
 from sie_index.writer import EncodeAhead, Timing, encoder_for, open_corpus, pending_batches
 from storage import ChangeReport, PendingDoc, StoreWriter, as_array, check_document
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ChangeReport", "IndexWriter", "UpdateReport", "VectorDocs", "vector_docs"]
 
@@ -154,9 +157,16 @@ class IndexWriter:
         progress: bool | None = None,
         commit_every: int | None = None,
         skip_existing: bool = False,
+        retrain: str = "auto",
     ) -> UpdateReport:
         """Encode and add new documents (a JSONL file, a BEIR folder, or Documents)
         in one commit. An id already in the index is an error naming it.
+
+        ``retrain``: the growth policy. ``"auto"``: the add that takes the index past
+        :data:`~storage.growth.GROWTH_WARN_FACTOR` times the tokens its quantizer was
+        trained on ends by retraining it (:meth:`compact` with ``retrain=True``: one
+        more commit; readers keep searching the generation they hold meanwhile);
+        ``"never"``: it only warns (``report.change.outgrown``).
 
         A large add can be made resumable: ``commit_every=N`` commits each N
         documents (each commit all or nothing), so a failure or a kill loses at most
@@ -173,6 +183,7 @@ class IndexWriter:
             progress,
             commit_every=commit_every,
             skip_existing=skip_existing,
+            retrain=retrain,
         )
 
     def upsert(
@@ -185,10 +196,11 @@ class IndexWriter:
         store_text: bool = True,
         progress: bool | None = None,
         commit_every: int | None = None,
+        retrain: str = "auto",
     ) -> UpdateReport:
         """Like :meth:`add`, but a document whose id is in the index replaces it (text,
         metadata and vectors), in the same commit (with ``commit_every``: each N
-        documents a commit, as for :meth:`add`)."""
+        documents a commit, as for :meth:`add`; ``retrain`` as for :meth:`add`)."""
         return self._add_corpus(
             corpus,
             True,
@@ -198,6 +210,7 @@ class IndexWriter:
             store_text,
             progress,
             commit_every=commit_every,
+            retrain=retrain,
         )
 
     def _add_corpus(
@@ -212,7 +225,9 @@ class IndexWriter:
         *,
         commit_every: int | None = None,
         skip_existing: bool = False,
+        retrain: str = "auto",
     ) -> UpdateReport:
+        _check_policy(retrain)
         if commit_every is not None and (type(commit_every) is not int or commit_every < 1):
             raise InvalidInput(f"commit_every must be a positive integer, got {commit_every!r}")
         feed = open_corpus(corpus, on_error=on_error, limit=limit)
@@ -241,7 +256,7 @@ class IndexWriter:
                 changes.append(self._store.add(chunk, replace=replace))
             bar.close()
         return UpdateReport(
-            change=_summed(changes),
+            change=self._after_growth(_summed(changes), retrain),
             encode_seconds=timing.encode_seconds,
             store_seconds=timing.store_seconds,
             bad_lines=feed.bad_lines,
@@ -258,14 +273,17 @@ class IndexWriter:
         metadata: Iterable[Mapping[str, Any] | None] | None = None,
         replace: bool = False,
         batch_size: int = 1024,
+        retrain: str = "auto",
     ) -> ChangeReport:
         """Add documents from multivectors the user already has, in one commit; with
-        ``replace``, a document whose id is in the index replaces it (upsert).
+        ``replace``, a document whose id is in the index replaces it (upsert);
+        ``retrain``: the growth policy, as for :meth:`add`.
 
         Each argument is one item per document, in any iterable (read once).
         Vectors are L2-normalized when the index's encoder normalizes (an index
         built with :meth:`Index.from_vectors`, ``normalize=True``), and pooled as
         the index records."""
+        _check_policy(retrain)
         docs = vector_docs(ids, vectors, texts, metadata)
         normalize = bool(self.spec.options.get("normalize", False))
 
@@ -288,7 +306,25 @@ class IndexWriter:
                     )
                 yield out
 
-        return self._store.add(batches(), replace=replace)
+        return self._after_growth(self._store.add(batches(), replace=replace), retrain)
+
+    def _after_growth(self, change: ChangeReport, retrain: str) -> ChangeReport:
+        """The growth policy after a change: retrain the quantizer when the change
+        took the index past the growth threshold and the policy is ``"auto"``."""
+        kind = str(self._store.manifest.token_index.get("kind", ""))
+        if retrain != "auto" or change.outgrown is None or not kind.startswith("ivf"):
+            return change  # (flat and hnsw have no quantizer to retrain)
+        log.info(
+            "the index holds %.2fx the tokens its quantizer was trained on: retraining it",
+            change.outgrown,
+        )
+        compacted = self._store.compact(retrain=True)
+        return replace(
+            change,
+            generation=compacted.generation,
+            documents=compacted.documents,
+            retrained=True,
+        )
 
     def upsert_vectors(
         self,
@@ -297,9 +333,12 @@ class IndexWriter:
         *,
         texts: Iterable[str | None] | None = None,
         metadata: Iterable[Mapping[str, Any] | None] | None = None,
+        retrain: str = "auto",
     ) -> ChangeReport:
         """:meth:`add_vectors` with ``replace=True``."""
-        return self.add_vectors(ids, vectors, texts=texts, metadata=metadata, replace=True)
+        return self.add_vectors(
+            ids, vectors, texts=texts, metadata=metadata, replace=True, retrain=retrain
+        )
 
     # -- deleting and compacting -------------------------------------------------
 
@@ -373,6 +412,14 @@ def _commit_chunks(
 
         yield run()
         first = next(batches, None)
+
+
+RETRAIN_POLICIES = ("auto", "never")
+
+
+def _check_policy(retrain: str) -> None:
+    if retrain not in RETRAIN_POLICIES:
+        raise InvalidInput(f"retrain must be one of {', '.join(RETRAIN_POLICIES)}, got {retrain!r}")
 
 
 def _summed(changes: Sequence[ChangeReport]) -> ChangeReport:

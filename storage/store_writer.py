@@ -100,6 +100,9 @@ class ChangeReport:
     """The growth factor (:mod:`storage.growth`), when this change took the index past
     :data:`~storage.growth.GROWTH_WARN_FACTOR` times the tokens its quantizer was
     trained on (an add crossing it; the adds after it leave this None)."""
+    retrained: bool = False
+    """Whether the change ended by retraining the quantizer (the writer's growth
+    policy, after ``outgrown``)."""
 
 
 class StoreWriter:

@@ -34,13 +34,16 @@ def _ivf(path: Path) -> Index:
     return Index.from_vectors(path, IDS, VECTORS, index_kind="ivf-flat", index_options={"nlist": 8})
 
 
-def _grow(index: Index, factor: float) -> list[Any]:
+def _grow(index: Index, factor: float, retrain: str = "never") -> list[Any]:
     """Add new-distribution documents, 100 at a time (one writer each), until the index
-    holds ``factor`` times its training tokens; the reports of every add."""
+    holds ``factor`` times its training tokens (or the documents run out); the reports
+    of every add."""
     reports, start = [], 0
-    while index.info(growth=False)["tokens"] < factor * BASE_TOKENS:
+    while index.info(growth=False)["tokens"] < factor * BASE_TOKENS and start < len(NEW_IDS):
         stop = start + 100
-        reports.append(index.add_vectors(NEW_IDS[start:stop], NEW_VECTORS[start:stop]))
+        reports.append(
+            index.add_vectors(NEW_IDS[start:stop], NEW_VECTORS[start:stop], retrain=retrain)
+        )
         start = stop
     return reports
 
@@ -193,6 +196,42 @@ def test_cli_info_and_verify_show_growth(
     assert main(["verify", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ok:") and lines[1].startswith("warning: outgrown")
+
+
+def test_the_auto_policy_retrains_at_each_doubling_and_equals_a_fresh_build(
+    tmp_path: Path,
+) -> None:
+    """By default the add that crosses the threshold ends by retraining: its report
+    says so, the index's growth starts again from 1, the next crossing comes at
+    twice the new size; what it then holds searches as a fresh build of the same
+    documents does."""
+    path = tmp_path / "idx"
+    with _ivf(path) as index:
+        reports = _grow(index, 5.0, retrain="auto")
+        growth = index.info()["growth"]
+        ids = [i for i in IDS + NEW_IDS if i in index.lookup(IDS + NEW_IDS)]
+        Q = NEW_VECTORS[0][:4]
+        got = [(h.external_id, h.score) for h in index.search(Q, k=10, exact_threshold=0)]
+    retrained = [i for i, r in enumerate(reports) if r.retrained]
+    # trained on 200 documents, past 2x at 500: retrained there; the 400 added after
+    # it stay under twice the 500 (the next retrain would come at about 1,000)
+    assert len(retrained) == 1 and len(reports) == 7
+    first = reports[retrained[0]]
+    assert first.outgrown is not None and first.outgrown > GROWTH_WARN_FACTOR
+    assert first.documents == 200 + 100 * (retrained[0] + 1)
+    assert all(r.outgrown is None for r in reports[retrained[0] + 1 :])
+    assert growth["tokens_at_training"] > BASE_TOKENS
+    assert growth["factor"] < GROWTH_WARN_FACTOR
+    by_id = dict(zip(IDS + NEW_IDS, VECTORS + NEW_VECTORS, strict=True))
+    fresh = Index.from_vectors(
+        tmp_path / "fresh",
+        ids,
+        [by_id[i] for i in ids],
+        index_kind="ivf-flat",
+        index_options={"nlist": 8},
+    )
+    want = [(h.external_id, h.score) for h in fresh.search(Q, k=10, exact_threshold=0)]
+    assert got == want
 
 
 def test_cli_add_past_the_threshold_prints_one_line(

@@ -47,6 +47,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "progress": False if args.quiet else None,
     }
+    if args.no_retrain:
+        options["retrain"] = "never"
     resumable: dict[str, Any] = {}
     if args.commit_every is not None:
         resumable["commit_every"] = args.commit_every
@@ -69,7 +71,13 @@ def cmd_add(args: argparse.Namespace) -> int:
             args.command + "ed" if args.command == "add" else "upserted", index, report.change
         )
     )
-    if report.change.outgrown is not None:
+    if report.change.retrained:
+        print(
+            f"retrained: the index had grown to {report.change.outgrown:.2f}x the tokens its "
+            f"quantizer was trained on (past {GROWTH_WARN_FACTOR:g}x); it has a new one "
+            "(--no-retrain only warns)"
+        )
+    elif report.change.outgrown is not None:
         print(
             f"warning: the index now holds {report.change.outgrown:.2f}x the tokens its "
             f"quantizer was trained on (past {GROWTH_WARN_FACTOR:g}x), which costs recall; "
@@ -136,6 +144,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             metavar="N",
             help="commit each N documents, so a failed or killed run keeps what it "
             "committed (default: one commit, all or nothing)",
+        )
+        p.add_argument(
+            "--no-retrain",
+            action="store_true",
+            help="past 2x the tokens its quantizer was trained on, only warn (default: "
+            "retrain the quantizer then, one more commit; searches go on meanwhile)",
         )
         if name == "add":
             p.add_argument(
