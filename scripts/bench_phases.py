@@ -106,6 +106,73 @@ def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
     }
 
 
+BEFORE = {"k_token": 64, "nprobe": 16, "n_rerank": 64}
+"""The fixed settings the index-derived defaults replaced (n_rerank at least k)."""
+
+
+def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
+    """Before against after, one query at a time, at k=100 and k=10, interleaved in
+    blocks of 50 queries (the order flips every block): before, the fixed settings
+    and FAISS's scan of every centroid; after, the index's own defaults and the
+    graph over the centroids (:mod:`storage.coarse`, from 2,048 lists on)."""
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import external_ids, judged_queries
+    from sie_index.index import Index
+    from sie_index.params import SearchParams
+    from sie_index.phases import PhaseTimes
+    from storage import coarse
+
+    dataset = BeirDataset.load("debian-pkgs")
+    graph_from = coarse.COARSE_GRAPH_MIN_LISTS
+    out: dict[str, Any] = {}
+    try:
+        with Index.open(index_path, verify=False) as index:
+            token_index = index._snapshot.token_index
+            qids = judged_queries(dataset, external_ids(index))[:queries]
+            Qs = index.encode_queries([dataset.queries[q] for q in qids])
+            index.search_batch(Qs[:20])  # warm the page cache, FAISS and the graph
+            # which coarse step each part takes is decided on its first search and
+            # kept: each variant gets its own decisions (the graph built once)
+            coarse.COARSE_GRAPH_MIN_LISTS = 1 << 40
+            token_index._coarse.clear()
+            index.search_batch(Qs[:1])
+            scan = dict(token_index._coarse)
+            coarse.COARSE_GRAPH_MIN_LISTS = graph_from
+            token_index._coarse.clear()
+            index.search_batch(Qs[:20])
+            graph = dict(token_index._coarse)
+            for k in (100, 10):
+                variants = {
+                    "before": (SearchParams(k=k, **BEFORE), scan),
+                    "after": (SearchParams(k=k), graph),
+                }
+                seen = {name: ([], PhaseTimes()) for name in variants}
+                for r in range(rounds):
+                    for b in range(0, len(Qs), 50):
+                        names = list(variants) if (b // 50 + r) % 2 == 0 else list(variants)[::-1]
+                        for name in names:
+                            params, decided = variants[name]
+                            token_index._coarse = dict(decided)
+                            latencies, times = seen[name]
+                            for Q in Qs[b : b + 50]:
+                                t = time.perf_counter()
+                                index.rank([Q], params, threads=1, timings=times)
+                                latencies.append(time.perf_counter() - t)
+                for name, (latencies, times) in seen.items():
+                    resolved = variants[name][0].resolved(index.search_defaults)
+                    out[f"{name} k={k}"] = {
+                        "settings": {
+                            key: getattr(resolved, key) for key in ("k_token", "nprobe", "n_rerank")
+                        },
+                        "p50_ms": 1000 * float(np.median(latencies)),
+                        "p95_ms": 1000 * float(np.percentile(latencies, 95)),
+                        "ms": times.per_query_ms(len(latencies)),
+                    }
+    finally:
+        coarse.COARSE_GRAPH_MIN_LISTS = graph_from
+    return out
+
+
 def table(result: dict[str, Any]) -> str:
     m = result["median"]
     phases = list(m["single_ms"])
@@ -134,6 +201,25 @@ def table(result: dict[str, Any]) -> str:
             cells = " | ".join(f"{ms[p]:.2f}" for p in phases)
             after = sum(v for p, v in ms.items() if p != "ann")
             lines.append(f"| {name} | {row['p50_ms']:.2f} | {cells} | {after:.2f} |")
+    if "compare" in result:
+        lines += [
+            "",
+            "Before (fixed 64 / 16 / max(64, k), every centroid scanned) against after (the "
+            "index's own defaults, the graph over the centroids), one query at a time "
+            "(ids only), interleaved blocks of 50:",
+            "",
+            "| settings | k_token / nprobe / n_rerank | p50 ms | p95 ms | "
+            + " | ".join(phases)
+            + " |",
+            "|---|---|---|---|" + "---|" * len(phases),
+        ]
+        for name, row in result["compare"].items():
+            ms, st = row["ms"], row["settings"]
+            cells = " | ".join(f"{ms[p]:.2f}" for p in phases)
+            lines.append(
+                f"| {name} | {st['k_token']} / {st['nprobe']} / {st['n_rerank']} | "
+                f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {cells} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -141,11 +227,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default="runs/bench/index")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--compare", action="store_true", help="also before (fixed settings) against after"
+    )
 
 
 def command(args: argparse.Namespace) -> int:
     result = run(args.index, args.queries, args.runs)
     result["kernels"] = kernels(args.index, args.queries)
+    if args.compare:
+        result["compare"] = compare(args.index, args.queries)
     medians = (
         f"phases and q/s: medians of {args.runs} runs; kernels: one run of "
         "interleaved blocks of 50 queries"

@@ -20,7 +20,7 @@ quantizer was trained for, each list is coarser.
   the candidates beyond ``k`` are what keeps R@k (at ``k = n_rerank`` a document
   the approximate score ranks just below the cut is lost however good the
   rerank);
-- ``nprobe`` stays 16 while lists are the size the quantizer made them, and grows
+- ``nprobe`` stays 8 while lists are the size the quantizer made them, and grows
   with the square root of the lists' growth since training (an index grown by adds),
   up to :data:`MAX_NPROBE`.
 """
@@ -34,10 +34,10 @@ from typing import Any
 __all__ = ["SearchDefaults", "derive_defaults"]
 
 BASE_K_TOKEN = 64
-BASE_NPROBE = 16
+BASE_NPROBE = 8
 BASE_N_RERANK = 64
 REFERENCE_TOKENS = 4_800_000
-RERANK_PER_HIT = 1.25
+RERANK_PER_HIT = 1.5
 MAX_SCALE = 8.0  # past 64x the reference, grow no further: a sharded index splits it
 MAX_NPROBE = 64
 

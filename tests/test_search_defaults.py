@@ -20,15 +20,16 @@ from tests.conftest import synthetic_corpus, synthetic_queries
 
 def test_the_defaults_hold_at_the_reference_size_and_grow_past_it() -> None:
     small = derive_defaults(100_000, 100_000)
-    assert (small.k_token, small.nprobe, small.n_rerank) == (64, 16, 64)
+    base = (sd.BASE_K_TOKEN, sd.BASE_NPROBE, sd.BASE_N_RERANK)
+    assert (small.k_token, small.nprobe, small.n_rerank) == base
     assert derive_defaults(sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS) == derive_defaults(
         sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS
     )
     four = derive_defaults(4 * sd.REFERENCE_TOKENS, 4 * sd.REFERENCE_TOKENS)
-    assert (four.k_token, four.n_rerank) == (128, 128)
-    assert four.nprobe == 16  # a fresh build: lists the size training made them
+    assert (four.k_token, four.n_rerank) == (2 * sd.BASE_K_TOKEN, 2 * sd.BASE_N_RERANK)
+    assert four.nprobe == sd.BASE_NPROBE  # a fresh build: lists the size training made them
     grown = derive_defaults(4 * sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS)
-    assert grown.nprobe == 32 and grown.list_growth == 4.0
+    assert grown.nprobe == 2 * sd.BASE_NPROBE and grown.list_growth == 4.0
     assert derive_defaults(10**12, 1).nprobe == sd.MAX_NPROBE
     assert derive_defaults(10**12, None).k_token == round(64 * sd.MAX_SCALE)
     # sizes in between never go down as the index grows
@@ -41,10 +42,11 @@ def test_the_defaults_hold_at_the_reference_size_and_grow_past_it() -> None:
 
 def test_n_rerank_keeps_candidates_beyond_k() -> None:
     d = derive_defaults(1000, None)
-    assert d.n_rerank_for(10) == 64
-    assert d.n_rerank_for(100) == 125
+    assert d.n_rerank_for(10) == sd.BASE_N_RERANK
+    assert d.n_rerank_for(100) == round(sd.RERANK_PER_HIT * 100) > 100
     resolved = SearchParams(k=100).resolved(d)
-    assert (resolved.k_token, resolved.nprobe, resolved.n_rerank) == (64, 16, 125)
+    want = (sd.BASE_K_TOKEN, sd.BASE_NPROBE, d.n_rerank_for(100))
+    assert (resolved.k_token, resolved.nprobe, resolved.n_rerank) == want
     # what a caller sets wins; an explicit n_rerank is still at least k
     own = SearchParams(k=100, k_token=7, nprobe=3, n_rerank=20).resolved(d)
     assert (own.k_token, own.nprobe, own.n_rerank) == (7, 3, 100)
@@ -96,9 +98,9 @@ def test_an_index_grown_past_its_training_probes_more_lists(tmp_path: Path) -> N
     ids, vectors = synthetic_corpus(1200, 32, seed=8)
     index = Index.from_vectors(tmp_path / "idx", ids[:300], vectors[:300], index_kind="ivf-flat")
     before = index.search_defaults
-    assert before.nprobe == 16 and before.list_growth == 1.0
+    assert before.nprobe == sd.BASE_NPROBE and before.list_growth == 1.0
     index.add_vectors(ids[300:], vectors[300:], retrain="never")
     after = index.search_defaults
     assert after.list_growth == pytest.approx(after.tokens / before.tokens)
     assert after.list_growth > 3
-    assert after.nprobe == round(16 * after.list_growth**0.5)
+    assert after.nprobe == round(sd.BASE_NPROBE * after.list_growth**0.5)

@@ -155,7 +155,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--n-rerank",
         type=int,
-        help="candidates rescored by exact MaxSim (default: the index's own, at least 1.25 k)",
+        help="candidates rescored by exact MaxSim (default: the index's own, at least 1.5 k)",
     )
     p.add_argument(
         "--nprobe",
