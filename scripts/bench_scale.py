@@ -8,13 +8,14 @@ the search's own): what it holds (documents, tokens, bytes, kind, codec, the
 search defaults it derived), one query at a time at k=100 and k=10 with default
 settings, p50 / p95 (warm: after 20 queries), the text -> hits latency at k=10
 (encoding included), and, for the same queries, exhaustive MaxSim over every
-stored token, streamed in blocks (kept in ``OUT/LABEL-exhaustive.json`` and
-reused while the index and queries are the same): MRR@10 and R@100 as ratios of
+stored token, streamed in blocks (kept in ``OUT/exhaustive-KEY.json`` and reused
+while the documents and queries are the same): MRR@10 and R@100 as ratios of
 the oracle's. ``--fixed`` adds a row per index at the settings the defaults
 replaced (k_token 64, nprobe 16, n_rerank = k). ``--cold`` first drops the page
 cache (root only) and times the first queries of a fresh process. ``--build
 LABEL=build.json`` adds a build's time and peak RSS (a ``bench.py build``
-report, or any JSON with ``encode_s``, ``index_s``, ``peak_rss_mb``). The queries
+report, or any JSON with ``encode_s`` and ``index_s``, or ``total_s`` and ``how``,
+and ``peak_rss_mb``). The queries
 are debian-pkgs dev queries judged in the index (its qrels hold for the mixed
 corpus). Writes scale.json, scale.md and scale.png (latency against documents,
 log-log).
@@ -110,7 +111,7 @@ def measure_index(label: str, path: str, queries: int, fixed: bool, out: str) ->
         index.search(text, k=10)
         text_times.append(time.perf_counter() - t0)
     search_rss = peak_rss_mb()
-    ex_run = _exhaustive_run(index, Qs, qids, external, Path(out) / f"{label}-exhaustive.json")
+    ex_run = _exhaustive_run(index, Qs, qids, external, Path(out))
     exhaustive = metrics_of_run(qrels, ex_run)
     for name, row in rows.items():
         if name.endswith("k=10"):
@@ -156,12 +157,13 @@ def measure_cold(path: str, queries: int) -> dict[str, Any]:
 
 
 def _exhaustive_run(
-    index: Any, Qs: list[Any], qids: list[str], external: list[str], keep: Path
+    index: Any, Qs: list[Any], qids: list[str], external: list[str], out: Path
 ) -> dict[str, dict[str, float]]:
+    """Exhaustive MaxSim's run, kept in ``OUT/exhaustive-KEY.json``: the key is what the
+    oracle depends on (the stored documents' ids and tokens, the queries), not the
+    token index, so an index and its retrained copy share one run."""
     from sie_index.evaluation import RUN_DEPTH
 
-    # what the oracle depends on: the stored documents (ids, tokens) and the queries,
-    # not the token index, so an index and its retrained copy share one run
     info = index.info(growth=False)
     key = {
         "documents": info["documents"],
@@ -169,10 +171,10 @@ def _exhaustive_run(
         "ids_sha256": hashlib.sha256("\n".join(sorted(external)).encode()).hexdigest(),
         "queries": qids,
     }
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    keep = out / f"exhaustive-{name}.json"
     if keep.is_file():
-        kept = json.loads(keep.read_text())
-        if kept["key"] == key:
-            return dict(kept["run"])
+        return dict(json.loads(keep.read_text())["run"])
     run = {
         qid: {external[int(d)]: float(s) for d, s in zip(r.doc_ids, r.scores, strict=True)}
         for qid, r in zip(qids, index.exhaustive(Qs, RUN_DEPTH), strict=True)

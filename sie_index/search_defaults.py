@@ -5,24 +5,30 @@ take the values :func:`derive_defaults` gives for the index searched, made once 
 snapshot from what its manifest records; any value a caller sets wins. The values
 and what they came from are reported by ``Index.info()["search_defaults"]``.
 
-Why they must scale (measured in the README, "Quality as an index grows"): with a
-fixed 64 / 16 / 64, the full debian-pkgs index grown 12x by adds lost a fifth of its
-R@100. The more tokens an index holds, the more distractor tokens stand between a
-query token and the tokens of the document it should find, so each query token
-must fetch more of its nearest (``k_token``), and more candidates must be reranked
-(``n_rerank``); and when an inverted file holds more tokens per list than its
-quantizer was trained for, each list is coarser.
+Why these values (a sweep of settings against exhaustive MaxSim, this session's
+probe; the README's tables come from ``scripts/bench.py scale``). On the full
+debian-pkgs index (4.8M tokens, IVF8192), 1,000 dev queries against exhaustive
+MaxSim, k=100: the old fixed 64 / 16 / 100 held R@100 at 0.981x; ``nprobe`` 8
+loses 0.002 of it and halves the lists scanned; ``n_rerank`` 125 (1.25 k) lifts it
+to 0.9875x and 160 to 0.990x: the candidates beyond ``k`` keep R@k, since at
+``n_rerank = k`` a document the approximate score ranks just below the cut is
+lost however exact the rerank. At k=10, 64 / 8 / 48 held MRR@10 at 1.000x and
+64 / 8 / 32 at 0.996x; 64 stays the floor (the synthetic test corpora lose recall
+below it).
+
+Why they must scale: with a fixed 64 / 16 / 64, the full index grown 12x by adds
+lost a fifth of its R@100. The more tokens an index holds, the more distractor
+tokens stand between a query token and the tokens of the document it should
+find, so each query token must fetch more of its nearest (``k_token``), and more
+candidates must be reranked (``n_rerank``); and when an inverted file holds more
+tokens per list than its quantizer was trained for, its lists are coarser.
 
 - ``k_token`` grows with the square root of the live tokens past
-  :data:`REFERENCE_TOKENS` (the full debian-pkgs corpus, where 64 held 0.99x of
-  exhaustive MaxSim);
-- ``n_rerank`` likewise, and is at least :data:`RERANK_PER_HIT` times ``k``:
-  the candidates beyond ``k`` are what keeps R@k (at ``k = n_rerank`` a document
-  the approximate score ranks just below the cut is lost however good the
-  rerank);
+  :data:`REFERENCE_TOKENS` (the full debian-pkgs corpus);
+- ``n_rerank`` likewise, and is at least :data:`RERANK_PER_HIT` times ``k``;
 - ``nprobe`` stays 8 while lists are the size the quantizer made them, and grows
-  with the square root of the lists' growth since training (an index grown by adds),
-  up to :data:`MAX_NPROBE`.
+  with the square root of the lists' growth since training (an index grown by
+  adds), up to :data:`MAX_NPROBE`.
 """
 
 from __future__ import annotations
