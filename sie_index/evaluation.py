@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ __all__ = [
     "percentiles",
     "run_one",
     "run_params",
+    "trec_lines",
     "write_trec_run",
 ]
 
@@ -81,14 +82,20 @@ def metrics_of_run(qrels: Mapping[str, Mapping[str, int]], run: Run) -> dict[str
     return {name: total / n for name, total in sums.items()}
 
 
+def trec_lines(qid: str, ranked: Iterable[tuple[str, float]], name: str) -> Iterator[str]:
+    """One query's results, best first, as TREC run lines (``qid Q0 docid rank score
+    name``); ranks count from 1."""
+    for rank, (doc, score) in enumerate(ranked, start=1):
+        yield f"{qid} Q0 {doc} {rank} {score:.6f} {name}"
+
+
 def write_trec_run(path: Path, run: Run, name: str = "sie-index") -> None:
-    """Write ``run`` as a TREC run file (``qid Q0 docid rank score name``)."""
+    """Write ``run`` as a TREC run file, each query's documents by score (ties by id)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for qid, docs in run.items():
             ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
-            for rank, (doc, score) in enumerate(ranked, start=1):
-                fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
+            fh.writelines(line + "\n" for line in trec_lines(qid, ranked, name))
 
 
 def percentiles(values_s: list[float]) -> dict[str, float]:

@@ -99,7 +99,8 @@ def check_lexical_fields(fields: Any) -> tuple[str, ...] | None:
 
 def lexical_text(text: str | None, metadata_json: str | None, fields: Sequence[str]) -> str:
     """What the lexicon indexes of one document: its text, then the values of the
-    metadata ``fields`` it has (strings, numbers, and lists of them), space-joined."""
+    metadata ``fields`` it has (strings, numbers, and lists of them; not true or
+    false, which are flags, not words), space-joined."""
     parts = [text or ""]
     if fields and metadata_json is not None:
         meta = json.loads(metadata_json)
@@ -108,7 +109,9 @@ def lexical_text(text: str | None, metadata_json: str | None, fields: Sequence[s
                 value = meta.get(name)
                 items = value if isinstance(value, list) else [value]
                 parts.extend(
-                    str(v) for v in items if isinstance(v, str | int | float) and v is not True
+                    str(v)
+                    for v in items
+                    if isinstance(v, str | int | float) and not isinstance(v, bool)
                 )
     return " ".join(p for p in parts if p)
 

@@ -172,6 +172,10 @@ class SegmentWriter:
     writes the FAISS files itself.
     """
 
+    codec: VectorCodec | None
+    _encode_codes: Callable[[np.ndarray], np.ndarray] | None
+    _codes: Any
+
     def __init__(
         self,
         target: Path,
@@ -192,27 +196,50 @@ class SegmentWriter:
         (:mod:`storage.build_journal`); its batches come with an input digest.
         ``lexical_fields``: unless None, :meth:`finish` writes the lexicon of the
         stored text and these metadata fields (:mod:`storage.lexicon`)."""
-        self.name = segment_dirname(number)
-        self.folder = Path(target) / self.name
-        self.folder.mkdir()
-        self.dim = dim
+        folder = Path(target) / segment_dirname(number)
+        folder.mkdir()
+        docs = DocWriter.create(folder / DOCS_NAME, journaled=journaled)
+        if codec is None:
+            tokens = TokenWriter(folder, dim, file_name=file_name)
+        else:
+            tokens = TokenWriter(
+                folder, codec.row_width, file_name=codec.file_name, dtype=codec.row_dtype
+            )
+        self._attach(folder, dim, generation, docs, tokens, lexical_fields, n_docs=0)
         self.doc_base = doc_base
         self.token_base = token_base
-        self.generation = generation
-        self.n_docs = 0
-        self.lexical_fields = None if lexical_fields is None else tuple(lexical_fields)
         self._encode_codes = encode_codes
-        self._codes = None
         self.codec = codec
-        self.docs = DocWriter.create(self.folder / DOCS_NAME, journaled=journaled)
-        if codec is None:
-            self.tokens = TokenWriter(self.folder, dim, file_name=file_name)
-        else:
-            self.tokens = TokenWriter(
-                self.folder, codec.row_width, file_name=codec.file_name, dtype=codec.row_dtype
-            )
         if encode_codes is not None or copy_codes:
             self._codes = open(self.folder / CODES_NAME, "ab")  # noqa: SIM115
+
+    def _attach(
+        self,
+        folder: Path,
+        dim: int,
+        generation: int,
+        docs: DocWriter,
+        tokens: TokenWriter,
+        lexical_fields: Sequence[str] | None,
+        *,
+        n_docs: int,
+    ) -> None:
+        """The writer's state over a segment folder and its open files (a new
+        segment's, or a resumed build's), with no codec and no codes file: what a
+        new segment adds to it, :meth:`__init__` sets after."""
+        self.name = folder.name
+        self.folder = folder
+        self.dim = dim
+        self.doc_base = 0
+        self.token_base = 0
+        self.generation = generation
+        self.n_docs = n_docs
+        self.lexical_fields = None if lexical_fields is None else tuple(lexical_fields)
+        self._encode_codes = None
+        self._codes = None
+        self.codec = None
+        self.docs = docs
+        self.tokens = tokens
 
     @property
     def n_tokens(self) -> int:
@@ -260,19 +287,8 @@ class SegmentWriter:
             docs.close()
             raise
         self = cls.__new__(cls)
-        self.name = folder.name
-        self.folder = folder
-        self.dim = dim
-        self.doc_base = 0
-        self.token_base = 0
-        self.generation = generation
-        self.n_docs = n_docs
-        self.lexical_fields = None if lexical_fields is None else tuple(lexical_fields)
-        self._encode_codes = None
-        self._codes = None
-        self.codec = None
-        self.docs = docs
-        self.tokens = TokenWriter(folder, dim, file_name=file_name)
+        tokens = TokenWriter(folder, dim, file_name=file_name)
+        self._attach(folder, dim, generation, docs, tokens, lexical_fields, n_docs=n_docs)
         return self, kept
 
     def add(

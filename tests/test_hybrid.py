@@ -481,3 +481,11 @@ def test_the_server_and_client_search_hybrid(index: Index) -> None:
                 client.search(QUERIES[1], hybrid=True, fusion="nope")
             bad = httpx.post(server.url + "/search", json={"query": "x", "fusion_weight": 2})
             assert bad.status_code == 422
+
+
+def test_the_lexicon_indexes_metadata_words_and_numbers_not_flags() -> None:
+    from storage.lexicon import lexical_text
+
+    meta = json.dumps({"tags": ["cli", 3, True, False, None, 2.5], "flag": False, "n": 7})
+    got = lexical_text("some text", meta, ["tags", "flag", "n", "absent"])
+    assert got == "some text cli 3 2.5 7"

@@ -147,9 +147,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             }
             print(json.dumps(record, ensure_ascii=False))
     elif args.format == "trec":
+        from sie_index.evaluation import trec_lines
+
         for (qid, _), hits in pairs:
-            for rank, h in enumerate(hits, start=1):
-                print(f"{qid} Q0 {h.external_id} {rank} {h.score:.6f} {args.run_name}")
+            for line in trec_lines(qid, ((h.external_id, h.score) for h in hits), args.run_name):
+                print(line)
     else:
         _print_tables(queries, results, args.explain)
     return 0
