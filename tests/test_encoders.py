@@ -219,3 +219,33 @@ def test_explain_names_the_tokens_on_the_api_and_the_cli(
     out = capsys.readouterr().out
     assert "query token" in out and "document token" in out
     assert any(line.split()[:2] == ["##h", "##sh"] for line in out.splitlines())
+
+
+def test_bf16_weights_stored_once_give_autocast_own_vectors() -> None:
+    """Linear weights kept in bfloat16 (no cast on every forward) give exactly the
+    vectors autocast gives from the float32 weights."""
+    import torch
+
+    from sie_index.encoders import token_states
+
+    stored = TokenStatesEncoder(bf16=True)
+    assert all(
+        m.weight.dtype == torch.bfloat16
+        for m in stored.model.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    original = token_states._linear_weights_to_bf16
+    token_states._linear_weights_to_bf16 = lambda model, torch: None  # type: ignore[assignment]
+    try:
+        cast_each_time = TokenStatesEncoder(bf16=True)
+    finally:
+        token_states._linear_weights_to_bf16 = original
+    texts = ["manage ssh keys", "a tiling window manager for X11 with many layouts"]
+    for a, b in zip(
+        stored.encode_documents(texts), cast_each_time.encode_documents(texts), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        stored.encode_queries(texts), cast_each_time.encode_queries(texts), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
