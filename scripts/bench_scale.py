@@ -201,11 +201,11 @@ def table(report: dict[str, Any]) -> str:
     ]
     for r in report["indexes"]:
         b = r.get("build") or {}
-        build = (
-            f"{b['encode_s']:.0f} + {b['index_s']:.0f}"
-            if "encode_s" in b and "index_s" in b
-            else ""
-        )
+        build = ""
+        if "encode_s" in b and "index_s" in b:
+            build = f"{b['encode_s']:.0f} + {b['index_s']:.0f}"
+        elif "total_s" in b:
+            build = f"{b['total_s']:.0f} ({b.get('how', 'in all')})"
         rss = f"{b['peak_rss_mb']:.0f}" if "peak_rss_mb" in b else ""
         cold = f"{r['cold']['latency_ms']['p50']:.2f}" if r.get("cold") else ""
         for name in [n for n in r["variants"] if not n.endswith("k=10")]:
