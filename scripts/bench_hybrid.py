@@ -22,13 +22,13 @@ Writes hybrid.json and hybrid.md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from bench_report import write_report
+from bench_runs import exhaustive_run
 
 MEDIANS = "one run; p50 / p95 are over the queries of that run"
 
@@ -120,20 +120,8 @@ def _exhaustive_run(
 ) -> dict[str, dict[str, float]]:
     """Exhaustive MaxSim's run, kept in ``keep`` and reused while the index (its
     folder and generation) and the queries are the same: it is most of the time."""
-    from sie_index.evaluation import RUN_DEPTH
-
     key = {"index": str(index.path), "generation": info["generation"], "queries": qids}
-    if keep.is_file():
-        kept = json.loads(keep.read_text())
-        if kept["key"] == key:
-            return dict(kept["run"])
-    run = {
-        qid: {external[int(d)]: float(s) for d, s in zip(r.doc_ids, r.scores, strict=True)}
-        for qid, r in zip(qids, index.exhaustive(Qs, RUN_DEPTH), strict=True)
-    }
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    keep.write_text(json.dumps({"key": key, "run": run}))
-    return run
+    return exhaustive_run(index, Qs, qids, external, keep, key)
 
 
 def table(report: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from bench_child import in_child, peak_rss_mb
 from bench_report import write_report
+from bench_runs import exhaustive_run
 
 MEDIANS = "one run; p50 / p95 are over the queries of that run"
 WARM = 20
@@ -162,8 +163,6 @@ def _exhaustive_run(
     """Exhaustive MaxSim's run, kept in ``OUT/exhaustive-KEY.json``: the key is what the
     oracle depends on (the stored documents' ids and tokens, the queries), not the
     token index, so an index and its retrained copy share one run."""
-    from sie_index.evaluation import RUN_DEPTH
-
     info = index.info(growth=False)
     key = {
         "documents": info["documents"],
@@ -172,16 +171,7 @@ def _exhaustive_run(
         "queries": qids,
     }
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    keep = out / f"exhaustive-{name}.json"
-    if keep.is_file():
-        return dict(json.loads(keep.read_text())["run"])
-    run = {
-        qid: {external[int(d)]: float(s) for d, s in zip(r.doc_ids, r.scores, strict=True)}
-        for qid, r in zip(qids, index.exhaustive(Qs, RUN_DEPTH), strict=True)
-    }
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    keep.write_text(json.dumps({"key": key, "run": run}))
-    return run
+    return exhaustive_run(index, Qs, qids, external, out / f"exhaustive-{name}.json", key)
 
 
 def _drop_caches() -> bool:

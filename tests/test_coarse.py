@@ -17,11 +17,8 @@ from storage.snapshot import StoreSnapshot
 from tests.conftest import synthetic_corpus, synthetic_queries
 
 
-@pytest.fixture
-def graph_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Every index takes the graph path (threshold 1 list), and each graph search is
-    counted: proof the path ran."""
-    monkeypatch.setattr(coarse, "COARSE_GRAPH_MIN_LISTS", 1)
+def _count_graph_searches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets an item for each graph search: proof the path ran."""
     calls: list[int] = []
     original = CoarseGraph.search
 
@@ -30,7 +27,14 @@ def graph_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         return original(self, *args, **kw)
 
     monkeypatch.setattr(CoarseGraph, "search", spy)
-    yield calls
+    return calls
+
+
+@pytest.fixture
+def graph_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Every index takes the graph path (threshold 1 list), each search counted."""
+    monkeypatch.setattr(coarse, "COARSE_GRAPH_MIN_LISTS", 1)
+    yield _count_graph_searches(monkeypatch)
 
 
 def _faiss_own(part: Any, Q: np.ndarray, k: int, nprobe: int, sel: Any = None) -> Any:
@@ -103,14 +107,7 @@ def test_searches_of_a_large_index_take_the_graph_and_small_ones_do_not(
 ) -> None:
     """The default threshold: an index of fewer lists scans every centroid (exact);
     one at or above it asks the graph."""
-    calls: list[int] = []
-    original = CoarseGraph.search
-
-    def spy(self: CoarseGraph, *args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        return original(self, *args, **kw)
-
-    monkeypatch.setattr(CoarseGraph, "search", spy)
+    calls = _count_graph_searches(monkeypatch)
     ids, vectors = synthetic_corpus(600, 32, seed=5)
     index = Index.from_vectors(tmp_path / "idx", ids, vectors, index_kind="ivf-flat")
     Q = synthetic_queries(vectors, 1, seed=2)[0]
