@@ -220,23 +220,42 @@ def table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], target: Path) -> None:
+    """p50 against documents, log-log: one line per k through the indexes as built
+    (or retrained), an index grown by adds without a retrain as a hollow marker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter, StrMethodFormatter
 
     rows = sorted(report["indexes"], key=lambda r: r["documents"])
-    docs = [r["documents"] for r in rows]
+    built = [r for r in rows if "grown" not in r["label"]]
+    grown = [r for r in rows if "grown" in r["label"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, style in (("default", "o-"), ("default k=10", "s--")):
-        ax.plot(docs, [r["variants"][name]["latency_ms"]["p50"] for r in rows], style, label=name)
+    for name, style, label in (("default", "o-", "k=100"), ("default k=10", "s--", "k=10")):
+        p50 = [r["variants"][name]["latency_ms"]["p50"] for r in built]
+        (line,) = ax.plot([r["documents"] for r in built], p50, style, label=label)
+        if grown:
+            ax.plot(
+                [r["documents"] for r in grown],
+                [r["variants"][name]["latency_ms"]["p50"] for r in grown],
+                style[0],
+                mfc="none",
+                color=line.get_color(),
+                label=f"{label}, grown by adds (no retrain)",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("documents")
     ax.set_ylabel("search p50, ms (one query at a time)")
-    for r in rows:
+    for r in built:
         ax.annotate(r["label"], (r["documents"], r["variants"]["default"]["latency_ms"]["p50"]))
-    ax.legend(["k=100", "k=10"])
+    ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(target, dpi=120)
