@@ -109,6 +109,8 @@ class SearchParams:
     def resolved(self, defaults: SearchDefaults) -> SearchParams:
         """These settings with the unset ``k_token``, ``nprobe`` and ``n_rerank`` taken
         from an index's ``defaults``, and ``n_rerank`` at least ``k``."""
+        if self.k_token and self.nprobe and self.n_rerank and self.n_rerank >= self.k:
+            return self  # nothing to fill: no copy (a copy compiles the filter again)
         n_rerank = self.n_rerank or defaults.n_rerank_for(self.k)
         return replace(
             self,
