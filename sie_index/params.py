@@ -112,10 +112,11 @@ class SearchParams:
         if self.k_token and self.nprobe and self.n_rerank and self.n_rerank >= self.k:
             return self  # nothing to fill: no copy (a copy compiles the filter again)
         n_rerank = self.n_rerank or defaults.n_rerank_for(self.k)
+        filtered = self.compiled_filter() is not None
         return replace(
             self,
             k_token=self.k_token or defaults.k_token,
-            nprobe=self.nprobe or defaults.nprobe,
+            nprobe=self.nprobe or defaults.nprobe_for(filtered=filtered),
             n_rerank=max(n_rerank, self.k),
         )
 

@@ -441,16 +441,22 @@ class Searcher:
         metadata: bool = False,
         timings: PhaseTimes | None = None,
     ) -> list[list[Hit]]:
-        """Turn rankings into hit lists, reading ids (and text, metadata) from SQLite
-        once for all of them (a document several queries found is read once)."""
+        """Turn rankings into hit lists: external ids from the snapshot's table (read
+        and checked at open), text and metadata, when asked for, from SQLite once for
+        all of them (a document several queries found is read once)."""
         with _phase(timings, "sqlite"):
-            wanted = {d for ranked in rankings for d in ranked.doc_ids.tolist()}
-            stored = self.snapshot.docs.fetch(sorted(wanted), text=text, metadata=metadata)
+            wanted = sorted({d for ranked in rankings for d in ranked.doc_ids.tolist()})
+            external = dict(zip(wanted, self.snapshot.external_ids.of(wanted), strict=True))
+            stored = (
+                self.snapshot.docs.fetch(wanted, text=text, metadata=metadata)
+                if text or metadata
+                else {}
+            )
         return [
             [
                 Hit(
                     doc_id=doc_id,
-                    external_id=stored[doc_id].external_id,
+                    external_id=external[doc_id],
                     score=float(score),
                     text=stored[doc_id].text if text else None,
                     metadata=stored[doc_id].metadata if metadata else None,

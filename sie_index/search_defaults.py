@@ -5,36 +5,47 @@ take the values :func:`derive_defaults` gives for the index searched, made once 
 snapshot from what its manifest records; any value a caller sets wins. The values
 and what they came from are reported by ``Index.info()["search_defaults"]``.
 
-Why these values (a sweep of settings against exhaustive MaxSim, this session's
-probe; the README's tables come from ``scripts/bench.py scale``). On the full
-debian-pkgs index (4.8M tokens, IVF8192), 1,000 dev queries against exhaustive
-MaxSim, k=100: the old fixed 64 / 16 / 100 held R@100 at 0.981x; ``nprobe`` 8
-loses 0.002 of it and halves the lists scanned; ``n_rerank`` 125 (1.25 k) lifts it
-to 0.9875x and 160 to 0.990x: the candidates beyond ``k`` keep R@k, since at
-``n_rerank = k`` a document the approximate score ranks just below the cut is
-lost however exact the rerank. At k=10, 64 / 8 / 48 held MRR@10 at 1.000x and
-64 / 8 / 32 at 0.996x; 64 stays the floor (the synthetic test corpora lose recall
-below it).
+Why these values (sweeps of settings against exhaustive MaxSim, probe scripts
+over the dev queries; the README's tables come from ``scripts/bench.py scale`` and
+``phases``). On the full debian-pkgs index (4.8M tokens, IVF8192), 2,000 dev queries
+against exhaustive MaxSim over the same index:
 
-Why they must scale, and how (the same probe on the mixed corpus: debian-pkgs
+- k=10 (MRR@10): 64 / 8 / 64 held 0.999x; 64 / 8 / 32 0.994x, 64 / 8 / 24 0.990x,
+  64 / 8 / 16 0.983x; 128 / 8 / 32 0.997x. A candidate reranked costs about 30 us
+  (its float16 rows read and multiplied), so 32 candidates in place of 64 save
+  about 1 ms a query, and ``k_token`` 128 (0.2 ms more of ANN) buys back the MRR.
+  ``nprobe`` 4 in place of 8 kept it (0.997x) and scans half the codes: 2.9 ms
+  against 3.2 ms a query (``rank``, one at a time).
+- k=100 (R@100): 64 / 8 / 100 held 0.978x, 128 / 8 / 100 0.981x, 128 / 8 / 120
+  0.988x (and MRR@10 1.001x), 128 / 6 / 120 0.987x, 128 / 4 / 120 0.984x,
+  64 / 8 / 150 0.988x: the candidates beyond ``k``
+  keep R@k, since at ``n_rerank = k`` a document the approximate score ranks just
+  below the cut is lost however exact the rerank.
+
+Why they must scale, and how (the same probes on the mixed corpus: debian-pkgs
 plus 670,111 pypi-summaries, 730,692 documents, 14.4M tokens, 500 dev queries
-against exhaustive MaxSim over all of it, k=100). At the fixed 64 / 16 / 100 the
-index retrained on it held MRR@10 at 0.973x and R@100 at 0.922x, the index grown
-to it by adds 0.969x and 0.914x: three times the tokens, and the distractor
-tokens stand between a query token and the tokens of the document it should
-find, so each query token must fetch many more of its nearest (``k_token``) and
-more candidates must be reranked (``n_rerank``). ``k_token`` was what mattered:
-128 / 8 / 200 gave 0.985x and 0.953x, 256 / 8 / 300 0.994x and 0.972x, 384 / 8 / 400
-0.9985x and 0.987x (12.4 ms a query against about 8 at 60k), 512 / 8 / 500 0.999x
-and 0.998x; ``nprobe`` 16 or 32 instead of 8 gained nothing at the same k_token.
-With ``s`` the live tokens over :data:`REFERENCE_TOKENS` (at least 1, at most
-:data:`MAX_SCALE`), fitted on these two sizes:
+against exhaustive MaxSim over all of it). At the fixed 64 / 16 / 100 the index
+retrained on it held MRR@10 at 0.973x and R@100 at 0.922x, the index grown to it
+by adds 0.969x and 0.914x: three times the tokens, and the distractor tokens stand
+between a query token and the tokens of the document it should find, so each
+query token must fetch more of its nearest (``k_token``) and more candidates must
+be reranked (``n_rerank``). At k=100: 128 / 8 / 200 gave 0.985x and 0.953x,
+256 / 8 / 300 0.994x and 0.972x, 373 / 8 / 323 0.997x and 0.983x, 373 / 8 / 405
+0.9985x and 0.985x, 512 / 8 / 500 0.999x and 0.998x; more is not always better:
+747 / 8 / 323 held R@100 at 0.974x only (the lowest similarity a query token
+returns is what a document it missed is credited with, and a deeper list lowers
+it). At k=10: 385 / 8 / 187 held MRR@10 at 0.993x, 385 / 8 / 128 0.991x,
+373 / 8 / 96 0.987x. ``nprobe`` 16 or 32 instead of 8 gained nothing at the same
+``k_token``; fewer lost a little: 385 / 4 / 324 held 0.996x and 0.981x, 385 / 6 / 324
+0.997x and 0.983x, as 8 did. With ``s`` the live tokens over :data:`REFERENCE_TOKENS` (at least 1,
+at most :data:`MAX_SCALE`), fitted on these two sizes:
 
-- ``k_token`` = 64 s^1.6 (373 at the mixed corpus), at most :data:`MAX_K_TOKEN`;
-- ``n_rerank`` = at least 64 s, and at least 1.5 s^0.9 times ``k`` (405 at k=100
-  on the mixed corpus);
-- ``nprobe`` stays 8: on the index grown 3x by adds (lists three times the size
-  training made them) 14 lists instead of 8 gained 0.003 of MRR@10 for 4.6 ms.
+- ``k_token`` = 128 s (385 at the mixed corpus), at most :data:`MAX_K_TOKEN`;
+- ``n_rerank`` = at least 32 s^1.6 (187), and at least 1.2 s^0.9 times ``k``
+  (323 at k=100 on the mixed corpus, 120 on the full debian-pkgs index);
+- ``nprobe`` = 4 s^0.37 (4 at the reference, 6 at the mixed corpus); on the index
+  grown 3x by adds (lists three times the size training made them) 14 lists
+  instead of 8 gained 0.003 of MRR@10 for 4.6 ms, so list growth adds none.
 
 Two sizes fit a curve, they do not prove it: past them it is an extrapolation,
 capped, and ``info`` shows what an index derived so it can be checked against
@@ -49,12 +60,15 @@ from typing import Any
 
 __all__ = ["SearchDefaults", "derive_defaults"]
 
-BASE_K_TOKEN = 64
-BASE_NPROBE = 8
-BASE_N_RERANK = 64
+BASE_K_TOKEN = 128
+BASE_NPROBE = 4
+BASE_N_RERANK = 32
 REFERENCE_TOKENS = 4_800_000
-RERANK_PER_HIT = 1.5
-K_TOKEN_EXPONENT = 1.6
+RERANK_PER_HIT = 1.2
+K_TOKEN_EXPONENT = 1.0
+NPROBE_EXPONENT = 0.37
+FILTERED_NPROBE_FACTOR = 2
+RERANK_FLOOR_EXPONENT = 1.6
 RERANK_EXPONENT = 0.9
 MAX_SCALE = 16.0  # past 16x the reference, grow no further: a sharded index splits it
 MAX_K_TOKEN = 2048
@@ -74,6 +88,14 @@ class SearchDefaults:
     """Tokens a list now holds over what it held when the quantizer was trained (1.0
     when unknown or not an inverted file)."""
 
+    def nprobe_for(self, *, filtered: bool) -> int:
+        """Inverted lists a search visits: twice as many for a filtered search. The
+        ANN is filtered (a selector over the allowed rows), so a list holds fewer
+        allowed tokens and a query token needs more lists to find its nearest: on a
+        test corpus where a filter allows 2% of the documents, 4 lists found 86% of
+        the true top 5, 8 lists 98% (tests/test_filters.py)."""
+        return self.nprobe * (FILTERED_NPROBE_FACTOR if filtered else 1)
+
     def n_rerank_for(self, k: int) -> int:
         """Candidates reranked for ``k`` hits: the floor, or ``rerank_per_hit * k``."""
         return max(self.n_rerank, math.ceil(self.rerank_per_hit * k))
@@ -91,8 +113,8 @@ def derive_defaults(tokens: int, tokens_at_training: int | None) -> SearchDefaul
         growth = max(1.0, tokens / tokens_at_training)
     return SearchDefaults(
         k_token=min(MAX_K_TOKEN, round(BASE_K_TOKEN * scale**K_TOKEN_EXPONENT)),
-        nprobe=BASE_NPROBE,
-        n_rerank=round(BASE_N_RERANK * scale),
+        nprobe=round(BASE_NPROBE * scale**NPROBE_EXPONENT),
+        n_rerank=round(BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT),
         rerank_per_hit=round(RERANK_PER_HIT * scale**RERANK_EXPONENT, 3),
         tokens=tokens,
         list_growth=growth,

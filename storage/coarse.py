@@ -32,6 +32,7 @@ __all__ = ["COARSE_GRAPH_MIN_LISTS", "CoarseGraph", "coarse_ef", "ivf_of"]
 COARSE_GRAPH_MIN_LISTS = 2048
 """Inverted lists from which an IVF search finds its lists through the graph;
 below it the scan of every centroid is cheap and exact."""
+PARALLEL_OVER_QUERIES = 3  # FAISS's IndexIVF.parallel_mode: queries split among threads
 GRAPH_M = 16  # neighbours a centroid keeps: 32 found no more lists at the same cost
 GRAPH_EF_CONSTRUCTION = 80
 
@@ -55,6 +56,13 @@ class CoarseGraph:
 
     def __init__(self, ivf: Any) -> None:
         self.ivf = ivf
+        # FAISS's own search splits the queries among its threads and calls
+        # search_preassigned once per slice, so that call, left at parallel mode 0,
+        # scans on one thread: a search through the graph scanned its lists on one
+        # core (1.65 ms of the 2.4 ms token ANN on the full debian-pkgs index). Mode 3
+        # shares the query tokens among the threads inside the call (1.0 ms); each
+        # token is still scanned whole by one thread, so the results are the same.
+        ivf.parallel_mode = PARALLEL_OVER_QUERIES
         self._graph: Any | None = None
         self._lock = threading.Lock()
 

@@ -42,6 +42,7 @@ from storage.codec import (
 from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader, DocSpans
 from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex, read_failure
+from storage.external_ids import ExternalIds, SegmentedExternalIds
 from storage.fsio import read_at, sha256_hex, verify_bytes
 from storage.generations import Lease, Pointer, read_pointer
 from storage.growth import training_of
@@ -305,9 +306,12 @@ class StoreSnapshot:
         self.spans = spans
         """Spans of every document; ``spans.deleted`` marks the deleted ones."""
         self._lease = lease
-        self.verified_spans: dict[str, tuple[SegmentRecord, DocSpans]] = {}
-        """Each segment's spans as read and checked at open (a refresh reuses those of
-        segments it keeps: a segment never changes, and they are already in memory)."""
+        self.verified_spans: dict[str, tuple[SegmentRecord, DocSpans, ExternalIds]] = {}
+        """Each segment's spans and external ids as read and checked at open (a refresh
+        reuses those of segments it keeps: a segment never changes, and they are
+        already in memory)."""
+        self.external_ids = SegmentedExternalIds([], [])
+        """Every document's external id, from the checked pass of the open."""
 
     @property
     def plan(self) -> TokenIndexPlan:
@@ -378,6 +382,7 @@ class StoreSnapshot:
             token_index: TokenIndex | None = None
             codec: VectorCodec | None = None
             spans = []
+            id_tables = []
             for position, seg in enumerate(manifest.segments):
                 token_index, codec = cls._open_segment(
                     folder,
@@ -393,8 +398,11 @@ class StoreSnapshot:
                 known = previous.verified_spans.get(seg.name) if previous else None
                 if known is not None and known[0] == seg:
                     spans.append(known[1])
+                    id_tables.append(known[2])
                 else:
-                    spans.append(opened.docs[-1].spans(seg.documents, seg.doc_base))
+                    seg_spans, seg_ids = opened.docs[-1].spans_and_ids(seg.documents, seg.doc_base)
+                    spans.append(seg_spans)
+                    id_tables.append(ExternalIds(seg_ids))
                 cls._check_spans(f"{folder}/{seg.name}", seg, spans[-1], opened.tokens[-1])
                 for name, record in seg.files.items():
                     sizes[f"{seg.name}/{name}"] = record.bytes
@@ -440,9 +448,12 @@ class StoreSnapshot:
             dict(sorted(sizes.items())),
         )
         snapshot.verified_spans = {
-            seg.name: (seg, seg_spans)
-            for seg, seg_spans in zip(manifest.segments, spans, strict=True)
+            seg.name: (seg, seg_spans, seg_ids)
+            for seg, seg_spans, seg_ids in zip(manifest.segments, spans, id_tables, strict=True)
         }
+        snapshot.external_ids = SegmentedExternalIds(
+            id_tables, [seg.doc_base for seg in manifest.segments]
+        )
         return snapshot
 
     @staticmethod

@@ -242,7 +242,7 @@ def test_evaluate_sweep_writes_a_table_and_a_plot(
     assert sorted(points) == [(2, 1), (2, 16), (64, 1), (64, 16)]
     assert all(p["n_rerank"] == 4 for p in points.values())
     # the index's own defaults at the run depth (k=100): n_rerank 1.5 k
-    assert report["base_settings"] == {"k_token": 64, "nprobe": 8, "n_rerank": 150}
+    assert report["base_settings"] == {"k_token": 128, "nprobe": 4, "n_rerank": 120}
     assert report["exhaustive_latency_ms"]["p50"] > 0  # the plot's oracle point
     # each point measures what evaluate measures at its settings
     one = tmp_path / "one"

@@ -12,7 +12,7 @@ import pytest
 
 from sie_index import Index
 from storage import coarse
-from storage.coarse import CoarseGraph, coarse_ef
+from storage.coarse import PARALLEL_OVER_QUERIES, CoarseGraph, coarse_ef
 from storage.snapshot import StoreSnapshot
 from tests.conftest import synthetic_corpus, synthetic_queries
 
@@ -75,6 +75,9 @@ def test_the_graph_path_equals_faiss_own_search_when_it_finds_the_same_lists(
         np.testing.assert_array_equal(sims, want_sims)
         deleted_rows = set(range(int(snap.spans.token_start[40])))
         assert not deleted_rows & set(rows.ravel().tolist())
+    # the scan of the lists the graph found shares the query tokens among the threads
+    # (FAISS's default mode scans a search_preassigned call on one thread)
+    assert faiss.extract_index_ivf(part).parallel_mode == PARALLEL_OVER_QUERIES
 
 
 def test_the_graph_is_the_same_in_every_build(tmp_path: Path) -> None:

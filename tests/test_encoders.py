@@ -249,3 +249,36 @@ def test_bf16_weights_stored_once_give_autocast_own_vectors() -> None:
         stored.encode_queries(texts), cast_each_time.encode_queries(texts), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
+    minilm: TokenStatesEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query encoded alone runs its forward pass on one thread (faster beside a
+    search, sie_index/encoders/threads.py), gives the vectors a forward on every
+    thread gives, and leaves torch's thread count as it was."""
+    import contextlib
+
+    import torch
+
+    from sie_index.encoders import token_states
+
+    torch.set_num_threads(2)  # what the 2-core machines run with
+    seen: list[int] = []
+    hook = minilm.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        texts = ["manage ssh keys", "a tiling window manager for X11 with many layouts"]
+        alone = [minilm.encode_queries([t])[0] for t in texts]
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == 2
+        together = minilm.encode_queries(texts)  # a batch keeps every thread
+        assert seen[2:] == [2]
+        monkeypatch.setattr(token_states, "forward_threads", lambda *_: contextlib.nullcontext())
+        every_thread = [minilm.encode_queries([t])[0] for t in texts]
+        assert seen[3:] == [2, 2]
+    finally:
+        hook.remove()
+    for a, b in zip(alone, every_thread, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)  # padding in a batch may round apart

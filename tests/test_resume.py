@@ -291,9 +291,11 @@ def test_a_large_add_commits_in_runs_and_resumes_skipping_what_it_committed(
     index.refresh()
     with Index.open(tmp_path / "ref") as ref:
         assert sorted(index.external_ids()) == sorted(ref.external_ids())
+        # every list: the two grew apart (their quantizers are trained on other
+        # tokens), so only a search of all 8 lists compares what they hold
         for q in synthetic_queries(list(vectors.values()), 5):
-            assert [(h.external_id, h.score) for h in index.search(q, k=10)] == [
-                (h.external_id, h.score) for h in ref.search(q, k=10)
+            assert [(h.external_id, h.score) for h in index.search(q, k=10, nprobe=8)] == [
+                (h.external_id, h.score) for h in ref.search(q, k=10, nprobe=8)
             ]
     index.close()
 

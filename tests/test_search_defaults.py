@@ -27,12 +27,13 @@ def test_the_defaults_hold_at_the_reference_size_and_grow_past_it() -> None:
     )
     # the mixed corpus the values were fitted on: 14.4M tokens, three times the reference
     mixed = derive_defaults(14_449_621, 14_449_621)
-    assert (mixed.k_token, mixed.nprobe, mixed.n_rerank) == (373, 8, 193)
-    assert mixed.n_rerank_for(100) == 405 and mixed.n_rerank_for(10) == 193
+    assert (mixed.k_token, mixed.nprobe, mixed.n_rerank) == (385, 6, 187)
+    assert mixed.n_rerank_for(100) == 324 and mixed.n_rerank_for(10) == 187
     grown = derive_defaults(4 * sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS)
-    assert grown.nprobe == sd.BASE_NPROBE and grown.list_growth == 4.0
+    assert grown.list_growth == 4.0  # lists four times their trained size add no probes:
+    assert grown.nprobe == derive_defaults(4 * sd.REFERENCE_TOKENS, None).nprobe == 7
     huge = derive_defaults(10**12, None)
-    assert huge.k_token == sd.MAX_K_TOKEN and huge.n_rerank == round(64 * sd.MAX_SCALE)
+    assert huge.k_token == sd.MAX_K_TOKEN and huge.n_rerank == round(32 * sd.MAX_SCALE**1.6)
     # sizes in between never go down as the index grows
     sizes = np.geomspace(1e4, 1e9, 60).astype(int)
     ks = [derive_defaults(int(n), None) for n in sizes]
@@ -51,6 +52,16 @@ def test_n_rerank_keeps_candidates_beyond_k() -> None:
     # what a caller sets wins; an explicit n_rerank is still at least k
     own = SearchParams(k=100, k_token=7, nprobe=3, n_rerank=20).resolved(d)
     assert (own.k_token, own.nprobe, own.n_rerank) == (7, 3, 100)
+
+
+def test_a_filtered_search_visits_twice_the_lists() -> None:
+    """A filter (or ids) thins every list to its allowed tokens, so the default
+    nprobe doubles; a caller's own nprobe still wins."""
+    d = derive_defaults(sd.REFERENCE_TOKENS, None)
+    assert SearchParams().resolved(d).nprobe == d.nprobe == sd.BASE_NPROBE
+    for restricted in ({"filter": {"section": "libs"}}, {"ids": ["a", "b"]}):
+        assert SearchParams(**restricted).resolved(d).nprobe == 2 * d.nprobe
+        assert SearchParams(nprobe=3, **restricted).resolved(d).nprobe == 3
 
 
 def test_unset_settings_stay_checked() -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from sie_index.encoders.base import EncoderSpec, check_encoder_output
 from sie_index.encoders.hf_cache import CHECKPOINT_FILES, checkpoint_folder
+from sie_index.encoders.threads import forward_threads
 from sie_index.encoders.token_states import safetensors_weights, weights_fingerprint
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
@@ -342,7 +343,9 @@ class ColbertEncoder:
         torch = self._torch
         inputs = {k: v.to(self.device) for k, v in features.items() if k in self._forward_args}
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        rows = len(features["input_ids"])
         with (
+            forward_threads(torch, rows, self.device),
             torch.inference_mode(),
             torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
         ):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.encoders.base import EncoderSpec, check_encoder_output
+from sie_index.encoders.threads import forward_threads
 from sie_index.errors import EncoderUnavailable, InvalidInput
 
 __all__ = [
@@ -230,6 +231,7 @@ class TokenStatesEncoder:
             mask[row, : len(x)] = 1
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with (
+            forward_threads(torch, len(batch_ids), self.device),
             torch.inference_mode(),
             torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
         ):
