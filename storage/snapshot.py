@@ -43,7 +43,7 @@ from storage.deletions import decode_deleted
 from storage.docstore import DOCS_NAME, DocReader, DocSpans
 from storage.errors import CorruptIndex, FormatVersionMismatch, NotAnIndex, read_failure
 from storage.external_ids import ExternalIds, SegmentedExternalIds
-from storage.fsio import read_at, sha256_hex, verify_bytes
+from storage.fsio import VerifiedBlocks, read_at, sha256_hex, verify_bytes
 from storage.generations import Lease, Pointer, read_pointer
 from storage.growth import training_of
 from storage.manifest import DELETED_NAME, MANIFEST_NAME, FileRecord, Manifest, SegmentRecord
@@ -258,6 +258,16 @@ def _read_verified(dir_fd: int, name: str, record: FileRecord, where: str) -> by
         raise CorruptIndex(f"{name} in {where} was truncated")
     verify_bytes(raw, record.sha256_blocks, f"{where}/{name}")
     return raw
+
+
+@contextlib.contextmanager
+def _streamed(dir_fd: int, name: str, record: FileRecord, where: str) -> Iterator[VerifiedBlocks]:
+    """``name`` as a :class:`VerifiedBlocks` stream, closed after the block."""
+    stream = VerifiedBlocks(dir_fd, name, record.bytes, record.sha256_blocks, where)
+    try:
+        yield stream
+    finally:
+        stream.close()
 
 
 class _Opened:
@@ -495,23 +505,32 @@ class StoreSnapshot:
             assert token_index is not None
             raw = _read_verified(fd, codec.file_name, seg.files[codec.file_name], where)
             token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{codec.file_name}")
+            del raw
         elif position == 0:
-            raw = _read_verified(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where)
-            token_index = TokenIndex.from_bytes(
-                raw, plan, dim=manifest.dim, ntotal=seg.tokens, where=f"{where}/{TOKEN_INDEX_NAME}"
-            )
+            with _streamed(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where) as stream:
+                token_index = TokenIndex.from_bytes(
+                    stream,
+                    plan,
+                    dim=manifest.dim,
+                    ntotal=seg.tokens,
+                    where=f"{where}/{TOKEN_INDEX_NAME}",
+                )
         elif takes_codes(plan):
             assert token_index is not None
             raw = _read_verified(fd, CODES_NAME, seg.files[CODES_NAME], where)
             token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{CODES_NAME}")
+            del raw
         else:
             assert token_index is not None
-            raw = _read_verified(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where)
-            part = TokenIndex.load_faiss(
-                raw, plan, dim=manifest.dim, ntotal=seg.tokens, where=f"{where}/{TOKEN_INDEX_NAME}"
-            )
+            with _streamed(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where) as stream:
+                part = TokenIndex.load_faiss(
+                    stream,
+                    plan,
+                    dim=manifest.dim,
+                    ntotal=seg.tokens,
+                    where=f"{where}/{TOKEN_INDEX_NAME}",
+                )
             token_index.add_part(part, seg.token_base)
-        del raw
         assert token_index is not None
         opened.tokens.append(
             TokenReader(

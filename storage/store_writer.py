@@ -472,6 +472,9 @@ class StoreWriter:
                     if recode:
                         rows = codec.decode(rows).astype(VECTOR_DTYPE)
                     segment.add_rows(batch, rows, counts.tolist())
+            # let the source's token index (56 bytes a token at IVF-PQ) go before the
+            # new one is trained and filled, not when this method returns
+            del snap
             if retrain:
                 plan = plan_token_index(
                     plan.kind,

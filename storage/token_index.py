@@ -38,7 +38,7 @@ import numpy as np
 from storage import coarse
 from storage.coarse import CoarseGraph, ivf_of
 from storage.errors import CorruptIndex, InvalidInput
-from storage.fsio import atomic_replace
+from storage.fsio import VerifiedBlocks, atomic_replace
 from storage.vectors import TokenReader
 
 __all__ = [
@@ -69,6 +69,7 @@ exactly anyway."""
 NLIST_FULL_TOKENS = 1_000_000
 TRAIN_SAMPLE_MAX = 262_144
 ADD_CHUNK_ROWS = 32_768  # rows read and added at a time: bounds the build's peak memory
+READ_CHUNK = 1 << 20  # bytes FAISS asks a VerifiedBlocks for at a time
 MIN_POINTS_PER_LIST = 39
 PQ_CODEC_MAX_M = 32
 OPTION_RANGES: dict[str, tuple[int, int]] = {
@@ -382,12 +383,23 @@ class TokenIndex:
         atomic_replace(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
     @staticmethod
-    def load_faiss(data: bytes, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str) -> Any:
-        """Deserialize a FAISS file from bytes the caller has verified against their
-        checksums, and check that it is the index the plan describes."""
+    def load_faiss(
+        data: bytes | VerifiedBlocks, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str
+    ) -> Any:
+        """Deserialize a FAISS file, from bytes the caller has verified against their
+        checksums or streamed from a :class:`VerifiedBlocks` (each block checked before
+        FAISS reads it; the file is never whole in memory), and check that it is the
+        index the plan describes."""
         try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            if isinstance(data, VerifiedBlocks):
+                reader = faiss.PyCallbackIOReader(data.read, READ_CHUNK)  # type: ignore[attr-defined]
+                index = faiss.read_index(reader)
+                data.finish()
+            else:
+                index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
+            if isinstance(data, VerifiedBlocks) and data.error is not None:
+                raise data.error from exc  # a block failed its checksum, or the read
             raise CorruptIndex(f"{where} cannot be read by FAISS: {exc}") from exc
         typed = faiss.downcast_index(index)  # a view: ``index`` still owns the C++ object
         problems = []
@@ -411,7 +423,13 @@ class TokenIndex:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, plan: TokenIndexPlan, *, dim: int, ntotal: int, where: str
+        cls,
+        data: bytes | VerifiedBlocks,
+        plan: TokenIndexPlan,
+        *,
+        dim: int,
+        ntotal: int,
+        where: str,
     ) -> TokenIndex:
         """Load a FAISS file (see :meth:`load_faiss`) as a one-part token index."""
         return cls(cls.load_faiss(data, plan, dim=dim, ntotal=ntotal, where=where), plan)

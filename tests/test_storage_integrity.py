@@ -389,3 +389,55 @@ def test_the_search_connection_cannot_write_and_a_runaway_filter_is_stopped(
     assert sorted(p.name for p in data_path(path, DOCS_NAME).parent.iterdir()) == sorted(
         [DOCS_NAME, TOKENS_NAME, TOKEN_DOC_NAME, TOKEN_INDEX_NAME, "trained.faiss"]
     )  # no -wal / -shm / -journal left by the reader
+
+
+def test_the_token_index_streams_to_faiss_a_verified_block_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening hands FAISS the token index file block by block, each block checked
+    before any of its bytes is served (storage/fsio.py VerifiedBlocks): the file is
+    never read whole (it was held three times over), the index answers as before,
+    and a flipped byte stops the read at its block, nothing of it served."""
+    from storage import fsio, snapshot, vectors
+
+    block = 4096  # small blocks, so the file has many; writer and reader agree on it
+    monkeypatch.setattr(fsio, "BLOCK_SIZE", block)
+    monkeypatch.setattr(vectors, "BLOCK_SIZE", block)
+    ids, vecs = synthetic_corpus(300, 32, seed=3)
+    path = tmp_path / "idx"
+    with Index.from_vectors(path, ids, vecs, index_kind="ivf-flat") as index:
+        queries = synthetic_queries(vecs, 3, seed=4)
+        want = [[(h.id, h.score) for h in index.search(Q, k=5)] for Q in queries]
+    size = data_path(path, TOKEN_INDEX_NAME).stat().st_size
+    assert size > 20 * block
+    served: list[int] = []
+    whole: list[str] = []
+    read, read_verified = fsio.VerifiedBlocks.read, snapshot._read_verified
+
+    def spy_read(self: fsio.VerifiedBlocks, n: int) -> bytes:
+        out = read(self, n)
+        served.append(len(out))
+        return out
+
+    def spy_whole(dir_fd: int, name: str, *args: Any) -> bytes:
+        whole.append(name)
+        return read_verified(dir_fd, name, *args)
+
+    monkeypatch.setattr(fsio.VerifiedBlocks, "read", spy_read)
+    monkeypatch.setattr(snapshot, "_read_verified", spy_whole)
+    with Index.open(path) as index:
+        got = [[(h.id, h.score) for h in index.search(Q, k=5)] for Q in queries]
+    assert got == want
+    assert TOKEN_INDEX_NAME not in whole and sum(served) == size
+    assert max(served) <= block  # a block at most: never more than one verified block held
+    # damage in block 7: the read stops there, the 7 blocks before it served, none of it
+    target = data_path(path, TOKEN_INDEX_NAME)
+    raw = bytearray(target.read_bytes())
+    raw[7 * block + 100] ^= 0x40
+    target.write_bytes(bytes(raw))
+    served.clear()
+    with pytest.raises(
+        CorruptIndex, match=r"tokens\.faiss does not match its checksum \(block 7\)"
+    ):
+        Index.open(path)
+    assert sum(served) == 7 * block
