@@ -46,6 +46,14 @@ at most :data:`MAX_SCALE`), fitted on these two sizes:
 - ``nprobe`` = 4 s^0.37 (4 at the reference, 6 at the mixed corpus); on the index
   grown 3x by adds (lists three times the size training made them) 14 lists
   instead of 8 gained 0.003 of MRR@10 for 4.6 ms, so list growth adds none.
+- ``n_rerank`` times g^0.5 for an index whose lists hold g times the tokens its
+  quantizer was trained on (an index grown by adds with the retrain policy off:
+  the policy retrains at g = 2). The codes of tokens added to lists trained on
+  others score them worse, so more candidates must be reranked: on the mixed
+  corpus grown 3x, 385 / 6 / 324 held MRR@10 at 0.992x and R@100 at 0.972x at
+  k=100 (405: 0.998x and 0.985x; nprobe 8 or 10 changed nothing), and 385 / 6 / 187
+  0.985x at k=10 (250: 0.989x, 324: 0.992x, 400: 0.998x); g^0.5 = 1.73 gives 561
+  and 324.
 
 Two sizes fit a curve, they do not prove it: past them it is an extrapolation,
 capped, and ``info`` shows what an index derived so it can be checked against
@@ -70,6 +78,7 @@ NPROBE_EXPONENT = 0.37
 FILTERED_NPROBE_FACTOR = 2
 RERANK_FLOOR_EXPONENT = 1.6
 RERANK_EXPONENT = 0.9
+GROWTH_EXPONENT = 0.5  # n_rerank grows with the lists' growth since training
 MAX_SCALE = 16.0  # past 16x the reference, grow no further: a sharded index splits it
 MAX_K_TOKEN = 2048
 
@@ -114,8 +123,8 @@ def derive_defaults(tokens: int, tokens_at_training: int | None) -> SearchDefaul
     return SearchDefaults(
         k_token=min(MAX_K_TOKEN, round(BASE_K_TOKEN * scale**K_TOKEN_EXPONENT)),
         nprobe=round(BASE_NPROBE * scale**NPROBE_EXPONENT),
-        n_rerank=round(BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT),
-        rerank_per_hit=round(RERANK_PER_HIT * scale**RERANK_EXPONENT, 3),
+        n_rerank=round(BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT * growth**GROWTH_EXPONENT),
+        rerank_per_hit=round(RERANK_PER_HIT * scale**RERANK_EXPONENT * growth**GROWTH_EXPONENT, 3),
         tokens=tokens,
         list_growth=growth,
     )

@@ -506,22 +506,9 @@ class StoreSnapshot:
             raw = _read_verified(fd, codec.file_name, seg.files[codec.file_name], where)
             token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{codec.file_name}")
             del raw
-        elif position == 0:
-            with _streamed(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where) as stream:
-                token_index = TokenIndex.from_bytes(
-                    stream,
-                    plan,
-                    dim=manifest.dim,
-                    ntotal=seg.tokens,
-                    where=f"{where}/{TOKEN_INDEX_NAME}",
-                )
-        elif takes_codes(plan):
-            assert token_index is not None
-            raw = _read_verified(fd, CODES_NAME, seg.files[CODES_NAME], where)
-            token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{CODES_NAME}")
-            del raw
-        else:
-            assert token_index is not None
+        elif position == 0 or not takes_codes(plan):
+            # the first segment's token index is the snapshot's; a later segment's of
+            # a kind that keeps no codes is added as a part of its own
             with _streamed(fd, TOKEN_INDEX_NAME, seg.files[TOKEN_INDEX_NAME], where) as stream:
                 part = TokenIndex.load_faiss(
                     stream,
@@ -530,7 +517,16 @@ class StoreSnapshot:
                     ntotal=seg.tokens,
                     where=f"{where}/{TOKEN_INDEX_NAME}",
                 )
-            token_index.add_part(part, seg.token_base)
+            if position == 0:
+                token_index = TokenIndex(part, plan)
+            else:
+                assert token_index is not None
+                token_index.add_part(part, seg.token_base)
+        else:
+            assert token_index is not None
+            raw = _read_verified(fd, CODES_NAME, seg.files[CODES_NAME], where)
+            token_index.add_codes(raw, seg.token_base, seg.tokens, f"{where}/{CODES_NAME}")
+            del raw
         assert token_index is not None
         opened.tokens.append(
             TokenReader(

@@ -421,19 +421,6 @@ class TokenIndex:
             raise CorruptIndex(f"{where} " + "; ".join(problems))
         return index
 
-    @classmethod
-    def from_bytes(
-        cls,
-        data: bytes | VerifiedBlocks,
-        plan: TokenIndexPlan,
-        *,
-        dim: int,
-        ntotal: int,
-        where: str,
-    ) -> TokenIndex:
-        """Load a FAISS file (see :meth:`load_faiss`) as a one-part token index."""
-        return cls(cls.load_faiss(data, plan, dim=dim, ntotal=ntotal, where=where), plan)
-
     def code_size(self) -> int:
         """Bytes of one token's standalone code (``sa_encode``)."""
         return int(self.index.sa_code_size())

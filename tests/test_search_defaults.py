@@ -30,8 +30,12 @@ def test_the_defaults_hold_at_the_reference_size_and_grow_past_it() -> None:
     assert (mixed.k_token, mixed.nprobe, mixed.n_rerank) == (385, 6, 187)
     assert mixed.n_rerank_for(100) == 324 and mixed.n_rerank_for(10) == 187
     grown = derive_defaults(4 * sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS)
-    assert grown.list_growth == 4.0  # lists four times their trained size add no probes:
-    assert grown.nprobe == derive_defaults(4 * sd.REFERENCE_TOKENS, None).nprobe == 7
+    assert grown.list_growth == 4.0  # lists four times their trained size add no probes,
+    fresh = derive_defaults(4 * sd.REFERENCE_TOKENS, None)
+    assert grown.nprobe == fresh.nprobe == 7 and grown.k_token == fresh.k_token
+    # but twice (4^0.5) the candidates
+    assert grown.n_rerank_for(10) == pytest.approx(2 * fresh.n_rerank_for(10), abs=1)
+    assert grown.n_rerank_for(100) == pytest.approx(2 * fresh.n_rerank_for(100), abs=1)
     huge = derive_defaults(10**12, None)
     assert huge.k_token == sd.MAX_K_TOKEN and huge.n_rerank == round(32 * sd.MAX_SCALE**1.6)
     # sizes in between never go down as the index grows
