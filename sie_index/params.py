@@ -16,6 +16,7 @@ from storage import FILTER_BUDGET_S
 __all__ = ["WIRE_PARAMS", "Hit", "Hits", "MatchedToken", "SearchParams"]
 
 EXACT_FILTER_FACTOR = 8
+EXACT_MIN_DEPTH = 64
 DERIVED = ("k_token", "n_rerank", "nprobe")  # None: the index's own (search_defaults)
 
 
@@ -129,7 +130,9 @@ class SearchParams:
         """Allowed documents up to which a resolved search scores every one exactly."""
         if self.exact_threshold is not None:
             return self.exact_threshold
-        return EXACT_FILTER_FACTOR * self.rerank_depth()
+        # at least 8 x 64: a small index or a selective filter is scored exactly, as
+        # before the defaults went down to 32 candidates at k=10
+        return EXACT_FILTER_FACTOR * max(EXACT_MIN_DEPTH, self.rerank_depth())
 
     def with_(self, **changes: Any) -> SearchParams:
         """A copy with some fields changed (None values are ignored); a name that is

@@ -128,8 +128,10 @@ class Searcher:
         self._masks_lock = threading.Lock()
         self._lexical: LexicalScorer | None = None
         trained = (snapshot.manifest.token_index.get("trained") or {}).get("tokens")
+        if not snapshot.plan.kind.startswith("ivf") or not isinstance(trained, int):
+            trained = None  # only an inverted file's lists outgrow their training
         live_tokens = int(self.token_count[self.live].sum())
-        self.defaults = derive_defaults(live_tokens, trained if isinstance(trained, int) else None)
+        self.defaults = derive_defaults(live_tokens, trained)
         """The ``k_token``, ``nprobe`` and ``n_rerank`` a search leaves unset takes."""
 
     def lexical(self) -> LexicalScorer:

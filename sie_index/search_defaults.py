@@ -80,6 +80,7 @@ RERANK_FLOOR_EXPONENT = 1.6
 RERANK_EXPONENT = 0.9
 GROWTH_EXPONENT = 0.5  # n_rerank grows with the lists' growth since training
 MAX_SCALE = 16.0  # past 16x the reference, grow no further: a sharded index splits it
+MAX_GROWTH = 4.0  # lists past 4x their training (the policy retrains at 2x) add no more
 MAX_K_TOKEN = 2048
 
 
@@ -120,11 +121,12 @@ def derive_defaults(tokens: int, tokens_at_training: int | None) -> SearchDefaul
     growth = 1.0
     if tokens_at_training:
         growth = max(1.0, tokens / tokens_at_training)
+    widen = min(growth, MAX_GROWTH) ** GROWTH_EXPONENT  # more candidates for outgrown lists
     return SearchDefaults(
         k_token=min(MAX_K_TOKEN, round(BASE_K_TOKEN * scale**K_TOKEN_EXPONENT)),
         nprobe=round(BASE_NPROBE * scale**NPROBE_EXPONENT),
-        n_rerank=round(BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT * growth**GROWTH_EXPONENT),
-        rerank_per_hit=round(RERANK_PER_HIT * scale**RERANK_EXPONENT * growth**GROWTH_EXPONENT, 3),
+        n_rerank=round(BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT * widen),
+        rerank_per_hit=round(RERANK_PER_HIT * scale**RERANK_EXPONENT * widen, 3),
         tokens=tokens,
         list_growth=growth,
     )

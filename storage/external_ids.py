@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from storage.errors import InvalidInput
+
 __all__ = ["ExternalIds", "SegmentedExternalIds"]
 
 _ENCODING = "utf-8"
@@ -52,6 +54,9 @@ class SegmentedExternalIds:
         if not len(doc_ids):
             return []
         ids = np.asarray(doc_ids, dtype=np.int64)
+        total = int(self._bases[-1]) + len(self._tables[-1]) if self._tables else 0
+        if (ids < 0).any() or (ids >= total).any():
+            raise InvalidInput(f"internal document ids must lie in 0..{total - 1}")
         segments = np.searchsorted(self._bases, ids, side="right") - 1
         local = ids - self._bases[segments]
         return [self._tables[s][p] for s, p in zip(segments.tolist(), local.tolist(), strict=True)]

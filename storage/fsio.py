@@ -160,8 +160,10 @@ class VerifiedBlocks:
     (FAISS's reader) never sees a byte that was not verified, and the file is never
     whole in memory: reading it whole, then FAISS copying it into its own reader,
     then building the index held three times its size at once (2.5 GB for the
-    730k-document index's token index). :meth:`finish` verifies what the parser left
-    unread and that the file ends where the record says."""
+    730k-document index's token index). The file's size is checked against the
+    record at the start; :meth:`finish` verifies the blocks the parser left unread
+    (bytes after what FAISS parses are accepted when their checksums hold, as a
+    whole-file read accepted them)."""
 
     def __init__(
         self, dir_fd: int, name: str, record_bytes: int, blocks: Sequence[str], where: str

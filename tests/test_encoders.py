@@ -264,6 +264,7 @@ def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
     from sie_index.encoders import token_states
 
     torch.set_num_threads(2)  # what the 2-core machines run with
+    monkeypatch.setattr(minilm, "_threads", 2)
     seen: list[int] = []
     hook = minilm.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
@@ -271,8 +272,9 @@ def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
         alone = [minilm.encode_queries([t])[0] for t in texts]
         assert seen == [1, 1]
         assert torch.get_num_threads() == 2
-        together = minilm.encode_queries(texts)  # a batch keeps every thread
-        assert seen[2:] == [2]
+        torch.set_num_threads(1)  # as a thread whose first torch work fell in a block
+        together = minilm.encode_queries(texts)  # a batch runs on every thread again
+        assert seen[2:] == [2] and torch.get_num_threads() == 2
         monkeypatch.setattr(token_states, "forward_threads", lambda *_: contextlib.nullcontext())
         every_thread = [minilm.encode_queries([t])[0] for t in texts]
         assert seen[3:] == [2, 2]

@@ -46,6 +46,21 @@ def test_the_defaults_hold_at_the_reference_size_and_grow_past_it() -> None:
     )
 
 
+def test_only_an_inverted_file_outgrows_its_training_and_growth_is_capped(
+    tmp_path: Path,
+) -> None:
+    """Lists grown past their training widen n_rerank (at most 4x growth counts); an
+    index without lists (hnsw, flat) never outgrows anything, however it grew."""
+    capped = derive_defaults(100 * sd.REFERENCE_TOKENS, sd.REFERENCE_TOKENS)
+    at_four = derive_defaults(100 * sd.REFERENCE_TOKENS, 25 * sd.REFERENCE_TOKENS)
+    assert capped.n_rerank_for(10) == at_four.n_rerank_for(10)
+    ids, vectors = synthetic_corpus(400, 16, seed=8)
+    for kind, grows in (("ivf-flat", True), ("hnsw", False)):
+        index = Index.from_vectors(tmp_path / kind, ids[:100], vectors[:100], index_kind=kind)
+        index.add_vectors(ids[100:], vectors[100:], retrain="never")
+        assert (index.search_defaults.list_growth > 2) == grows, kind
+
+
 def test_n_rerank_keeps_candidates_beyond_k() -> None:
     d = derive_defaults(1000, None)
     assert d.n_rerank_for(10) == sd.BASE_N_RERANK

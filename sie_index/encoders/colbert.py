@@ -194,6 +194,7 @@ class ColbertEncoder:
         except (OSError, ValueError) as exc:
             raise EncoderUnavailable(f"cannot load the model in {base}: {exc}") from exc
         self._torch = torch
+        self._threads = torch.get_num_threads()  # what a forward pass of a batch uses
         self.settings = settings
         self.tokenizer = tokenizer
         self.model = model.eval().to(device)
@@ -345,7 +346,7 @@ class ColbertEncoder:
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         rows = len(features["input_ids"])
         with (
-            forward_threads(torch, rows, self.device),
+            forward_threads(torch, rows, self.device, self._threads),
             torch.inference_mode(),
             torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
         ):

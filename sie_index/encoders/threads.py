@@ -21,21 +21,26 @@ __all__ = ["forward_threads"]
 
 
 @contextmanager
-def forward_threads(torch: Any, rows: int, device: str) -> Iterator[None]:
-    """Run the block on one thread when the forward pass is of one text on the CPU.
+def forward_threads(torch: Any, rows: int, device: str, threads: int) -> Iterator[None]:
+    """Run the block on one thread when the forward pass is of one text on the CPU;
+    ``threads`` is the count the encoder was made with (torch's setting then).
 
-    torch's setting is the process's: while the block runs, torch work of other
-    threads (another query's encoding, a rerank's product) runs on one thread too,
-    which changes its speed, not its results (its products split rows, not sums).
-    It is put back after the block by the thread that changed it; a thread that
-    finds one thread already set leaves it alone, so concurrent blocks never leave
-    the process on one thread."""
-    before = torch.get_num_threads()
-    if rows != 1 or device != "cpu" or before == 1:
+    torch's setting is not the calling thread's alone: while the block runs, torch
+    work of other threads may run on one thread too, which changes its speed, not
+    its results (the products split rows, not sums), and a thread whose first torch
+    work falls inside the block may keep one thread. So the block always puts back
+    ``threads``, whatever it found, and a forward pass of a batch first lifts a
+    count below ``threads`` back to it: no thread is left on one thread."""
+    if device != "cpu" or threads <= 1:
+        yield
+        return
+    if rows != 1:
+        if torch.get_num_threads() < threads:
+            torch.set_num_threads(threads)
         yield
         return
     torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads)

@@ -155,6 +155,7 @@ class TokenStatesEncoder:
         if self.bf16:
             _linear_weights_to_bf16(self.model, torch)
         self._torch = torch
+        self._threads = torch.get_num_threads()  # what a forward pass of a batch uses
         dim = int(self.model.config.hidden_size)
         name = model_name or (DEFAULT_MODEL if model_dir is None else folder.name)
         self._spec = EncoderSpec(
@@ -231,7 +232,7 @@ class TokenStatesEncoder:
             mask[row, : len(x)] = 1
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with (
-            forward_threads(torch, len(batch_ids), self.device),
+            forward_threads(torch, len(batch_ids), self.device, self._threads),
             torch.inference_mode(),
             torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16),
         ):
