@@ -112,13 +112,20 @@ class SearchParams:
         from an index's ``defaults``, and ``n_rerank`` at least ``k``."""
         if self.k_token and self.nprobe and self.n_rerank and self.n_rerank >= self.k:
             return self  # nothing to fill: no copy (a copy compiles the filter again)
-        n_rerank = self.n_rerank or defaults.n_rerank_for(self.k)
+        n_rerank = max(self.n_rerank or defaults.n_rerank_for(self.k), self.k)
         filtered = self.compiled_filter() is not None
+        exact = self.exact_threshold
+        if exact is None and self.n_rerank is None:
+            # the index's own depth: a small index or a selective filter is still
+            # scored exactly up to 8 x 64 documents, as before the defaults went
+            # down to 32 candidates at k=10; a depth the caller sets keeps 8 x it
+            exact = EXACT_FILTER_FACTOR * max(EXACT_MIN_DEPTH, n_rerank)
         return replace(
             self,
             k_token=self.k_token or defaults.k_token,
             nprobe=self.nprobe or defaults.nprobe_for(filtered=filtered),
-            n_rerank=max(n_rerank, self.k),
+            n_rerank=n_rerank,
+            exact_threshold=exact,
         )
 
     def rerank_depth(self) -> int:
@@ -130,9 +137,7 @@ class SearchParams:
         """Allowed documents up to which a resolved search scores every one exactly."""
         if self.exact_threshold is not None:
             return self.exact_threshold
-        # at least 8 x 64: a small index or a selective filter is scored exactly, as
-        # before the defaults went down to 32 candidates at k=10
-        return EXACT_FILTER_FACTOR * max(EXACT_MIN_DEPTH, self.rerank_depth())
+        return EXACT_FILTER_FACTOR * self.rerank_depth()
 
     def with_(self, **changes: Any) -> SearchParams:
         """A copy with some fields changed (None values are ignored); a name that is
