@@ -145,13 +145,15 @@ def verify_bytes(data: bytes | memoryview, expected: Sequence[str], name: str) -
             raise CorruptIndex(f"{name} does not match its checksum (block {i})")
 
 
-def verify_block(fd: int, index: int, length: int, expected: str, name: str) -> None:
-    """Read block ``index`` of the open file ``fd`` and check it against ``expected``."""
+def verify_block(fd: int, index: int, length: int, expected: str, name: str) -> bytes:
+    """Read block ``index`` of the open file ``fd``, check it against ``expected`` and
+    return it."""
     data = os.pread(fd, length, index * BLOCK_SIZE)
     if len(data) != length:
         raise CorruptIndex(f"{name} ends inside block {index}: it was truncated")
     if sha256_hex(data) != expected:
         raise CorruptIndex(f"{name} does not match its checksum (block {index})")
+    return data
 
 
 class VerifiedBlocks:
@@ -194,15 +196,11 @@ class VerifiedBlocks:
     def _load(self) -> bool:
         if self._block >= len(self._lengths):
             return False
-        i, length = self._block, self._lengths[self._block]
+        i = self._block
         try:
-            data = os.pread(self._fd, length, i * BLOCK_SIZE)
+            data = verify_block(self._fd, i, self._lengths[i], self._expected[i], self.name)
         except OSError as exc:
             raise read_failure(exc, f"{self.name} cannot be read: {exc}") from exc
-        if len(data) != length:
-            raise CorruptIndex(f"{self.name} ends inside block {i}: it was truncated")
-        if sha256_hex(data) != self._expected[i]:
-            raise CorruptIndex(f"{self.name} does not match its checksum (block {i})")
         self._buffer, self._at, self._block = memoryview(data), 0, i + 1
         return True
 
