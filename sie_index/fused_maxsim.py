@@ -1,0 +1,132 @@
+"""Exact MaxSim over stored float16 rows in one pass, compiled by numba (the ``fast`` extra).
+
+Why: a k=100 search on the full debian-pkgs index reranks about 11,000 stored
+float16 rows. Widened by torch first, they become 17 MB of float32 written out and
+read back by the product, whose 10 query columns leave BLAS nothing to block on:
+0.6 ms to widen and 1.5 ms to multiply on 2 cores (``bench.py phases``). This
+kernel widens one row at a time into a 1.5 KB buffer that stays in L1 and
+multiplies it by four query tokens at once, so a row is loaded once for four dot
+products; the rerank's product fell from about 2.9 to 0.9 ms.
+
+Exact: the widening moves a float16's sign, exponent and mantissa bits into a
+float32's places, which gives the same value times 2^-112 (subnormals included:
+a float16 has 10 mantissa bits, a float32 subnormal 23). The query is scaled by
+2^112 in exchange (a power of two, so exact), so every product is the product of
+the same two float32 values the widened path multiplies; only the order of the
+sums differs, within float32 rounding, as torch's and NumPy's products differ
+from each other. Each document is scored whole by one call, so a score does not
+depend on how the candidates are split between threads.
+
+Without numba, :func:`kernel` returns ``None`` and the searcher keeps torch's path.
+The kernel compiles on its first use in a process (about a second), not at import:
+numba's on-disk cache is a pickle, and pickles are not read here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from sie_index.errors import InvalidInput
+
+__all__ = ["Kernel", "kernel", "maxima", "set_enabled"]
+
+Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+"""``(Q scaled by 2^112 [nq, dim] f32, rows [T, dim] u16, counts [n] i64, out [n, nq] f32)``."""
+
+QUERY_SCALE = np.float32(2.0**112)
+"""What the query is multiplied by to meet rows widened as bits (times 2^-112)."""
+
+_lock = threading.Lock()
+_compiled: list[Kernel | None] = []  # empty until the first use: [kernel] or [None]
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the kernel when numba is there (the default), or never: the searcher then
+    widens and multiplies by torch (benchmarks compare the two this way)."""
+    global _enabled
+    _enabled = enabled
+
+
+def kernel() -> Kernel | None:
+    """The compiled kernel, or ``None`` when numba is not installed or the kernel is
+    switched off."""
+    if not _enabled:
+        return None
+    if not _compiled:
+        with _lock:
+            if not _compiled:
+                _compiled.append(_compile())
+    return _compiled[0]
+
+
+def maxima(Q: np.ndarray, rows: np.ndarray, counts: np.ndarray, run: Kernel) -> np.ndarray:
+    """Per document and query token, the best similarity: float32 ``[n, nq]``, C-order,
+    as :func:`sie_index.scoring.segment_max` of the product (its rows sum to MaxSim).
+
+    ``Q`` is float32 ``[nq, dim]``, ``rows`` the documents' float16 rows concatenated
+    ``[sum(counts), dim]``, ``counts`` their positive token counts."""
+    if rows.dtype != np.float16 or rows.ndim != 2 or Q.ndim != 2 or Q.shape[1] != rows.shape[1]:
+        raise InvalidInput(f"rows {rows.dtype} {rows.shape} and Q {Q.shape} do not fit the kernel")
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    if int(counts.sum()) != rows.shape[0] or (counts.size and int(counts.min()) < 1):
+        raise InvalidInput(f"counts add up to {int(counts.sum())}, rows has {rows.shape[0]}")
+    out = np.empty((len(counts), Q.shape[0]), np.float32)
+    scaled = np.ascontiguousarray(Q, dtype=np.float32) * QUERY_SCALE
+    run(scaled, np.ascontiguousarray(rows).view(np.uint16), counts, out)
+    return out
+
+
+def _compile() -> Kernel | None:
+    try:
+        import numba
+    except ImportError:
+        return None
+    signature = "void(float32[:, ::1], uint16[:, ::1], int64[::1], float32[:, ::1])"
+    # reassociation lets LLVM keep 16-lane partial sums (the only rounding change);
+    # no nnan/ninf: stored rows and queries are checked finite, but nothing here
+    # should lean on that
+    flags = {"reassoc", "contract", "nsz", "arcp"}
+    jit = numba.njit(signature, nogil=True, fastmath=flags, boundscheck=False, cache=False)
+    compiled: Kernel = jit(_kernel)
+    return compiled
+
+
+def _kernel(Qs: np.ndarray, D16: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+    nq, dim = Qs.shape
+    bits = np.empty(dim, np.uint32)
+    row = bits.view(np.float32)
+    low, sign = np.uint32(0x7FFF), np.uint32(0x8000)
+    shift, sign_shift = np.uint32(13), np.uint32(16)
+    t = 0
+    for d in range(len(counts)):
+        for i in range(nq):
+            out[d, i] = -np.inf
+        for _ in range(counts[d]):
+            for j in range(dim):  # float16 bits in float32 places: the value times 2^-112
+                h = np.uint32(D16[t, j])
+                bits[j] = ((h & low) << shift) | ((h & sign) << sign_shift)
+            i = 0
+            while i + 4 <= nq:  # four query tokens per load of the row
+                s0 = s1 = s2 = s3 = np.float32(0.0)
+                for j in range(dim):
+                    r = row[j]
+                    s0 += Qs[i, j] * r
+                    s1 += Qs[i + 1, j] * r
+                    s2 += Qs[i + 2, j] * r
+                    s3 += Qs[i + 3, j] * r
+                out[d, i] = max(out[d, i], s0)
+                out[d, i + 1] = max(out[d, i + 1], s1)
+                out[d, i + 2] = max(out[d, i + 2], s2)
+                out[d, i + 3] = max(out[d, i + 3], s3)
+                i += 4
+            while i < nq:
+                s = np.float32(0.0)
+                for j in range(dim):
+                    s += Qs[i, j] * row[j]
+                out[d, i] = max(out[d, i], s)
+                i += 1
+            t += 1
