@@ -13,13 +13,14 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import TypeVar
 
 import numpy as np
 
 from sie_index.scoring import token_blocks
 
-__all__ = ["MIN_PART_TOKENS", "on_cores", "split"]
+__all__ = ["MIN_PART_TOKENS", "cores", "on_cores", "split"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,22 +35,34 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def split(counts: np.ndarray) -> list[tuple[int, int]]:
-    """Consecutive document ranges ``(start, stop)`` of about equal tokens, at most one
-    a core and none under :data:`MIN_PART_TOKENS` (a longer document goes whole)."""
+    """Consecutive document ranges ``(start, stop)`` of about equal tokens: about one a
+    core, of about :data:`MIN_PART_TOKENS` at least (cut at document ends, so a part
+    may come out a little smaller and one more; a long document goes whole)."""
     total = int(np.sum(counts))
-    parts = max(1, min(os.cpu_count() or 1, total // MIN_PART_TOKENS))
+    parts = max(1, min(cores(), total // MIN_PART_TOKENS))
     if parts == 1 or len(counts) <= 1:
         return [(0, len(counts))]
     return token_blocks(np.asarray(counts), -(-total // parts))
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def on_cores(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """``fn`` of every item, in order: the first on this thread, the others on the
-    pool meanwhile."""
+    pool meanwhile. Returns, or raises the first error, only once every part is done
+    (a caller's lock then covers all of them)."""
     if len(items) == 1:
         return [fn(items[0])]
     futures = [_executor().submit(fn, item) for item in items[1:]]
-    first = fn(items[0])
+    try:
+        first = fn(items[0])
+    finally:
+        wait_futures(futures)
     return [first, *(future.result() for future in futures)]
 
 
@@ -58,13 +71,14 @@ def _executor() -> ThreadPoolExecutor:
     with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(
-                max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="sie-part"
+                max_workers=max(1, cores() - 1), thread_name_prefix="sie-part"
             )
         return _pool
 
 
 def _forget() -> None:
-    global _pool
+    global _lock, _pool
+    _lock = threading.Lock()  # a fork inside another thread's ``with _lock`` leaves it held
     _pool = None
 
 

@@ -11,11 +11,14 @@ products; the rerank's product fell from about 2.9 to 0.9 ms.
 Exact: the widening moves a float16's sign, exponent and mantissa bits into a
 float32's places, which gives the same value times 2^-112 (subnormals included:
 a float16 has 10 mantissa bits, a float32 subnormal 23). The query is scaled by
-2^112 in exchange (a power of two, so exact), so every product is the product of
-the same two float32 values the widened path multiplies; only the order of the
-sums differs, within float32 rounding, as torch's and NumPy's products differ
-from each other. Each document is scored whole by one call, so a score does not
-depend on how the candidates are split between threads.
+2^112 in exchange (a power of two, so exact while every |q| < 2^16, which
+:func:`fits` checks: a larger one would overflow, and such a query takes torch's
+path), so every product is the product of the same two float32 values the
+widened path multiplies, as long as the CPU does not treat subnormal inputs as
+zero (no library here sets that flag). What differs is the rounding of the sums:
+their order, and fused multiply-adds, within float32 rounding, as torch's and
+NumPy's products differ from each other. Each document is scored whole by one
+call, so a score does not depend on how the candidates are split between threads.
 
 Without numba, :func:`kernel` returns ``None`` and the searcher keeps torch's path.
 The kernel compiles on its first use in a process (about a second), not at import:
@@ -24,20 +27,28 @@ numba's on-disk cache is a pickle, and pickles are not read here.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from sie_index.errors import InvalidInput
 
-__all__ = ["Kernel", "kernel", "maxima", "set_enabled"]
+__all__ = ["QUERY_LIMIT", "QUERY_SCALE", "Kernel", "fits", "kernel", "maxima", "set_enabled"]
+
+log = logging.getLogger(__name__)
 
 Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 """``(Q scaled by 2^112 [nq, dim] f32, rows [T, dim] u16, counts [n] i64, out [n, nq] f32)``."""
 
 QUERY_SCALE = np.float32(2.0**112)
 """What the query is multiplied by to meet rows widened as bits (times 2^-112)."""
+
+QUERY_LIMIT = 2.0**16
+"""Every |q| must be below this: 2^16 x 2^112 is float32's overflow."""
 
 _lock = threading.Lock()
 _compiled: list[Kernel | None] = []  # empty until the first use: [kernel] or [None]
@@ -49,6 +60,12 @@ def set_enabled(enabled: bool) -> None:
     widens and multiplies by torch (benchmarks compare the two this way)."""
     global _enabled
     _enabled = enabled
+
+
+def fits(Q: np.ndarray) -> bool:
+    """Whether the kernel scores query ``Q`` exactly (every |q| below :data:`QUERY_LIMIT`;
+    an encoder's normalized rows are at most 1)."""
+    return bool(np.abs(Q).max(initial=0.0) < QUERY_LIMIT)
 
 
 def kernel() -> Kernel | None:
@@ -71,6 +88,8 @@ def maxima(Q: np.ndarray, rows: np.ndarray, counts: np.ndarray, run: Kernel) -> 
     ``[sum(counts), dim]``, ``counts`` their positive token counts."""
     if rows.dtype != np.float16 or rows.ndim != 2 or Q.ndim != 2 or Q.shape[1] != rows.shape[1]:
         raise InvalidInput(f"rows {rows.dtype} {rows.shape} and Q {Q.shape} do not fit the kernel")
+    if not fits(Q):
+        raise InvalidInput("a query value of 2^16 or more overflows once scaled; use torch's path")
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     if int(counts.sum()) != rows.shape[0] or (counts.size and int(counts.min()) < 1):
         raise InvalidInput(f"counts add up to {int(counts.sum())}, rows has {rows.shape[0]}")
@@ -85,6 +104,14 @@ def _compile() -> Kernel | None:
         import numba
     except ImportError:
         return None
+    try:
+        return _jit(numba)
+    except Exception as exc:  # an LLVM or typing failure: torch's path, not an error a search
+        log.warning("the float16 MaxSim kernel did not compile (%s); torch scores instead", exc)
+        return None
+
+
+def _jit(numba: Any) -> Kernel:
     signature = "void(float32[:, ::1], uint16[:, ::1], int64[::1], float32[:, ::1])"
     # reassociation lets LLVM keep 16-lane partial sums (the only rounding change);
     # no nnan/ninf: stored rows and queries are checked finite, but nothing here
@@ -92,6 +119,12 @@ def _compile() -> Kernel | None:
     flags = {"reassoc", "contract", "nsz", "arcp"}
     jit = numba.njit(signature, nogil=True, fastmath=flags, boundscheck=False, cache=False)
     compiled: Kernel = jit(_kernel)
+    compiled(  # compiled by now (a signature was given); one tiny call proves it runs
+        np.ones((1, 1), np.float32),
+        np.ones((1, 1), np.uint16),
+        np.ones(1, np.int64),
+        np.empty((1, 1), np.float32),
+    )
     return compiled
 
 
@@ -130,3 +163,12 @@ def _kernel(Qs: np.ndarray, D16: np.ndarray, counts: np.ndarray, out: np.ndarray
                 out[d, i] = max(out[d, i], s)
                 i += 1
             t += 1
+
+
+def _after_fork() -> None:
+    """A child forked while another thread compiled would find the lock held forever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -388,7 +388,9 @@ class Searcher:
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         scores = np.empty(len(cand), np.float32)
         counts = self.token_count[cand]
-        run = fused_maxsim.kernel() if self.snapshot.codec.name == "f16" else None
+        # float16 rows as stored: the compiled kernel, for a query it scores exactly
+        fused = self.snapshot.codec.name == "f16" and fused_maxsim.fits(Q)
+        run = fused_maxsim.kernel() if fused else None
         # bounded memory: score candidates in groups of about EXACT_CHUNK_TOKENS tokens
         for start, stop in token_blocks(counts, EXACT_CHUNK_TOKENS):
             group, group_counts = cand[start:stop], counts[start:stop]

@@ -251,6 +251,43 @@ def test_bf16_weights_stored_once_give_autocast_own_vectors() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_linear_layers_packed_for_onednn_give_the_same_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a bfloat16 CPU every linear layer is packed once at load
+    (sie_index/encoders/packed_linear.py) and the vectors are those of the plain
+    layers, bit for bit; a packed layer that disagrees on the probe is left plain."""
+    import torch
+
+    from sie_index.encoders import packed_linear, token_states
+
+    if not token_states._bf16_supported():
+        pytest.skip("this CPU has no bfloat16 products: nothing is packed")
+    packed = TokenStatesEncoder()
+    linears = sum(
+        isinstance(m, torch.nn.Linear) for m in TokenStatesEncoder(bf16=False).model.modules()
+    )
+    assert packed.packed_layers == linears == 37  # 6 layers x 6, and the pooler
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.model.modules())
+    monkeypatch.setattr(packed_linear, "pack_linear_layers", lambda model: 0)
+    plain = TokenStatesEncoder()
+    assert plain.packed_layers == 0
+    assert sum(isinstance(m, torch.nn.Linear) for m in plain.model.modules()) == linears
+    texts = ["manage ssh keys", "a tiling window manager for X11 with many layouts"]
+    for a, b in zip(packed.encode_documents(texts), plain.encode_documents(texts), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(packed.encode_queries(texts), plain.encode_queries(texts), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a layer whose packed product disagrees with the plain one stays plain
+    layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
+    model = torch.nn.Sequential(layer)
+    monkeypatch.undo()
+    assert packed_linear.pack_linear_layers(model) == 1
+    model = torch.nn.Sequential(layer)
+    monkeypatch.setattr(packed_linear._PackedLinear, "forward", lambda self, x: x[:, :4] * 0 + 7)
+    assert packed_linear.pack_linear_layers(model) == 0 and model[0] is layer
+
+
 def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
     minilm: TokenStatesEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

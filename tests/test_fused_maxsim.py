@@ -135,8 +135,30 @@ def test_decoded_rows_and_a_missing_numba_take_torchs_path(
     assert not fused_calls and len(torch_calls) == 2
 
 
+@needs_numba
+def test_a_query_too_large_to_scale_takes_torchs_path(
+    make_index: MakeIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """|q| >= 2^16 would overflow once scaled by 2^112 (inf, and inf x 0 = NaN, lost
+    by the maximum): such a query is scored by torch, exactly."""
+    index, _, vectors = make_index(200, index_kind="flat")
+    Q = synthetic_queries(vectors, 1, seed=8)[0]
+    Q *= np.float32(1e5) / np.abs(Q).max()  # the largest |q| is 1e5, half of it fits
+    assert not fused_maxsim.fits(Q) and fused_maxsim.fits(Q / np.float32(2))
+    rows, counts = vectors[0].astype(np.float16), np.array([len(vectors[0])])
+    with pytest.raises(InvalidInput, match="2\\^16"):
+        fused_maxsim.maxima(Q, rows, counts, _kernel())
+    fused_calls = _spy(monkeypatch, fused_maxsim, "maxima")
+    hits = index.search(Q, k=5, exact_threshold=0)
+    exact = oracle(Q, vectors)
+    assert not fused_calls
+    assert all(h.score == pytest.approx(float(exact[h.doc_id]), rel=1e-5) for h in hits)
+    half = index.search(Q / np.float32(2), k=5, exact_threshold=0)  # fits: the kernel
+    assert fused_calls and [h.doc_id for h in half] == [h.doc_id for h in hits]
+
+
 def test_parts_cover_the_candidates_in_order_with_enough_tokens_each() -> None:
-    cores = os.cpu_count() or 1
+    cores = core_parts.cores()
     counts = np.full(300, 50)  # 15,000 tokens
     parts = core_parts.split(counts)
     assert parts[0][0] == 0 and parts[-1][1] == 300
@@ -156,7 +178,7 @@ def test_on_cores_keeps_order_and_runs_parts_on_the_pool() -> None:
 
     assert core_parts.on_cores(work, [1, 2, 3, 4]) == [1, 4, 9, 16]
     assert names.count(threading.current_thread().name) >= 1
-    if (os.cpu_count() or 1) > 1:
+    if core_parts.cores() > 1:
         assert any(name.startswith("sie-part") for name in names)
 
 

@@ -152,8 +152,13 @@ class TokenStatesEncoder:
         self.query_maxlen = query_maxlen
         self.doc_maxlen = doc_maxlen
         self.bf16 = (device.startswith("cuda") or _bf16_supported()) if bf16 is None else bf16
+        self.packed_layers = 0
         if self.bf16:
             _linear_weights_to_bf16(self.model, torch)
+            if device == "cpu":
+                from sie_index.encoders.packed_linear import pack_linear_layers
+
+                self.packed_layers = pack_linear_layers(self.model)
         self._torch = torch
         self._threads = torch.get_num_threads()  # what a forward pass of a batch uses
         dim = int(self.model.config.hidden_size)
