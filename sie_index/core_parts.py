@@ -1,10 +1,10 @@
 """One query's work split across the cores: a persistent pool for the rerank's parts.
 
-The exact rerank reads and scores its candidates in parts of about equal tokens,
-one part a core: ``pread`` and the compiled kernel (:mod:`sie_index.fused_maxsim`)
-both release the GIL. The pool is made once a process (a thread costs about 50 us
-to start, a part about 0.5 ms to run) and forgotten in a forked child, whose copy
-of it would have no threads behind it.
+The exact rerank scores its candidates in parts of about equal tokens, one part a
+core: the compiled kernel (:mod:`sie_index.fused_maxsim`) releases the GIL. The
+pool is made once a process (a thread costs about 50 us to start, a part about
+0.5 ms to run) and forgotten in a forked child, whose copy of it would have no
+threads behind it.
 """
 
 from __future__ import annotations
