@@ -4,7 +4,10 @@
     python scripts/bench.py encoding --docs 500         # fewer
 
 Measures, each after a warm-up batch:
-1. the default encoder (all-MiniLM-L6-v2 token states), bf16 autocast and fp32;
+1. the default encoder (all-MiniLM-L6-v2 token states), bf16 autocast and fp32, and
+   bf16 with its linear layers left plain (not packed for oneDNN,
+   ``sie_index/encoders/packed_linear.py``); one query at a time (as a search
+   encodes it), packed against plain in interleaved blocks of 25 dev queries;
 2. a local ColBERT checkpoint: BERT-base-shaped (12 layers, 768 hidden, 128 dims,
    doc_maxlen 180, as colbert-ir/colbertv2.0) with random weights, built on the fly
    in the Stanford layout (the PyLate layout runs the same forward pass);
@@ -54,6 +57,48 @@ def _rate(encoder: Any, texts: list[str], batch: int = 256) -> dict[str, float]:
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
+    }
+
+
+def _plain_bf16() -> Any:
+    """The default bf16 encoder with its linear layers left as loaded (not packed)."""
+    from unittest import mock
+
+    from sie_index import TokenStatesEncoder
+    from sie_index.encoders import packed_linear
+
+    with mock.patch.object(packed_linear, "pack_linear_layers", lambda model: 0):
+        return TokenStatesEncoder(bf16=True)
+
+
+def _queries(packed: Any, plain: Any, n: int) -> dict[str, Any]:
+    """One dev query at a time through each encoder, blocks of 25 interleaved (the
+    order turns every block): p50 ms each, and whether the vectors are the same."""
+    import numpy as np
+
+    from sie_index.corpus import BeirDataset
+
+    queries = list(BeirDataset.load("debian-pkgs").queries.values())[:n]
+    encoders = {"packed": packed, "plain": plain}
+    seen: dict[str, list[float]] = {name: [] for name in encoders}
+    for name in encoders:
+        encoders[name].encode_queries(queries[:10])  # warm-up
+    for b in range(0, len(queries), 25):
+        names = list(encoders) if (b // 25) % 2 == 0 else list(encoders)[::-1]
+        for name in names:
+            for text in queries[b : b + 25]:
+                t0 = time.perf_counter()
+                encoders[name].encode_queries([text])
+                seen[name].append(time.perf_counter() - t0)
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(packed.encode_queries(queries), plain.encode_queries(queries), strict=True)
+    )
+    return {
+        "queries": len(queries),
+        "packed_layers": packed.packed_layers,
+        "p50_ms": {name: 1000 * float(np.median(t)) for name, t in seen.items()},
+        "same_vectors": same,
     }
 
 
@@ -162,12 +207,17 @@ def _sie(texts: list[str], local_bf16: float, in_flight: int) -> dict[str, Any]:
     return out
 
 
-def run(n_docs: int = 2000, colbert_docs: int = 200, in_flight: int = 4) -> dict[str, Any]:
+def run(
+    n_docs: int = 2000, colbert_docs: int = 200, in_flight: int = 4, queries: int = 300
+) -> dict[str, Any]:
     from sie_index import ColbertEncoder, TokenStatesEncoder
 
     texts = _texts(n_docs)
     result: dict[str, Any] = {"corpus": f"debian-pkgs, first {len(texts)} documents"}
-    result["default_bf16"] = _rate(TokenStatesEncoder(bf16=True), texts)
+    packed, plain = TokenStatesEncoder(bf16=True), _plain_bf16()
+    result["default_bf16"] = _rate(packed, texts)
+    result["default_bf16_plain"] = _rate(plain, texts)
+    result["query_encoding"] = _queries(packed, plain, queries)
     result["default_fp32"] = _rate(TokenStatesEncoder(bf16=False), texts)
     result["default_bf16_build"] = _local_build(texts)
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,6 +232,7 @@ def run(n_docs: int = 2000, colbert_docs: int = 200, in_flight: int = 4) -> dict
 def table(r: dict[str, Any]) -> str:
     rows = [
         ("default encoder, bf16", r["default_bf16"]),
+        ("default encoder, bf16, linear layers not packed", r["default_bf16_plain"]),
         ("default encoder, fp32", r["default_fp32"]),
         ("local build, default bf16 (encode + store)", r["default_bf16_build"]),
         ("ColBERT BERT-base-shaped checkpoint, fp32", r["colbert_base_fp32"]),
@@ -198,6 +249,14 @@ def table(r: dict[str, Any]) -> str:
             f"| {name} | {m['docs']} | {m['tokens']} | {m['seconds']:.1f} | "
             f"{m['tokens_per_s']:,.0f} |"
         )
+    q = r["query_encoding"]
+    lines += [
+        "",
+        f"One query at a time ({q['queries']} dev queries, blocks of 25 interleaved): "
+        f"p50 {q['p50_ms']['packed']:.2f} ms with the {q['packed_layers']} linear layers "
+        f"packed, {q['p50_ms']['plain']:.2f} ms plain; "
+        f"the same vectors: {'yes' if q['same_vectors'] else 'NO'}.",
+    ]
     s = r["sie_loopback"]
     seq, b = s["sequential_batch32"], s["build"]
     lines += [
@@ -220,9 +279,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--colbert-docs", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=300, help="dev queries, one at a time")
 
 
 def command(args: argparse.Namespace) -> int:
-    result = run(args.docs, args.colbert_docs, args.in_flight)
+    result = run(args.docs, args.colbert_docs, args.in_flight, args.queries)
     write_report(Path(args.out), "encoding", result, table(result), MEDIANS)
     return 0
