@@ -164,10 +164,12 @@ def _exhaustive_run(
     index: Any, Qs: list[Any], qids: list[str], external: list[str], out: Path
 ) -> dict[str, dict[str, float]]:
     """Exhaustive MaxSim's run, kept in ``OUT/exhaustive-KEY.json``: the key is what the
-    oracle depends on (the stored documents' ids and tokens, the queries), not the
-    token index, so an index and its retrained copy share one run."""
+    oracle depends on (the stored documents' ids and tokens, the codec that stores
+    them, the queries), not the token index, so an index and its retrained copy
+    share one run, and a pq copy of the same documents does not."""
     info = index.info(growth=False)
     key = {
+        "codec": [info["codec"], info["dim"]],
         "documents": info["documents"],
         "tokens": info["tokens"],
         "ids_sha256": hashlib.sha256("\n".join(sorted(external)).encode()).hexdigest(),
