@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.errors import InvalidInput
+from sie_index.scoring import _check_kernel_input
 
 __all__ = ["QUERY_LIMIT", "QUERY_SCALE", "Kernel", "fits", "kernel", "maxima", "set_enabled"]
 
@@ -90,9 +91,8 @@ def maxima(Q: np.ndarray, rows: np.ndarray, counts: np.ndarray, run: Kernel) -> 
         raise InvalidInput(f"rows {rows.dtype} {rows.shape} and Q {Q.shape} do not fit the kernel")
     if not fits(Q):
         raise InvalidInput("a query value of 2^16 or more overflows once scaled; use torch's path")
+    _check_kernel_input(Q, rows, counts)  # the segment kernels' check: counts positive, summed
     counts = np.ascontiguousarray(counts, dtype=np.int64)
-    if int(counts.sum()) != rows.shape[0] or (counts.size and int(counts.min()) < 1):
-        raise InvalidInput(f"counts add up to {int(counts.sum())}, rows has {rows.shape[0]}")
     out = np.empty((len(counts), Q.shape[0]), np.float32)
     scaled = np.ascontiguousarray(Q, dtype=np.float32) * QUERY_SCALE
     run(scaled, np.ascontiguousarray(rows).view(np.uint16), counts, out)
