@@ -3,10 +3,12 @@
 Why: a k=100 search on the full debian-pkgs index reranks about 11,000 stored
 float16 rows. Widened by torch first, they become 17 MB of float32 written out and
 read back by the product, whose 10 query columns leave BLAS nothing to block on:
-0.6 ms to widen and 1.5 ms to multiply on 2 cores (``bench.py phases``). This
-kernel widens one row at a time into a 1.5 KB buffer that stays in L1 and
-multiplies it by four query tokens at once, so a row is loaded once for four dot
-products; the rerank's product fell from about 2.9 to 0.9 ms.
+0.6 ms to widen and 1.5 ms to multiply on 2 cores (a microbenchmark on the
+candidates of 300 dev queries). This kernel widens one row at a time into a 1.5
+KB buffer that stays in L1 and multiplies it by four query tokens at once, so a
+row is loaded once for four dot products; the same microbenchmark's widening and
+product fell from about 2.9 to 0.9 ms, and ``bench.py phases`` compares the whole
+query with the kernel, torch and NumPy.
 
 Exact: the widening moves a float16's sign, exponent and mantissa bits into a
 float32's places, which gives the same value times 2^-112 (subnormals included:
