@@ -121,8 +121,10 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
     blocks of 50 queries (the order flips every block): before, the fixed settings,
     FAISS's scan of every centroid and torch's product of widened rows; after, the
     index's own defaults, the graph over the centroids (:mod:`storage.coarse`, from
-    2,048 lists on) and the compiled float16 kernel (:mod:`sie_index.fused_maxsim`)."""
-    from sie_index import fused_maxsim
+    2,048 lists on), the compiled float16 kernel reading mapped rows
+    (:mod:`sie_index.fused_maxsim`) and the compiled candidates
+    (:mod:`sie_index.candidate_scores`)."""
+    from sie_index import candidate_scores, fused_maxsim
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import external_ids, judged_queries
     from sie_index.index import Index
@@ -162,6 +164,7 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
                             params, decided = variants[name]
                             token_index._coarse = dict(decided)
                             fused_maxsim.set_enabled(name == "after")
+                            candidate_scores.KERNEL.set_enabled(name == "after")
                             latencies, times = seen[name]
                             for Q in Qs[b : b + 50]:
                                 t = time.perf_counter()
@@ -180,6 +183,7 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
     finally:
         coarse.COARSE_GRAPH_MIN_LISTS = graph_from
         fused_maxsim.set_enabled(True)
+        candidate_scores.KERNEL.set_enabled(True)
     return out
 
 

@@ -29,23 +29,29 @@ numba's on-disk cache is a pickle, and pickles are not read here.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from sie_index.compiled import LazyKernel
 from sie_index.errors import InvalidInput
-from sie_index.scoring import _check_kernel_input
+from sie_index.scoring import _check_kernel_input, _offsets
 
-__all__ = ["QUERY_LIMIT", "QUERY_SCALE", "Kernel", "fits", "kernel", "maxima", "set_enabled"]
+__all__ = [
+    "KERNEL",
+    "QUERY_LIMIT",
+    "QUERY_SCALE",
+    "Kernel",
+    "fits",
+    "kernel",
+    "maxima",
+    "set_enabled",
+]
 
-log = logging.getLogger(__name__)
-
-Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-"""``(Q scaled by 2^112 [nq, dim] f32, rows [T, dim] u16, counts [n] i64, out [n, nq] f32)``."""
+Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+"""``(Q scaled by 2^112 [nq, dim] f32, rows [T, dim] u16, starts [n] i64, counts [n] i64,
+out [n, nq] f32)``: document ``d``'s rows are ``rows[starts[d] : starts[d] + counts[d]]``."""
 
 QUERY_SCALE = np.float32(2.0**112)
 """What the query is multiplied by to meet rows widened as bits (times 2^-112)."""
@@ -53,16 +59,11 @@ QUERY_SCALE = np.float32(2.0**112)
 QUERY_LIMIT = 2.0**16
 """Every |q| must be below this: 2^16 x 2^112 is float32's overflow."""
 
-_lock = threading.Lock()
-_compiled: list[Kernel | None] = []  # empty until the first use: [kernel] or [None]
-_enabled = True
-
 
 def set_enabled(enabled: bool) -> None:
     """Use the kernel when numba is there (the default), or never: the searcher then
     widens and multiplies by torch (benchmarks compare the two this way)."""
-    global _enabled
-    _enabled = enabled
+    KERNEL.set_enabled(enabled)
 
 
 def fits(Q: np.ndarray) -> bool:
@@ -74,73 +75,88 @@ def fits(Q: np.ndarray) -> bool:
 def kernel() -> Kernel | None:
     """The compiled kernel, or ``None`` when numba is not installed or the kernel is
     switched off."""
-    if not _enabled:
-        return None
-    if not _compiled:
-        with _lock:
-            if not _compiled:
-                _compiled.append(_compile())
-    return _compiled[0]
+    return KERNEL.get()
 
 
-def maxima(Q: np.ndarray, rows: np.ndarray, counts: np.ndarray, run: Kernel) -> np.ndarray:
+def maxima(
+    Q: np.ndarray,
+    rows: np.ndarray,
+    counts: np.ndarray,
+    run: Kernel,
+    starts: np.ndarray | None = None,
+) -> np.ndarray:
     """Per document and query token, the best similarity: float32 ``[n, nq]``, C-order,
     as :func:`sie_index.scoring.segment_max` of the product (its rows sum to MaxSim).
 
-    ``Q`` is float32 ``[nq, dim]``, ``rows`` the documents' float16 rows concatenated
-    ``[sum(counts), dim]``, ``counts`` their positive token counts."""
+    ``Q`` is float32 ``[nq, dim]``, ``counts`` the documents' positive token counts,
+    ``rows`` float16 ``[T, dim]``: the documents' rows concatenated (``T`` is
+    ``sum(counts)``), or, with ``starts``, any rows (a map of the stored vectors) of
+    which document ``d``'s are ``rows[starts[d] : starts[d] + counts[d]]``."""
     if rows.dtype != np.float16 or rows.ndim != 2 or Q.ndim != 2 or Q.shape[1] != rows.shape[1]:
         raise InvalidInput(f"rows {rows.dtype} {rows.shape} and Q {Q.shape} do not fit the kernel")
     if not fits(Q):
         raise InvalidInput("a query value of 2^16 or more overflows once scaled; use torch's path")
-    _check_kernel_input(Q, rows, counts)  # the segment kernels' check: counts positive, summed
+    if starts is None:
+        # the segment kernels' check: counts positive and summing to the rows
+        starts = _check_kernel_input(Q, rows, counts)
+    else:
+        _check_spans(rows, starts, counts)
     counts = np.ascontiguousarray(counts, dtype=np.int64)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
     out = np.empty((len(counts), Q.shape[0]), np.float32)
     scaled = np.ascontiguousarray(Q, dtype=np.float32) * QUERY_SCALE
-    run(scaled, np.ascontiguousarray(rows).view(np.uint16), counts, out)
+    bits = np.ascontiguousarray(rows).view(np.uint16)
+    bits.flags.writeable = False  # one compiled signature: rows from a map are read-only
+    run(scaled, bits, starts, counts, out)
     return out
 
 
-def _compile() -> Kernel | None:
-    try:
-        import numba
-    except ImportError:
-        return None
-    try:
-        return _jit(numba)
-    except Exception as exc:  # an LLVM or typing failure: torch's path, not an error a search
-        log.warning("the float16 MaxSim kernel did not compile (%s); torch scores instead", exc)
-        return None
+def _check_spans(rows: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> None:
+    """The kernel reads without bounds checks: every span must lie inside ``rows``."""
+    _offsets(counts)  # the segment kernels' check: a 1-D array of positive counts
+    starts, counts = np.asarray(starts), np.asarray(counts)
+    if starts.shape != counts.shape:
+        raise InvalidInput(f"starts {starts.shape} and counts {counts.shape} do not pair up")
+    if len(counts) and ((starts < 0).any() or (starts + counts > len(rows)).any()):
+        raise InvalidInput(f"a span is outside the {len(rows)} rows")
 
 
 def _jit(numba: Any) -> Kernel:
-    signature = "void(float32[:, ::1], uint16[:, ::1], int64[::1], float32[:, ::1])"
+    types = numba.types
+    rows = types.Array(types.uint16, 2, "C", readonly=True)
+    signature = types.void(
+        types.float32[:, ::1], rows, types.int64[::1], types.int64[::1], types.float32[:, ::1]
+    )
     # reassociation lets LLVM keep 16-lane partial sums (the only rounding change);
     # no nnan/ninf: stored rows and queries are checked finite, but nothing here
     # should lean on that
     flags = {"reassoc", "contract", "nsz", "arcp"}
     jit = numba.njit(signature, nogil=True, fastmath=flags, boundscheck=False, cache=False)
     compiled: Kernel = jit(_kernel)
+    probe_rows = np.ones((1, 1), np.uint16)
+    probe_rows.flags.writeable = False
     compiled(  # compiled by now (a signature was given); one tiny call proves it runs
         np.ones((1, 1), np.float32),
-        np.ones((1, 1), np.uint16),
+        probe_rows,
+        np.zeros(1, np.int64),
         np.ones(1, np.int64),
         np.empty((1, 1), np.float32),
     )
     return compiled
 
 
-def _kernel(Qs: np.ndarray, D16: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+def _kernel(
+    Qs: np.ndarray, D16: np.ndarray, starts: np.ndarray, counts: np.ndarray, out: np.ndarray
+) -> None:
     nq, dim = Qs.shape
     bits = np.empty(dim, np.uint32)
     row = bits.view(np.float32)
     low, sign = np.uint32(0x7FFF), np.uint32(0x8000)
     shift, sign_shift = np.uint32(13), np.uint32(16)
-    t = 0
     for d in range(len(counts)):
         for i in range(nq):
             out[d, i] = -np.inf
-        for _ in range(counts[d]):
+        for t in range(starts[d], starts[d] + counts[d]):
             for j in range(dim):  # float16 bits in float32 places: the value times 2^-112
                 h = np.uint32(D16[t, j])
                 bits[j] = ((h & low) << shift) | ((h & sign) << sign_shift)
@@ -164,13 +180,7 @@ def _kernel(Qs: np.ndarray, D16: np.ndarray, counts: np.ndarray, out: np.ndarray
                     s += Qs[i, j] * row[j]
                 out[d, i] = max(out[d, i], s)
                 i += 1
-            t += 1
 
 
-def _after_fork() -> None:
-    """A child forked while another thread compiled would find the lock held forever."""
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+KERNEL: LazyKernel[Kernel] = LazyKernel("the float16 MaxSim kernel", _jit)
+"""The compiled kernel, made on first use."""

@@ -11,8 +11,13 @@ verified against its block checksums at open and then read through a read-only
 memory map (4 bytes a token, never copied). The vector file is verified block
 by block the first time a read touches a block, or all at once when asked
 (``verify=True``): skipping verification at open only defers it. Scattered reads
-of a few documents (the rerank) use ``preadv`` into one buffer instead of the
-map: one system call a document, no page-table work.
+of a few documents use ``preadv`` into one buffer: one system call a document, no
+page-table work. The compiled rerank (the search layer's float16 kernel) instead
+reads its documents' rows straight from a read-only map of the vector file
+(:meth:`TokenReader.mapped_spans`), checked and verified as a read is: it skips
+the copy, and both cores then read. Mapped pages count in the process's RSS, so
+the map's pages are handed back (``madvise(MADV_DONTNEED)``; the page cache keeps
+them) every :data:`MAP_RELEASE_BYTES` of rows it gave out.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from storage.errors import CorruptIndex, read_failure
 from storage.fsio import BLOCK_SIZE, block_lengths, open_at, verify_block, verify_bytes
 
 __all__ = [
+    "MAP_RELEASE_BYTES",
     "TOKENS_NAME",
     "TOKEN_DOC_NAME",
     "TokenReader",
@@ -109,11 +115,33 @@ def _read_whole(fd: int, length: int, name: str) -> np.ndarray:
     return out
 
 
+MAP_RELEASE_BYTES = 64 << 20
+"""Rows a reader's map gives out (:meth:`TokenReader.mapped_spans`) before it hands
+its pages back: a search process keeps at most a few times this in mapped rows
+(the kernel maps a page with up to 15 neighbours already in the page cache), not
+the whole vector file over time. A rerank maps its pages again after a release,
+at about a microsecond a fault: at k=10 on the 730k-document index (8 MB of rows
+a query) a release comes every eighth query."""
+
+
 def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     if length == 0:
         return np.zeros(shape, dtype)
     region = mmap.mmap(fd, length, prot=mmap.PROT_READ)
     return np.frombuffer(region, dtype=dtype).reshape(shape)
+
+
+def _release(mapped: np.ndarray) -> None:
+    """Unmap the resident pages of a map ``_map`` made (its file and the page cache
+    are untouched: a later read maps them again). Safe while another thread reads
+    the map: a read-only shared file map refills a released page on its next use."""
+    region = mapped.base
+    while isinstance(region, np.ndarray):
+        region = region.base
+    if isinstance(region, memoryview):  # np.frombuffer's view of the mmap
+        region = region.obj
+    if isinstance(region, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        region.madvise(mmap.MADV_DONTNEED)
 
 
 class TokenReader:
@@ -176,6 +204,8 @@ class TokenReader:
             if doc_blocks is not None:
                 verify_bytes(self.token_doc.view(np.uint8).data, doc_blocks, TOKEN_DOC_NAME)
             self._map: np.ndarray | None = None
+            self._mapped_out = 0  # bytes of rows mapped_spans gave out since a release
+            self._map_lock = threading.Lock()
         except BaseException:
             os.close(self._fd)
             raise
@@ -209,12 +239,28 @@ class TokenReader:
         """Verify every block of the vector file not verified yet."""
         self._verify_blocks(np.arange(len(self._lengths)))
 
+    def _checked_spans(
+        self, starts: np.ndarray, counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``starts`` and ``counts`` as int64, once every span is inside the committed
+        rows and every block it touches is verified (what a read needs first)."""
+        starts = np.asarray(starts, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        if len(starts) and (
+            (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
+        ):
+            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
+        self._verify_spans(starts, counts)
+        return starts, counts
+
     def _verify_spans(self, starts: np.ndarray, counts: np.ndarray) -> None:
         if self._verified.all():
             return
         keep = counts > 0
         first = starts[keep] * self._row_bytes // BLOCK_SIZE
         last = ((starts[keep] + counts[keep]) * self._row_bytes - 1) // BLOCK_SIZE
+        if (last - first <= 1).all() and self._verified[first].all() and self._verified[last].all():
+            return  # every block the spans touch is verified (a rerank's usual case)
         blocks = [np.unique(np.concatenate([first, last]))]
         blocks += [np.arange(f + 1, g) for f, g in zip(first, last, strict=True) if g - f > 1]
         self._verify_blocks(np.unique(np.concatenate(blocks)).astype(np.int64))
@@ -224,14 +270,39 @@ class TokenReader:
         """All committed rows as stored, a read-only map ``[n_tokens, width]`` (verified;
         mapped on first use: only whole-store scans need it)."""
         self.verify_all()
+        return self._mapping()
+
+    def _mapping(self) -> np.ndarray:
+        """The vector file's read-only map, made on first use (not verified here)."""
         if self._map is None:
-            self._map = _map(
-                self._fd,
-                self.n_tokens * self._row_bytes,
-                self.codec.row_dtype,
-                (self.n_tokens, self.codec.row_width),
-            )
+            with self._map_lock:
+                if self._map is None:
+                    self._map = _map(
+                        self._fd,
+                        self.n_tokens * self._row_bytes,
+                        self.codec.row_dtype,
+                        (self.n_tokens, self.codec.row_width),
+                    )
         return self._map
+
+    def mapped_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The stored rows as a read-only map ``[n_tokens, width]``, for a caller that
+        reads the spans ``[start, start + count)`` from it itself: the spans are
+        checked and their blocks verified as :meth:`read_raw` does before it reads.
+
+        Every :data:`MAP_RELEASE_BYTES` of rows given out, the map's pages are handed
+        back first (see :func:`_release`), which bounds what the map adds to RSS."""
+        starts, counts = self._checked_spans(starts, counts)
+        mapped = self._mapping()
+        size = int(np.sum(counts)) * self._row_bytes
+        with self._map_lock:
+            self._mapped_out += size
+            release = self._mapped_out > MAP_RELEASE_BYTES
+            if release:
+                self._mapped_out = size
+        if release:
+            _release(mapped)
+        return mapped
 
     @property
     def vectors(self) -> np.ndarray:
@@ -249,13 +320,7 @@ class TokenReader:
 
     def read_raw(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Stored rows of the concatenated spans ``[start, start + count)``."""
-        starts = np.asarray(starts, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
-        if len(starts) and (
-            (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
-        ):
-            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
-        self._verify_spans(starts, counts)
+        starts, counts = self._checked_spans(starts, counts)
         out = np.empty((int(np.sum(counts)), self.codec.row_width), self.codec.row_dtype)
         buf = memoryview(out.data).cast("B")
         pos = 0
@@ -296,6 +361,7 @@ class TokenReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._map = None  # unmapped once no reader of it is left
 
     def chunks(self, chunk_rows: int) -> list[tuple[int, int]]:
         """``(start, stop)`` row ranges covering the store in pieces of ``chunk_rows``."""

@@ -1,0 +1,82 @@
+"""Kernels compiled by numba (the ``fast`` extra) the first time they are used.
+
+A :class:`LazyKernel` compiles its function on its first use in a process (about a
+second), not at import: numba's on-disk cache is a pickle, and pickles are not read
+here. Without numba, or when the compile fails (logged once), :meth:`LazyKernel.get`
+returns ``None`` and the caller keeps its NumPy or torch path, which gives the same
+results. Benchmarks switch a kernel off with :meth:`LazyKernel.set_enabled` to
+compare the two paths in one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["LazyKernel"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LazyKernel(Generic[F]):
+    """One numba kernel: ``build(numba)`` compiles it (and proves it runs)."""
+
+    def __init__(self, what: str, build: Callable[[Any], F]) -> None:
+        self.what = what
+        self._build = build
+        self._lock = threading.Lock()
+        self._compiled: list[F | None] = []  # empty until the first use: [kernel] or [None]
+        self._enabled = True
+        _kernels.add(self)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Use the kernel when numba is there (the default), or never."""
+        self._enabled = enabled
+
+    def get(self) -> F | None:
+        """The compiled kernel, or ``None`` without numba, after a failed compile, or
+        while the kernel is switched off."""
+        if not self._enabled:
+            return None
+        if not self._compiled:
+            with self._lock:
+                if not self._compiled:
+                    self._compiled.append(self._compile())
+        return self._compiled[0]
+
+    def forget(self) -> None:
+        """Compile again on the next use (a test that makes ``import numba`` fail)."""
+        with self._lock:
+            self._compiled.clear()
+
+    def _compile(self) -> F | None:
+        try:
+            import numba
+        except ImportError:
+            return None
+        try:
+            return self._build(numba)
+        except Exception as exc:  # an LLVM or typing failure: the caller's path, not an error
+            log.warning("%s did not compile (%s); the uncompiled path runs instead", self.what, exc)
+            return None
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_kernels: weakref.WeakSet[LazyKernel[Any]] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """A child forked while another thread compiled would find a lock held forever."""
+    for kernel in list(_kernels):
+        kernel._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
