@@ -15,7 +15,11 @@ replaced (k_token 64, nprobe 16, n_rerank = k). ``--cold`` first drops the page
 cache (root only) and times the first queries of a fresh process. ``--build
 LABEL=build.json`` adds a build's time and peak RSS (a ``bench.py build``
 report, or any JSON with ``encode_s`` and ``index_s``, or ``total_s`` and ``how``,
-and ``peak_rss_mb``). The queries
+and ``peak_rss_mb``). ``--ratio BIG:SMALL`` (two labels) times the two indexes
+in one process, in alternating blocks of 50 queries (the order flips every
+block), at k=100 and k=10 with default settings: their p50s and the ratio, as
+both saw the same machine (the rows of the main table are timed one index after
+another, minutes apart). The queries
 are debian-pkgs dev queries judged in the index (its qrels hold for the mixed
 corpus). Writes scale.json, scale.md and scale.png (latency against documents,
 log-log).
@@ -160,6 +164,40 @@ def measure_cold(path: str, queries: int) -> dict[str, Any]:
     return {"open_s": open_s, "latency_ms": _ms(times), "first_ms": 1000 * times[0]}
 
 
+RATIO_BLOCK = 50
+
+
+def measure_ratio(big: str, small: str, queries: int) -> dict[str, Any]:
+    """Two indexes timed side by side in one process (``--ratio``): the same queries,
+    judged in both, in alternating blocks; p50 of each and big over small."""
+    from sie_index.corpus import BeirDataset
+    from sie_index.evaluation import external_ids, judged_queries
+    from sie_index.index import Index
+    from sie_index.params import SearchParams
+
+    dataset = BeirDataset.load("debian-pkgs")
+    indexes = {"big": Index.open(big, verify=False), "small": Index.open(small, verify=False)}
+    judged = [set(judged_queries(dataset, external_ids(i))) for i in indexes.values()]
+    qids = [q for q in judged_queries(dataset, external_ids(indexes["small"])) if q in judged[0]]
+    qids = qids[:queries]
+    Qs = indexes["small"].encode_queries([dataset.queries[q] for q in qids])  # one encoder
+    for index in indexes.values():
+        index.search_batch(Qs, k=100)  # warm, as measure_index does
+    out: dict[str, Any] = {"queries": len(qids)}
+    for k in (100, 10):
+        times: dict[str, list[float]] = {name: [] for name in indexes}
+        for b in range(0, len(Qs), RATIO_BLOCK):
+            names = list(indexes) if (b // RATIO_BLOCK) % 2 == 0 else list(indexes)[::-1]
+            for name in names:
+                times[name] += _timed(indexes[name], Qs[b : b + RATIO_BLOCK], SearchParams(k=k))[1]
+        p50 = {name: _ms(t)["p50"] for name, t in times.items()}
+        out[f"k={k}"] = {"big_p50_ms": p50["big"], "small_p50_ms": p50["small"]}
+        out[f"k={k}"]["ratio"] = p50["big"] / p50["small"]
+    for index in indexes.values():
+        index.close()
+    return out
+
+
 def _exhaustive_run(
     index: Any, Qs: list[Any], qids: list[str], external: list[str], out: Path
 ) -> dict[str, dict[str, float]]:
@@ -217,6 +255,18 @@ def table(report: dict[str, Any]) -> str:
                 f"{v['R@100_ratio']:.4f} | {r['text_to_hits_k10_ms']['p50']:.2f} | "
                 f"{r['search_peak_rss_mb']:.0f} | {cold} |"
             )
+    for r in report.get("ratios", []):
+        lines.append("")
+        lines.append(
+            f"Side by side in one process ({r['queries']} queries, alternating blocks of "
+            f"{RATIO_BLOCK}), {r['big']} against {r['small']}, default settings: "
+            + "; ".join(
+                f"{k} {r[k]['big_p50_ms']:.2f} / {r[k]['small_p50_ms']:.2f} ms p50 = "
+                f"{r[k]['ratio']:.2f}x"
+                for k in ("k=100", "k=10")
+            )
+            + "."
+        )
     lines.append("")
     lines.append(
         "Settings: k_token / nprobe / n_rerank at k=100, and n_rerank at k=10 (the "
@@ -278,11 +328,21 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--queries", type=int, default=500, help="judged dev queries")
     sub.add_argument("--fixed", action="store_true", help="also the old fixed settings")
     sub.add_argument("--cold", action="store_true", help="also cold starts (root: drops caches)")
+    sub.add_argument(
+        "--ratio",
+        action="append",
+        default=[],
+        help="BIG:SMALL labels: the two timed side by side in one process (repeat)",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
     indexes = _labelled(args.index, "--index")
     builds = _labelled(args.build, "--build")
+    pairs = [pair.partition(":")[::2] for pair in args.ratio]
+    for pair, (big, small) in zip(args.ratio, pairs, strict=True):
+        if big not in indexes or small not in indexes:
+            raise SystemExit(f"--ratio takes BIG:SMALL, two --index labels, not {pair!r}")
     out = Path(args.out)
     results = []
     for label, path in indexes.items():
@@ -295,7 +355,11 @@ def command(args: argparse.Namespace) -> int:
             else:
                 print(f"cannot write {DROP_CACHES}: no cold start measured")
         results.append(result)
-    report = {"indexes": results}
+    ratios = []
+    for big, small in pairs:
+        ratio = in_child(measure_ratio, indexes[big], indexes[small], args.queries)
+        ratios.append({"big": big, "small": small, **ratio})
+    report = {"indexes": results, "ratios": ratios}
     write_report(out, "scale", report, table(report), MEDIANS)
     plot(report, out / "scale.png")
     return 0

@@ -115,13 +115,16 @@ def _read_whole(fd: int, length: int, name: str) -> np.ndarray:
     return out
 
 
-MAP_RELEASE_BYTES = 64 << 20
+MAP_RELEASE_BYTES = 128 << 20
 """Rows a reader's map gives out (:meth:`TokenReader.mapped_spans`) before it hands
 its pages back: a search process keeps at most a few times this in mapped rows
-(the kernel maps a page with up to 15 neighbours already in the page cache), not
-the whole vector file over time. A rerank maps its pages again after a release,
-at about a microsecond a fault: at k=10 on the 730k-document index (8 MB of rows
-a query) a release comes every eighth query."""
+(a fault maps a page with up to 15 neighbours already in the page cache), not the
+whole vector file over time. The bound costs faults: a rerank maps its rows again
+after a release. On the full debian-pkgs index at k=100 (blocks of 50 queries
+interleaved, one run), rows read by ``pread`` gave 5.09 ms p50, the map released
+every 64 MB 4.36, every 256 MB 4.07, every 1 GiB 3.81; every 256 MB mapped about
+0.7 GB more into a search process's RSS (the 20k-document index: 1.56 against
+0.93 GB), so 128 MB is the middle."""
 
 
 def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
