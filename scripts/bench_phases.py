@@ -121,7 +121,7 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
     blocks of 50 queries (the order flips every block): before, the fixed settings,
     FAISS's scan of every centroid and torch's product of widened rows; after, the
     index's own defaults, the graph over the centroids (:mod:`storage.coarse`, from
-    2,048 lists on), the compiled float16 kernel reading mapped rows
+    2,048 lists on), the compiled float16 kernel
     (:mod:`sie_index.fused_maxsim`) and the compiled candidates
     (:mod:`sie_index.candidate_scores`)."""
     from sie_index import candidate_scores, fused_maxsim

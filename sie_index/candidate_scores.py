@@ -135,7 +135,7 @@ def _kernel(
                 floor[q] = sims[q, j]
     scores = np.empty((nq, n), np.float32)
     for q in range(nq):
-        f = floor[q] if floor[q] != np.inf else np.float32(0.0)
+        f = floor[q] if np.isfinite(floor[q]) else np.float32(0.0)  # as NumPy's path
         for c in range(n):
             scores[q, c] = f
         for j in range(k):

@@ -31,7 +31,7 @@ class LazyKernel(Generic[F]):
         self.what = what
         self._build = build
         self._lock = threading.Lock()
-        self._compiled: list[F | None] = []  # empty until the first use: [kernel] or [None]
+        self._compiled: tuple[F | None] | None = None  # (kernel,) or (None,) once tried
         self._enabled = True
         _kernels.add(self)
 
@@ -44,16 +44,18 @@ class LazyKernel(Generic[F]):
         while the kernel is switched off."""
         if not self._enabled:
             return None
-        if not self._compiled:
+        compiled = self._compiled  # one read: forget() may clear it meanwhile
+        if compiled is None:
             with self._lock:
-                if not self._compiled:
-                    self._compiled.append(self._compile())
-        return self._compiled[0]
+                compiled = self._compiled
+                if compiled is None:
+                    compiled = self._compiled = (self._compile(),)
+        return compiled[0]
 
     def forget(self) -> None:
         """Compile again on the next use (a test that makes ``import numba`` fail)."""
         with self._lock:
-            self._compiled.clear()
+            self._compiled = None
 
     def _compile(self) -> F | None:
         try:

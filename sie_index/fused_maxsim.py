@@ -36,7 +36,7 @@ import numpy as np
 
 from sie_index.compiled import LazyKernel
 from sie_index.errors import InvalidInput
-from sie_index.scoring import _check_kernel_input, _offsets
+from sie_index.scoring import _check_kernel_input
 
 __all__ = [
     "KERNEL",
@@ -49,9 +49,8 @@ __all__ = [
     "set_enabled",
 ]
 
-Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-"""``(Q scaled by 2^112 [nq, dim] f32, rows [T, dim] u16, starts [n] i64, counts [n] i64,
-out [n, nq] f32)``: document ``d``'s rows are ``rows[starts[d] : starts[d] + counts[d]]``."""
+Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+"""``(Q scaled by 2^112 [nq, dim] f32, rows [T, dim] u16, counts [n] i64, out [n, nq] f32)``."""
 
 QUERY_SCALE = np.float32(2.0**112)
 """What the query is multiplied by to meet rows widened as bits (times 2^-112)."""
@@ -78,85 +77,52 @@ def kernel() -> Kernel | None:
     return KERNEL.get()
 
 
-def maxima(
-    Q: np.ndarray,
-    rows: np.ndarray,
-    counts: np.ndarray,
-    run: Kernel,
-    starts: np.ndarray | None = None,
-) -> np.ndarray:
+def maxima(Q: np.ndarray, rows: np.ndarray, counts: np.ndarray, run: Kernel) -> np.ndarray:
     """Per document and query token, the best similarity: float32 ``[n, nq]``, C-order,
     as :func:`sie_index.scoring.segment_max` of the product (its rows sum to MaxSim).
 
-    ``Q`` is float32 ``[nq, dim]``, ``counts`` the documents' positive token counts,
-    ``rows`` float16 ``[T, dim]``: the documents' rows concatenated (``T`` is
-    ``sum(counts)``), or, with ``starts``, any rows (a map of the stored vectors) of
-    which document ``d``'s are ``rows[starts[d] : starts[d] + counts[d]]``."""
+    ``Q`` is float32 ``[nq, dim]``, ``rows`` the documents' float16 rows concatenated
+    ``[sum(counts), dim]``, ``counts`` their positive token counts."""
     if rows.dtype != np.float16 or rows.ndim != 2 or Q.ndim != 2 or Q.shape[1] != rows.shape[1]:
         raise InvalidInput(f"rows {rows.dtype} {rows.shape} and Q {Q.shape} do not fit the kernel")
     if not fits(Q):
         raise InvalidInput("a query value of 2^16 or more overflows once scaled; use torch's path")
-    if starts is None:
-        # the segment kernels' check: counts positive and summing to the rows
-        starts = _check_kernel_input(Q, rows, counts)
-    else:
-        _check_spans(rows, starts, counts)
+    _check_kernel_input(Q, rows, counts)  # the segment kernels' check: counts positive, summed
     counts = np.ascontiguousarray(counts, dtype=np.int64)
-    starts = np.ascontiguousarray(starts, dtype=np.int64)
     out = np.empty((len(counts), Q.shape[0]), np.float32)
     scaled = np.ascontiguousarray(Q, dtype=np.float32) * QUERY_SCALE
-    bits = np.ascontiguousarray(rows).view(np.uint16)
-    bits.flags.writeable = False  # one compiled signature: rows from a map are read-only
-    run(scaled, bits, starts, counts, out)
+    run(scaled, np.ascontiguousarray(rows).view(np.uint16), counts, out)
     return out
 
 
-def _check_spans(rows: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> None:
-    """The kernel reads without bounds checks: every span must lie inside ``rows``."""
-    _offsets(counts)  # the segment kernels' check: a 1-D array of positive counts
-    starts, counts = np.asarray(starts), np.asarray(counts)
-    if starts.shape != counts.shape:
-        raise InvalidInput(f"starts {starts.shape} and counts {counts.shape} do not pair up")
-    if len(counts) and ((starts < 0).any() or (starts + counts > len(rows)).any()):
-        raise InvalidInput(f"a span is outside the {len(rows)} rows")
-
-
 def _jit(numba: Any) -> Kernel:
-    types = numba.types
-    rows = types.Array(types.uint16, 2, "C", readonly=True)
-    signature = types.void(
-        types.float32[:, ::1], rows, types.int64[::1], types.int64[::1], types.float32[:, ::1]
-    )
+    signature = "void(float32[:, ::1], uint16[:, ::1], int64[::1], float32[:, ::1])"
     # reassociation lets LLVM keep 16-lane partial sums (the only rounding change);
     # no nnan/ninf: stored rows and queries are checked finite, but nothing here
     # should lean on that
     flags = {"reassoc", "contract", "nsz", "arcp"}
     jit = numba.njit(signature, nogil=True, fastmath=flags, boundscheck=False, cache=False)
     compiled: Kernel = jit(_kernel)
-    probe_rows = np.ones((1, 1), np.uint16)
-    probe_rows.flags.writeable = False
     compiled(  # compiled by now (a signature was given); one tiny call proves it runs
         np.ones((1, 1), np.float32),
-        probe_rows,
-        np.zeros(1, np.int64),
+        np.ones((1, 1), np.uint16),
         np.ones(1, np.int64),
         np.empty((1, 1), np.float32),
     )
     return compiled
 
 
-def _kernel(
-    Qs: np.ndarray, D16: np.ndarray, starts: np.ndarray, counts: np.ndarray, out: np.ndarray
-) -> None:
+def _kernel(Qs: np.ndarray, D16: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
     nq, dim = Qs.shape
     bits = np.empty(dim, np.uint32)
     row = bits.view(np.float32)
     low, sign = np.uint32(0x7FFF), np.uint32(0x8000)
     shift, sign_shift = np.uint32(13), np.uint32(16)
+    t = 0
     for d in range(len(counts)):
         for i in range(nq):
             out[d, i] = -np.inf
-        for t in range(starts[d], starts[d] + counts[d]):
+        for _ in range(counts[d]):
             for j in range(dim):  # float16 bits in float32 places: the value times 2^-112
                 h = np.uint32(D16[t, j])
                 bits[j] = ((h & low) << shift) | ((h & sign) << sign_shift)
@@ -180,6 +146,7 @@ def _kernel(
                     s += Qs[i, j] * row[j]
                 out[d, i] = max(out[d, i], s)
                 i += 1
+            t += 1
 
 
 KERNEL: LazyKernel[Kernel] = LazyKernel("the float16 MaxSim kernel", _jit)

@@ -40,12 +40,6 @@ class SegmentedTokens:
             maps[0] if len(maps) == 1 else np.concatenate(maps) if maps else np.zeros(0, np.int32)
         )
 
-    def _check_spans(self, starts: np.ndarray, counts: np.ndarray) -> None:
-        if len(starts) and (
-            (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
-        ):
-            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
-
     def _segment_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.bases, rows, side="right") - 1
 
@@ -73,7 +67,10 @@ class SegmentedTokens:
         if len(self.readers) == 1:
             out_one: np.ndarray = getattr(self.readers[0], read)(starts, counts)
             return out_one
-        self._check_spans(starts, counts)
+        if len(starts) and (
+            (starts < 0).any() or (counts < 0).any() or (starts > self.n_tokens - counts).any()
+        ):
+            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
         seg = self._segment_of(starts)
         out: np.ndarray | None = None
         offsets = np.cumsum(counts) - counts
@@ -98,27 +95,6 @@ class SegmentedTokens:
     def read_raw(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Stored rows (see :meth:`TokenReader.read_raw`) of the concatenated spans."""
         return self._gather("read_raw", starts, counts)
-
-    def mapped_spans(
-        self, starts: np.ndarray, counts: np.ndarray
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The spans grouped by segment, for a caller that reads rows from each
-        segment's map itself (:meth:`TokenReader.mapped_spans`, which checks and
-        verifies them): ``(map, starts in that map, positions of those spans in
-        the arguments)`` for each segment that holds any, in segment order."""
-        starts = np.asarray(starts, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
-        if len(self.readers) == 1:
-            mapped = self.readers[0].mapped_spans(starts, counts)
-            return [(mapped, starts, np.arange(len(starts)))]
-        self._check_spans(starts, counts)
-        seg = self._segment_of(starts)
-        groups = []
-        for s in np.unique(seg).tolist():
-            pick = np.flatnonzero(seg == s)
-            local = starts[pick] - self.bases[s]
-            groups.append((self.readers[s].mapped_spans(local, counts[pick]), local, pick))
-        return groups
 
     def read_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Vectors (float16 as stored, or decoded float32) of the concatenated spans."""

@@ -11,13 +11,8 @@ verified against its block checksums at open and then read through a read-only
 memory map (4 bytes a token, never copied). The vector file is verified block
 by block the first time a read touches a block, or all at once when asked
 (``verify=True``): skipping verification at open only defers it. Scattered reads
-of a few documents use ``preadv`` into one buffer: one system call a document, no
-page-table work. The compiled rerank (the search layer's float16 kernel) instead
-reads its documents' rows straight from a read-only map of the vector file
-(:meth:`TokenReader.mapped_spans`), checked and verified as a read is: it skips
-the copy, and both cores then read. Mapped pages count in the process's RSS, so
-the map's pages are handed back (``madvise(MADV_DONTNEED)``; the page cache keeps
-them) every :data:`MAP_RELEASE_BYTES` of rows it gave out.
+of a few documents (the rerank) use ``preadv`` into one buffer instead of the
+map: one system call a document, no page-table work.
 """
 
 from __future__ import annotations
@@ -35,7 +30,6 @@ from storage.errors import CorruptIndex, read_failure
 from storage.fsio import BLOCK_SIZE, block_lengths, open_at, verify_block, verify_bytes
 
 __all__ = [
-    "MAP_RELEASE_BYTES",
     "TOKENS_NAME",
     "TOKEN_DOC_NAME",
     "TokenReader",
@@ -115,36 +109,11 @@ def _read_whole(fd: int, length: int, name: str) -> np.ndarray:
     return out
 
 
-MAP_RELEASE_BYTES = 128 << 20
-"""Rows a reader's map gives out (:meth:`TokenReader.mapped_spans`) before it hands
-its pages back: a search process keeps at most a few times this in mapped rows
-(a fault maps a page with up to 15 neighbours already in the page cache), not the
-whole vector file over time. The bound costs faults: a rerank maps its rows again
-after a release. On the full debian-pkgs index at k=100 (blocks of 50 queries
-interleaved, one run), rows read by ``pread`` gave 5.09 ms p50, the map released
-every 64 MB 4.36, every 256 MB 4.07, every 1 GiB 3.81; every 256 MB mapped about
-0.7 GB more into a search process's RSS (the 20k-document index: 1.56 against
-0.93 GB), so 128 MB is the middle."""
-
-
 def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     if length == 0:
         return np.zeros(shape, dtype)
     region = mmap.mmap(fd, length, prot=mmap.PROT_READ)
     return np.frombuffer(region, dtype=dtype).reshape(shape)
-
-
-def _release(mapped: np.ndarray) -> None:
-    """Unmap the resident pages of a map ``_map`` made (its file and the page cache
-    are untouched: a later read maps them again). Safe while another thread reads
-    the map: a read-only shared file map refills a released page on its next use."""
-    region = mapped.base
-    while isinstance(region, np.ndarray):
-        region = region.base
-    if isinstance(region, memoryview):  # np.frombuffer's view of the mmap
-        region = region.obj
-    if isinstance(region, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        region.madvise(mmap.MADV_DONTNEED)
 
 
 class TokenReader:
@@ -207,8 +176,6 @@ class TokenReader:
             if doc_blocks is not None:
                 verify_bytes(self.token_doc.view(np.uint8).data, doc_blocks, TOKEN_DOC_NAME)
             self._map: np.ndarray | None = None
-            self._mapped_out = 0  # bytes of rows mapped_spans gave out since a release
-            self._map_lock = threading.Lock()
         except BaseException:
             os.close(self._fd)
             raise
@@ -242,20 +209,6 @@ class TokenReader:
         """Verify every block of the vector file not verified yet."""
         self._verify_blocks(np.arange(len(self._lengths)))
 
-    def _checked_spans(
-        self, starts: np.ndarray, counts: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``starts`` and ``counts`` as int64, once every span is inside the committed
-        rows and every block it touches is verified (what a read needs first)."""
-        starts = np.asarray(starts, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
-        if len(starts) and (
-            (starts < 0).any() or (counts < 0).any() or (starts + counts > self.n_tokens).any()
-        ):
-            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
-        self._verify_spans(starts, counts)
-        return starts, counts
-
     def _verify_spans(self, starts: np.ndarray, counts: np.ndarray) -> None:
         if self._verified.all():
             return
@@ -273,39 +226,14 @@ class TokenReader:
         """All committed rows as stored, a read-only map ``[n_tokens, width]`` (verified;
         mapped on first use: only whole-store scans need it)."""
         self.verify_all()
-        return self._mapping()
-
-    def _mapping(self) -> np.ndarray:
-        """The vector file's read-only map, made on first use (not verified here)."""
         if self._map is None:
-            with self._map_lock:
-                if self._map is None:
-                    self._map = _map(
-                        self._fd,
-                        self.n_tokens * self._row_bytes,
-                        self.codec.row_dtype,
-                        (self.n_tokens, self.codec.row_width),
-                    )
+            self._map = _map(
+                self._fd,
+                self.n_tokens * self._row_bytes,
+                self.codec.row_dtype,
+                (self.n_tokens, self.codec.row_width),
+            )
         return self._map
-
-    def mapped_spans(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """The stored rows as a read-only map ``[n_tokens, width]``, for a caller that
-        reads the spans ``[start, start + count)`` from it itself: the spans are
-        checked and their blocks verified as :meth:`read_raw` does before it reads.
-
-        Every :data:`MAP_RELEASE_BYTES` of rows given out, the map's pages are handed
-        back first (see :func:`_release`), which bounds what the map adds to RSS."""
-        starts, counts = self._checked_spans(starts, counts)
-        mapped = self._mapping()
-        size = int(np.sum(counts)) * self._row_bytes
-        with self._map_lock:
-            self._mapped_out += size
-            release = self._mapped_out > MAP_RELEASE_BYTES
-            if release:
-                self._mapped_out = size
-        if release:
-            _release(mapped)
-        return mapped
 
     @property
     def vectors(self) -> np.ndarray:
@@ -323,7 +251,14 @@ class TokenReader:
 
     def read_raw(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Stored rows of the concatenated spans ``[start, start + count)``."""
-        starts, counts = self._checked_spans(starts, counts)
+        starts = np.asarray(starts, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        # ``start > n - count`` rather than ``start + count > n``: no int64 wrap
+        if len(starts) and (
+            (starts < 0).any() or (counts < 0).any() or (starts > self.n_tokens - counts).any()
+        ):
+            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
+        self._verify_spans(starts, counts)
         out = np.empty((int(np.sum(counts)), self.codec.row_width), self.codec.row_dtype)
         buf = memoryview(out.data).cast("B")
         pos = 0
@@ -364,7 +299,6 @@ class TokenReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._map = None  # unmapped once no reader of it is left
 
     def chunks(self, chunk_rows: int) -> list[tuple[int, int]]:
         """``(start, stop)`` row ranges covering the store in pieces of ``chunk_rows``."""

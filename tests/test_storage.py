@@ -20,10 +20,8 @@ from sie_index.errors import (
     NotAnIndex,
     StorageError,
 )
-from storage import vectors as vectors_module
 from storage.builder import PendingDoc, StoreBuilder, check_vectors
 from storage.docstore import DOCS_NAME
-from storage.fsio import block_checksums
 from storage.generations import CURRENT_NAME
 from storage.lock import WriteLock
 from storage.manifest import MANIFEST_NAME
@@ -115,58 +113,6 @@ def test_read_spans_concatenates_ranges(tmp_path: Path) -> None:
     writer.close()
     got = TokenReader(tmp_path, 2, 12).read_spans(np.array([5, 0, 10]), np.array([2, 3, 1]))
     assert got[:, 0].tolist() == [2 * r for r in [5, 6, 0, 1, 2, 10]]
-
-
-def _rss_file_kb() -> int:
-    """Resident file-backed pages of this process (mapped files), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1])
-    pytest.skip("no RssFile in /proc/self/status")
-
-
-def test_mapped_spans_are_checked_verified_and_handed_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The compiled rerank reads rows from the file's map: the spans it asks for are
-    checked and verified as a read's are, and the map's pages are handed back every
-    MAP_RELEASE_BYTES given out, so mapped rows do not pile up in the RSS."""
-    dim, n = 64, 40_000  # 5 MB of float16 rows
-    rng = np.random.default_rng(0)
-    writer = TokenWriter(tmp_path, dim)
-    writer.append(rng.standard_normal((n, dim)).astype(np.float32), np.arange(n) // 10)
-    writer.close()
-    blocks = block_checksums(tmp_path / TOKENS_NAME)
-    reader = TokenReader(tmp_path, dim, n, vector_blocks=blocks)
-    starts, counts = np.array([5, n - 10, 100]), np.array([3, 10, 1])
-    mapped = reader.mapped_spans(starts, counts)
-    assert mapped.shape == (n, dim) and mapped.dtype == np.float16
-    assert not mapped.flags.writeable
-    got = np.concatenate([mapped[s : s + c] for s, c in zip(starts, counts, strict=True)])
-    np.testing.assert_array_equal(got, reader.read_spans(starts, counts))
-    for bad_start, bad_count in ((n - 5, 10), (-1, 2), (3, -1)):
-        with pytest.raises(CorruptIndex, match="outside"):
-            reader.mapped_spans(np.array([bad_start]), np.array([bad_count]))
-    monkeypatch.setattr(vectors_module, "MAP_RELEASE_BYTES", 1 << 20)
-    whole = reader.mapped_spans(np.array([0]), np.array([n]))  # 5 MB given out
-    before = _rss_file_kb()
-    assert float(whole.astype(np.float32).sum()) == float(
-        reader.read_rows(0, n).astype(np.float32).sum()
-    )  # every page touched: mapped now
-    touched = _rss_file_kb()
-    assert touched - before > 3_000  # about 5,000 KB
-    again = reader.mapped_spans(np.array([0]), np.array([1]))  # past 1 MB: hands back
-    assert _rss_file_kb() < touched - 3_000
-    np.testing.assert_array_equal(again[:1], reader.read_rows(0, 1))  # refilled on use
-    reader.close()
-    # a flipped byte: the span's block fails its checksum before anything reads it
-    data = bytearray((tmp_path / TOKENS_NAME).read_bytes())
-    data[dim * 2 * 7 + 3] ^= 0x40  # row 7
-    (tmp_path / TOKENS_NAME).write_bytes(bytes(data))
-    damaged = TokenReader(tmp_path, dim, n, vector_blocks=blocks)
-    with pytest.raises(CorruptIndex, match="does not match its checksum"):
-        damaged.mapped_spans(np.array([5]), np.array([3]))
-    damaged.close()
 
 
 @pytest.mark.parametrize(
