@@ -219,8 +219,9 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Before (fixed 64 / 16 / max(64, k), every centroid scanned, torch's product of "
-            "widened rows) against after (the index's own defaults, the graph over the "
-            "centroids, the compiled float16 kernel), one query at a time "
+            "widened rows, NumPy's candidates) against after (the index's own defaults, the "
+            "graph over the centroids, the compiled float16 kernel and candidates), one "
+            "query at a time "
             "(ids only), interleaved blocks of 50:",
             "",
             "| settings | k_token / nprobe / n_rerank | p50 ms | p95 ms | "
