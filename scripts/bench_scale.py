@@ -177,8 +177,8 @@ def measure_ratio(big: str, small: str, queries: int) -> dict[str, Any]:
 
     dataset = BeirDataset.load("debian-pkgs")
     indexes = {"big": Index.open(big, verify=False), "small": Index.open(small, verify=False)}
-    judged = [set(judged_queries(dataset, external_ids(i))) for i in indexes.values()]
-    qids = [q for q in judged_queries(dataset, external_ids(indexes["small"])) if q in judged[0]]
+    in_big = set(judged_queries(dataset, external_ids(indexes["big"])))
+    qids = [q for q in judged_queries(dataset, external_ids(indexes["small"])) if q in in_big]
     qids = qids[:queries]
     Qs = indexes["small"].encode_queries([dataset.queries[q] for q in qids])  # one encoder
     for index in indexes.values():

@@ -20,7 +20,7 @@ from storage.docstore import DocReader, StoredDoc
 from storage.errors import CorruptIndex
 from storage.lexicon import Postings
 from storage.predicate import FILTER_BUDGET_S, Predicate
-from storage.vectors import VECTOR_DTYPE, TokenReader
+from storage.vectors import VECTOR_DTYPE, TokenReader, check_spans
 
 __all__ = ["SegmentedDocs", "SegmentedTokens"]
 
@@ -62,15 +62,10 @@ class SegmentedTokens:
     def _gather(self, read: str, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """What each segment's reader ``read`` (a method name) gives for the spans, in
         span order; a span lies in one segment (a document's tokens are never split)."""
-        starts = np.asarray(starts, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
-        if len(self.readers) == 1:
+        if len(self.readers) == 1:  # the reader checks the spans itself
             out_one: np.ndarray = getattr(self.readers[0], read)(starts, counts)
             return out_one
-        if len(starts) and (
-            (starts < 0).any() or (counts < 0).any() or (starts > self.n_tokens - counts).any()
-        ):
-            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
+        starts, counts = check_spans(starts, counts, self.n_tokens)
         seg = self._segment_of(starts)
         out: np.ndarray | None = None
         offsets = np.cumsum(counts) - counts

@@ -34,6 +34,7 @@ __all__ = [
     "TOKEN_DOC_NAME",
     "TokenReader",
     "TokenWriter",
+    "check_spans",
 ]
 
 TOKENS_NAME = "tokens.f16"
@@ -107,6 +108,21 @@ def _read_whole(fd: int, length: int, name: str) -> np.ndarray:
             raise CorruptIndex(f"{name} ended after {pos} of {length} bytes")
         pos += got
     return out
+
+
+def check_spans(
+    starts: np.ndarray, counts: np.ndarray, n_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``starts`` and ``counts`` as int64, once every span ``[start, start + count)``
+    is inside the ``n_tokens`` committed rows."""
+    starts = np.asarray(starts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    # ``start > n - count`` rather than ``start + count > n``: no int64 wrap
+    if len(starts) and (
+        (starts < 0).any() or (counts < 0).any() or (starts > n_tokens - counts).any()
+    ):
+        raise CorruptIndex(f"a token span is outside the {n_tokens} rows")
+    return starts, counts
 
 
 def _map(fd: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -251,13 +267,7 @@ class TokenReader:
 
     def read_raw(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Stored rows of the concatenated spans ``[start, start + count)``."""
-        starts = np.asarray(starts, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
-        # ``start > n - count`` rather than ``start + count > n``: no int64 wrap
-        if len(starts) and (
-            (starts < 0).any() or (counts < 0).any() or (starts > self.n_tokens - counts).any()
-        ):
-            raise CorruptIndex(f"a token span is outside the {self.n_tokens} rows")
+        starts, counts = check_spans(starts, counts, self.n_tokens)
         self._verify_spans(starts, counts)
         out = np.empty((int(np.sum(counts)), self.codec.row_width), self.codec.row_dtype)
         buf = memoryview(out.data).cast("B")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from typing import Any
 
 import numpy as np
 import pytest
 
 from sie_index import candidate_scores
 from tests.conftest import synthetic_queries
+from tests.test_fused_maxsim import _spy, needs_numba
 from tests.test_search import MakeIndex
-
-needs_numba = pytest.mark.skipif(
-    importlib.util.find_spec("numba") is None, reason="numba (the fast extra) not installed"
-)
 
 
 def _kernel() -> candidate_scores.Kernel:
@@ -93,18 +88,6 @@ def test_the_cut_keeps_the_best_and_breaks_ties_by_the_smaller_id() -> None:
     assert candidate_scores.cut(docs, approx, 0).tolist() == []
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    original = candidate_scores.approximate
-
-    def spy(*args: Any) -> Any:
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(candidate_scores, "approximate", spy)
-    return calls
-
-
 @needs_numba
 def test_a_search_picks_its_candidates_with_the_kernel_or_without_numba(
     make_index: MakeIndex,
@@ -115,7 +98,7 @@ def test_a_search_picks_its_candidates_with_the_kernel_or_without_numba(
     index, ids, vectors = make_index(600, dim=32, index_kind="ivf-flat")
     index.delete([ids[i] for i in range(0, 600, 7)])
     queries = synthetic_queries(vectors, 10, seed=5)
-    numpy_calls = _spy(monkeypatch)
+    numpy_calls = _spy(monkeypatch, candidate_scores, "approximate")
     compiled = [index.search(Q, k=10, n_rerank=24, exact_threshold=0) for Q in queries]
     assert len(ann_calls) == len(queries) and not numpy_calls
     candidate_scores.KERNEL.forget()
