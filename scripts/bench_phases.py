@@ -112,7 +112,7 @@ def kernels(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
     }
 
 
-BEFORE = {"k_token": 64, "nprobe": 16, "n_rerank": 64}
+BEFORE = {"k_token": 64, "nprobe": 16, "n_rerank": 64, "n_centroid": 0}
 """The fixed settings the index-derived defaults replaced (n_rerank at least k)."""
 
 

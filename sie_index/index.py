@@ -541,8 +541,9 @@ class Index:
 
     @property
     def search_defaults(self) -> SearchDefaults:
-        """The ``k_token``, ``nprobe`` and ``n_rerank`` a search that leaves them unset
-        takes, derived from this index's size (:mod:`sie_index.search_defaults`)."""
+        """The ``k_token``, ``nprobe``, ``n_rerank`` and ``n_centroid`` a search that
+        leaves them unset takes, derived from this index's size
+        (:mod:`sie_index.search_defaults`)."""
         return self._searcher.defaults
 
     def info(self, *, growth: bool = True) -> dict[str, Any]:

@@ -17,7 +17,7 @@ __all__ = ["WIRE_PARAMS", "Hit", "Hits", "MatchedToken", "SearchParams"]
 
 EXACT_FILTER_FACTOR = 8
 EXACT_MIN_DEPTH = 64
-DERIVED = ("k_token", "n_rerank", "nprobe")  # None: the index's own (search_defaults)
+DERIVED = ("k_token", "n_rerank", "nprobe", "n_centroid")  # None: the index's own (search_defaults)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,8 +29,11 @@ class SearchParams:
     - ``n_rerank``: candidates, best by approximate score, rescored by exact MaxSim
       (at least ``k``).
     - ``nprobe``: inverted lists visited per query token (IVF kinds).
+    - ``n_centroid``: candidates, best by approximate score, screened down to
+      ``n_rerank`` by centroid interaction (:mod:`sie_index.centroid_scores`; IVF
+      kinds) before exact MaxSim; 0, or at most ``n_rerank``: no screen.
 
-      These three, left None, take the index's own defaults, derived from its size
+      These four, left None, take the index's own defaults, derived from its size
       (:mod:`sie_index.search_defaults`; ``Index.info()["search_defaults"]``).
     - ``ef_search``: HNSW search breadth (HNSW kind).
     - ``filter``: keep only documents matching it, in the filter language of
@@ -56,6 +59,7 @@ class SearchParams:
     k_token: int | None = None
     n_rerank: int | None = None
     nprobe: int | None = None
+    n_centroid: int | None = None
     ef_search: int = 64
     filter: Mapping[str, Any] | None = field(default=None, hash=False)
     ids: tuple[str, ...] | None = None
@@ -75,6 +79,11 @@ class SearchParams:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"SearchParams.{name} must be a positive integer, got {value!r}")
+        screen = self.n_centroid
+        if screen is not None and (
+            not isinstance(screen, int) or isinstance(screen, bool) or screen < 0
+        ):
+            raise InvalidInput(f"SearchParams.n_centroid must be None or >= 0, got {screen!r}")
         budget = self.filter_budget_s
         if (
             not isinstance(budget, int | float)
@@ -108,9 +117,16 @@ class SearchParams:
         return self._compiled
 
     def resolved(self, defaults: SearchDefaults) -> SearchParams:
-        """These settings with the unset ``k_token``, ``nprobe`` and ``n_rerank`` taken
-        from an index's ``defaults``, and ``n_rerank`` at least ``k``."""
-        if self.k_token and self.nprobe and self.n_rerank and self.n_rerank >= self.k:
+        """These settings with the unset ``k_token``, ``nprobe``, ``n_rerank`` and
+        ``n_centroid`` taken from an index's ``defaults``, and ``n_rerank`` at least
+        ``k``."""
+        if (
+            self.k_token
+            and self.nprobe
+            and self.n_rerank
+            and self.n_rerank >= self.k
+            and self.n_centroid is not None
+        ):
             return self  # nothing to fill: no copy (a copy compiles the filter again)
         n_rerank = max(self.n_rerank or defaults.n_rerank_for(self.k), self.k)
         filtered = self.compiled_filter() is not None
@@ -125,6 +141,9 @@ class SearchParams:
             k_token=self.k_token or defaults.k_token,
             nprobe=self.nprobe or defaults.nprobe_for(filtered=filtered),
             n_rerank=n_rerank,
+            n_centroid=self.n_centroid
+            if self.n_centroid is not None
+            else defaults.n_centroid_for(self.k),
             exact_threshold=exact,
         )
 
@@ -132,6 +151,12 @@ class SearchParams:
         """Candidates a resolved search reranks (see :meth:`resolved`)."""
         assert self.n_rerank is not None, "resolve the settings first"
         return max(self.n_rerank, self.k)
+
+    def screen_depth(self) -> int:
+        """Candidates a resolved search screens by centroid interaction down to
+        :meth:`rerank_depth` (0: none, the candidates go straight to MaxSim)."""
+        assert self.n_centroid is not None, "resolve the settings first"
+        return self.n_centroid if self.n_centroid > self.rerank_depth() else 0
 
     def exact_below(self) -> int:
         """Allowed documents up to which a resolved search scores every one exactly."""
@@ -157,6 +182,7 @@ WIRE_PARAMS = (
     "k_token",
     "n_rerank",
     "nprobe",
+    "n_centroid",
     "ef_search",
     "exact_threshold",
     "hybrid",

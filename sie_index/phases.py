@@ -8,6 +8,8 @@ order (see :mod:`sie_index.search`):
 - ``ann``: the FAISS token search (one call for all queries of a batch);
 - ``candidates``: token rows to documents, deleted and filtered ones out, and the
   approximate score of each candidate;
+- ``centroids``: the screen of the candidates by centroid interaction, where a
+  search runs one (``SearchParams.n_centroid``);
 - ``lexical``: a hybrid search's BM25 (query terms, postings, scores, its best)
   and the join with the token ANN's candidates;
 - ``reads``: the stored vectors of the candidates, read and decoded;
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 
 __all__ = ["PHASES", "PhaseTimes"]
 
-PHASES = ("ann", "candidates", "lexical", "reads", "maxsim", "sqlite")
+PHASES = ("ann", "candidates", "centroids", "lexical", "reads", "maxsim", "sqlite")
 
 
 class PhaseTimes:

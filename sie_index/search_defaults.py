@@ -55,6 +55,31 @@ at most :data:`MAX_SCALE`), fitted on these two sizes:
   0.985x at k=10 (250: 0.989x, 324: 0.992x, 400: 0.998x); g^0.5 = 1.73 gives 561
   and 324.
 
+The screen (``n_centroid``, :mod:`sie_index.centroid_scores`). On the mixed corpus
+the approximate score is a loose screen: the rank it gives the documents exhaustive
+MaxSim puts in its top 10 is past 187 for 43 of 1,693 relevant ones, so the depth
+above grows as s^1.6, and each candidate reranked reads and multiplies its float16
+rows (about 13 us). From :data:`SCREEN_MIN_SCALE` (below it a screen would drop
+fewer than half its candidates) the defaults screen ``s^0.56`` times that depth
+down to a depth that grows far slower, by centroid interaction, which reads no
+vectors. Fitted on the mixed corpus, 2,000 dev queries against MaxSim over the best
+1,500 candidates (which equals exhaustive MaxSim on the 500 queries both have):
+
+- k=10: 346 screened to 62 held MRR@10 at 0.996x (187 unscreened: 0.992x; 300 to
+  64 0.996x, 300 to 48 0.996x, 300 to 40 0.993x, 300 to 32 0.992x; 600 to 64
+  0.997x); the query took 1.70x the 60k index's, side by side, where 187
+  unscreened took 2.18x (800 queries, ``nprobe`` 4; 1.85x at ``nprobe`` 6).
+- k=100: 600 screened to 150 held MRR@10 at 0.998x and R@100 at 0.981x (324
+  unscreened: 0.995x and 0.979x; 600 to 200 0.998x and 0.985x; 800 to 200 0.988x).
+- ``nprobe`` stays at 4 behind a screen: the rows found need only reach the
+  candidates; the screen and MaxSim order them (k=10: 0.996x at 4 as at 6; k=100:
+  R@100 0.981x at 4, 0.983x at 6, for 1 ms less a query at k=10). ``k_token`` 256
+  instead of 385 lost 0.001 to 0.003 and saved nothing measurable.
+- The index grown 3x by adds needs no deeper rerank behind the screen (62 held
+  MRR@10 at 0.998x, the 108 its list growth would add 0.998x); the screen's own
+  depth still grows with the lists (g^0.5), since the approximate score it screens
+  reads their codes.
+
 Two sizes fit a curve, they do not prove it: past them it is an extrapolation,
 capped, and ``info`` shows what an index derived so it can be checked against
 ``sie-index evaluate --sweep`` on its own queries.
@@ -79,6 +104,10 @@ FILTERED_NPROBE_FACTOR = 2
 RERANK_FLOOR_EXPONENT = 1.6
 RERANK_EXPONENT = 0.9
 GROWTH_EXPONENT = 0.5  # n_rerank grows with the lists' growth since training
+SCREEN_EXPONENT = 0.56  # n_centroid over the no-screen n_rerank: 1.85x at the mixed corpus
+SCREENED_RERANK_EXPONENT = 0.6  # the n_rerank floor behind the screen: 62 there
+SCREENED_PER_HIT_EXPONENT = 0.2  # and per hit: 1.49 there
+SCREEN_MIN_SCALE = 1.5  # below, a screen would drop fewer than half its candidates
 MAX_SCALE = 16.0  # past 16x the reference, grow no further: a sharded index splits it
 MAX_GROWTH = 4.0  # lists past 4x their training (the policy retrains at 2x) add no more
 MAX_K_TOKEN = 2048
@@ -92,6 +121,9 @@ class SearchDefaults:
     nprobe: int
     n_rerank: int
     rerank_per_hit: float
+    n_centroid: int
+    """Candidates screened by centroid interaction down to ``n_rerank`` (0: none)."""
+    centroid_per_hit: float
     tokens: int
     """Live tokens the values were derived from."""
     list_growth: float
@@ -110,23 +142,46 @@ class SearchDefaults:
         """Candidates reranked for ``k`` hits: the floor, or ``rerank_per_hit * k``."""
         return max(self.n_rerank, math.ceil(self.rerank_per_hit * k))
 
+    def n_centroid_for(self, k: int) -> int:
+        """Candidates screened for ``k`` hits (0: no screen)."""
+        if not self.n_centroid:
+            return 0
+        return max(self.n_centroid, math.ceil(self.centroid_per_hit * k))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def derive_defaults(tokens: int, tokens_at_training: int | None) -> SearchDefaults:
+def derive_defaults(
+    tokens: int, tokens_at_training: int | None, *, screen: bool = True
+) -> SearchDefaults:
     """The defaults for an index of ``tokens`` live tokens whose quantizer was trained
-    on ``tokens_at_training`` (None: not an inverted file, or not recorded)."""
+    on ``tokens_at_training`` (None: not an inverted file, or not recorded);
+    ``screen=False``: the defaults without a screen, at any size (benchmarks
+    compare the two)."""
     scale = min(MAX_SCALE, max(1.0, tokens / REFERENCE_TOKENS))
     growth = 1.0
     if tokens_at_training:
         growth = max(1.0, tokens / tokens_at_training)
     widen = min(growth, MAX_GROWTH) ** GROWTH_EXPONENT  # more candidates for outgrown lists
+    # the depth without a screen (the rule the sweeps above fitted) ...
+    floor = BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT * widen
+    per_hit = RERANK_PER_HIT * scale**RERANK_EXPONENT * widen
+    # ... screened from s^0.56 times it down to a depth that grows far slower (and
+    # not with the lists' growth: the centroid score reads no codes)
+    wider = scale**SCREEN_EXPONENT
+    screened = screen and scale >= SCREEN_MIN_SCALE
     return SearchDefaults(
         k_token=min(MAX_K_TOKEN, round(BASE_K_TOKEN * scale**K_TOKEN_EXPONENT)),
-        nprobe=round(BASE_NPROBE * scale**NPROBE_EXPONENT),
-        n_rerank=round(BASE_N_RERANK * scale**RERANK_FLOOR_EXPONENT * widen),
-        rerank_per_hit=round(RERANK_PER_HIT * scale**RERANK_EXPONENT * widen, 3),
+        # behind a screen the rows need only reach the candidates, not order them
+        nprobe=BASE_NPROBE if screened else round(BASE_NPROBE * scale**NPROBE_EXPONENT),
+        n_rerank=round(BASE_N_RERANK * scale**SCREENED_RERANK_EXPONENT if screened else floor),
+        rerank_per_hit=round(
+            RERANK_PER_HIT * scale**SCREENED_PER_HIT_EXPONENT if screened else per_hit,
+            3,
+        ),
+        n_centroid=round(floor * wider) if screened else 0,
+        centroid_per_hit=round(per_hit * wider, 3) if screened else 0.0,
         tokens=tokens,
         list_growth=growth,
     )

@@ -310,7 +310,12 @@ class ShardedIndex:
             # (at the settings the largest shard resolves, so at those of the whole)
             whole = params.resolved(self.search_defaults)
             every = max(whole.rerank_depth() + params.lexical_k, whole.exact_below())
-            shard_params = params.with_(fusion="maxsim", k=every, n_rerank=whole.rerank_depth())
+            shard_params = params.with_(
+                fusion="maxsim",
+                k=every,
+                n_rerank=whole.rerank_depth(),
+                n_centroid=whole.n_centroid,
+            )
         matrices = self._query_matrices(queries)
         answers = executor.run(
             "search",

@@ -43,6 +43,7 @@ __all__ = [
     "IndexLocked",
     "InvalidInput",
     "MergePolicy",
+    "NearLists",
     "NotAnIndex",
     "PendingDoc",
     "Predicate",
@@ -109,6 +110,7 @@ _WHERE = {
     "NotAnIndex": "storage.errors",
     "PendingDoc": "storage.segment",
     "ReadOnlyIndex": "storage.errors",
+    "NearLists": "storage.token_index",
     "RowFilter": "storage.token_index",
     "SegmentedTokens": "storage.segmented",
     "SieIndexError": "storage.errors",
@@ -160,7 +162,7 @@ if TYPE_CHECKING:
     from storage.sharded_build import ShardedBuilder
     from storage.snapshot import StoreSnapshot, read_manifest
     from storage.store_writer import ChangeReport, StoreWriter
-    from storage.token_index import RowFilter
+    from storage.token_index import NearLists, RowFilter
     from storage.values import check_document, check_text, plain_json
     from storage.vectors import TokenReader
     from storage.verify import VerifyReport, verify_index

@@ -87,19 +87,39 @@ class CoarseGraph:
                     self._graph = graph
         return self._graph
 
+    def nearest(self, Q: np.ndarray, n: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` lists the graph finds nearest each row of ``Q`` (float32,
+        C-order), best first: ``(sims [nq, n] float32, lists [nq, n] int64)``, -1
+        where none. The graph is searched as wide as ``nprobe`` lists need
+        (:func:`coarse_ef`) or ``n``, if wider: FAISS keeps the ``ef`` best lists it
+        reached and returns the first ``n`` of them, so the first ``nprobe`` of a
+        wider answer are the lists a search for ``nprobe`` alone visits."""
+        graph = self._built()
+        n = max(1, min(n, self.ivf.nlist))
+        search = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        search.efSearch = max(coarse_ef(nprobe), n)
+        sims, lists = graph.search(Q, n, params=search)
+        return (
+            np.ascontiguousarray(sims, dtype=np.float32),
+            np.ascontiguousarray(lists, dtype=np.int64),
+        )
+
     def search(
-        self, Q: np.ndarray, k: int, nprobe: int, params: Any
+        self,
+        Q: np.ndarray,
+        k: int,
+        nprobe: int,
+        params: Any,
+        near: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The IVF index's top ``k`` of each row of ``Q`` (float32, C-order) over the
-        ``nprobe`` lists the graph finds: ``(sims, ids)`` as ``ivf.search`` returns
-        them; ``params`` (``SearchParametersIVF``) carries the selector."""
-        graph = self._built()
+        ``nprobe`` lists the graph finds (the first ``nprobe`` of ``near``, a
+        :meth:`nearest` answer, when given): ``(sims, ids)`` as ``ivf.search``
+        returns them; ``params`` (``SearchParametersIVF``) carries the selector."""
         nprobe = max(1, min(nprobe, self.ivf.nlist))
-        search = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        search.efSearch = coarse_ef(nprobe)
-        coarse_sims, lists = graph.search(Q, nprobe, params=search)
-        coarse_sims = np.ascontiguousarray(coarse_sims, dtype=np.float32)
-        lists = np.ascontiguousarray(lists, dtype=np.int64)  # -1 where none: skipped
+        coarse_sims, lists = near if near is not None else self.nearest(Q, nprobe, nprobe)
+        coarse_sims = np.ascontiguousarray(coarse_sims[:, :nprobe])
+        lists = np.ascontiguousarray(lists[:, :nprobe])  # -1 where none: skipped
         n = len(Q)
         sims = np.empty((n, k), np.float32)
         ids = np.empty((n, k), np.int64)

@@ -27,6 +27,7 @@ not mapped, so a pass over the store leaves no mapped pages in the process).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "NLIST_FULL_TOKENS",
     "OPTION_RANGES",
     "TOKEN_INDEX_NAME",
+    "NearLists",
     "RowFilter",
     "TokenIndex",
     "TokenIndexPlan",
@@ -310,6 +312,8 @@ class TokenIndex:
         self._live: RowFilter | None = None  # the rows of deleted documents masked out
         self._empty: faiss.Index | None = None
         self._coarse: dict[int, CoarseGraph | None] = {}  # a part's centroid graph, if any
+        self._row_lists: np.ndarray | None = None
+        self._row_lists_lock = threading.Lock()
 
     @property
     def ntotal(self) -> int:
@@ -512,26 +516,70 @@ class TokenIndex:
 
         Missing results (fewer than ``k_token`` reachable rows) have row -1.
         """
+        sims, ids, _ = self.search_with_lists(
+            Q, k_token, lists=0, nprobe=nprobe, ef_search=ef_search, rows=rows
+        )
+        return sims, ids
+
+    def search_with_lists(
+        self,
+        Q: np.ndarray,
+        k_token: int,
+        *,
+        lists: int,
+        nprobe: int = 16,
+        ef_search: int = 64,
+        rows: RowFilter | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, NearLists | None]:
+        """:meth:`search`, and the ``lists`` inverted lists nearest each query token
+        with their similarities (:class:`NearLists`; None for a kind without lists,
+        or when ``lists`` is 0). The rows found are :meth:`search`'s: the lists it
+        visits are the first ``nprobe`` of the same coarse answer."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         k = max(1, min(k_token, self.ntotal))
+        ivf_kind = self.plan.kind.startswith("ivf")
+        want = lists if ivf_kind else 0
         if self.ntotal == 0:
-            return np.zeros((len(Q), 0), np.float32), np.zeros((len(Q), 0), np.int64)
+            empty = np.zeros((len(Q), 0), np.float32), np.zeros((len(Q), 0), np.int64)
+            return *empty, None
         found = []
+        near_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        offset = 0  # a part's lists are numbered after the lists of the parts before it
         for i, (part, base) in enumerate(self.parts):
+            ivf = ivf_of(part) if ivf_kind else None
+            n_lists = int(ivf.nlist) if ivf is not None else 0
             if part.ntotal == 0:
+                offset += n_lists
                 continue
             kp = min(k, int(part.ntotal))
             params = self._params(i, kp, nprobe, ef_search, rows)
             graph = self._coarse_graph(i, part)
+            near = None
+            if want and ivf is not None:
+                if graph is not None:
+                    near = graph.nearest(Q, want, params.nprobe)
+                else:  # a small quantizer: scanned whole, as FAISS's own search does
+                    csims, clists = ivf.quantizer.search(Q, min(want, n_lists))
+                    near = (np.asarray(csims, np.float32), np.asarray(clists, np.int64))
+                sims_n, lists_n = near
+                near_parts.append((sims_n, np.where(lists_n >= 0, lists_n + offset, -1)))
             if graph is not None:
-                part_sims, part_rows = graph.search(Q, kp, nprobe, params)
+                part_sims, part_rows = graph.search(Q, kp, params.nprobe, params, near)
             else:
                 part_sims, part_rows = part.search(Q, kp, params=params)
             if base:
                 part_rows = np.where(part_rows >= 0, part_rows + base, part_rows)
             found.append((part_sims, part_rows))
+            offset += n_lists
+        near_lists = None
+        if near_parts:
+            near_lists = NearLists(
+                sims=np.concatenate([p[0] for p in near_parts], axis=1),
+                lists=np.concatenate([p[1] for p in near_parts], axis=1),
+                n_lists=offset,
+            )
         if len(found) == 1:
-            return found[0]
+            return *found[0], near_lists
         sims = np.concatenate([f[0] for f in found], axis=1)
         ids = np.concatenate([f[1] for f in found], axis=1)
         keyed = np.where(ids >= 0, sims, -np.inf)
@@ -539,7 +587,57 @@ class TokenIndex:
         sims = np.take_along_axis(sims, top, axis=1)
         ids = np.take_along_axis(ids, top, axis=1)
         ids[~np.isfinite(np.take_along_axis(keyed, top, axis=1))] = -1
-        return sims, ids
+        return sims, ids, near_lists
+
+    def row_lists(self) -> np.ndarray | None:
+        """The inverted list of every token row (int32, numbered as in
+        :class:`NearLists`), read from the index's own lists on first use and kept:
+        4 bytes a token. None for a kind without lists."""
+        if not self.plan.kind.startswith("ivf"):
+            return None
+        if self._row_lists is None:
+            with self._row_lists_lock:
+                if self._row_lists is None:
+                    self._row_lists = self._read_row_lists()
+        return self._row_lists
+
+    def _read_row_lists(self) -> np.ndarray:
+        out = np.full(self.ntotal, -1, np.int32)
+        offset = 0
+        for part, base in self.parts:
+            ivf = ivf_of(part)
+            if ivf is None:
+                raise CorruptIndex("an inverted-file index holds a part that is not one")
+            invlists = ivf.invlists
+            for number in range(ivf.nlist):
+                size = invlists.list_size(number)
+                if not size:
+                    continue
+                pointer = invlists.get_ids(number)
+                try:
+                    ids = faiss.rev_swig_ptr(pointer, size).astype(np.int64) + base
+                finally:
+                    invlists.release_ids(number, pointer)
+                if ids.min() < 0 or ids.max() >= len(out):
+                    raise CorruptIndex(f"inverted list {number} holds a row past the index")
+                out[ids] = offset + number
+            offset += int(ivf.nlist)
+        if (out < 0).any():
+            raise CorruptIndex(f"{int((out < 0).sum())} token rows are in no inverted list")
+        out.flags.writeable = False
+        return out
+
+
+@dataclass(frozen=True)
+class NearLists:
+    """The inverted lists nearest each query token (:meth:`TokenIndex.search_with_lists`):
+    ``lists [nq, n]`` int64 (-1 where none), best first within a part, numbered over
+    every part (a part's lists after the lists of the parts before it; ``n_lists`` in
+    all), and the query token's similarity to each list's centroid, ``sims [nq, n]``."""
+
+    sims: np.ndarray
+    lists: np.ndarray
+    n_lists: int
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,14 @@ def make_index(tmp_path: Path) -> Callable[..., tuple[Index, list[str], list[np.
 
 @pytest.fixture
 def ann_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts token-index searches: proof that a search ran the ANN path."""
+    """Counts token-index searches: proof that a search ran the ANN path (every
+    search, with or without the near lists, goes through ``search_with_lists``)."""
     calls: list[int] = []
-    original = TokenIndex.search
+    original = TokenIndex.search_with_lists
 
     def spy(self: TokenIndex, *args: Any, **kw: Any) -> Any:
         calls.append(1)
         return original(self, *args, **kw)
 
-    monkeypatch.setattr(TokenIndex, "search", spy)
+    monkeypatch.setattr(TokenIndex, "search_with_lists", spy)
     yield calls

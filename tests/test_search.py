@@ -308,11 +308,15 @@ def test_timings_count_each_phase_of_the_path_a_search_took(
     index, vectors = kinds(kind)
     queries = synthetic_queries(vectors, 6, seed=9)
     ann, exact = PhaseTimes(), PhaseTimes()
-    hits = index.search_batch(queries, k=5, exact_threshold=0, timings=ann)
+    # a screen by centroid interaction where the kind has lists (IVF), none for hnsw
+    screen = {"n_centroid": 60, "n_rerank": 8}
+    hits = index.search_batch(queries, k=5, exact_threshold=0, timings=ann, **screen)
     assert ann_calls == [1]
-    assert hits == index.search_batch(queries, k=5, exact_threshold=0)
-    assert all(ann.seconds[p] > 0 for p in PHASES if p != "lexical"), ann
+    assert hits == index.search_batch(queries, k=5, exact_threshold=0, **screen)
+    ran = {"lexical"} | ({"centroids"} if kind.startswith("hnsw") else set())
+    assert all(ann.seconds[p] > 0 for p in PHASES if p not in ran), ann
     assert ann.seconds["lexical"] == 0.0  # not a hybrid search
+    assert (ann.seconds["centroids"] == 0.0) == kind.startswith("hnsw")
     index.search(queries[0], k=5, exact_threshold=10_000, timings=exact)
     assert ann_calls == [1, 1]  # the second batch; the exact search ran no ANN
     assert exact.seconds["ann"] == exact.seconds["candidates"] == 0.0

@@ -136,6 +136,7 @@ def _params(args: argparse.Namespace) -> Any:
         k=getattr(args, "k", None),
         k_token=args.k_token,
         n_rerank=args.n_rerank,
+        n_centroid=getattr(args, "n_centroid", None),
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         exact_threshold=args.exact_threshold,
@@ -161,6 +162,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         "--nprobe",
         type=int,
         help="inverted lists visited per query token, IVF (default: the index's own)",
+    )
+    p.add_argument(
+        "--n-centroid",
+        type=int,
+        help="candidates screened by centroid interaction down to n_rerank, IVF "
+        "(default: the index's own, none below 7.2M tokens; 0: no screen)",
     )
     p.add_argument("--ef-search", type=int, help="HNSW search breadth")
     p.add_argument(

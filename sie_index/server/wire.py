@@ -45,6 +45,7 @@ class SearchSettings(_Strict):
     k_token: int | None = Field(None, ge=1)
     n_rerank: int | None = Field(None, ge=1)
     nprobe: int | None = Field(None, ge=1)
+    n_centroid: int | None = Field(None, ge=0)
     ef_search: int | None = Field(None, ge=1)
     exact_threshold: int | None = Field(None, ge=0)
     hybrid: bool | None = Field(None, description="add BM25 candidates, fuse the scores")
