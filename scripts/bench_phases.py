@@ -174,7 +174,8 @@ def compare(index_path: str, queries: int, rounds: int = 2) -> dict[str, Any]:
                     resolved = variants[name][0].resolved(index.search_defaults)
                     out[f"{name} k={k}"] = {
                         "settings": {
-                            key: getattr(resolved, key) for key in ("k_token", "nprobe", "n_rerank")
+                            key: getattr(resolved, key)
+                            for key in ("k_token", "nprobe", "n_rerank", "n_centroid")
                         },
                         "p50_ms": 1000 * float(np.median(latencies)),
                         "p95_ms": 1000 * float(np.percentile(latencies, 95)),

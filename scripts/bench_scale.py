@@ -72,20 +72,12 @@ def _ms(times: list[float]) -> dict[str, float]:
     }
 
 
-def _trained_tokens(defaults: Any) -> int | None:
-    """The tokens an index's quantizer was trained on, as its defaults recorded them."""
-    if defaults.list_growth == 1.0:
-        return None
-    return round(defaults.tokens / defaults.list_growth)
-
-
 def measure_index(label: str, path: str, queries: int, fixed: bool, out: str) -> dict[str, Any]:
     """One index, in a child process: see the module's docstring."""
     from sie_index.corpus import BeirDataset
     from sie_index.evaluation import external_ids, judged_queries, metrics_of_run
     from sie_index.index import Index
     from sie_index.params import SearchParams
-    from sie_index.search_defaults import derive_defaults
 
     dataset = BeirDataset.load("debian-pkgs")
     index = Index.open(path, verify=False)
@@ -103,13 +95,16 @@ def measure_index(label: str, path: str, queries: int, fixed: bool, out: str) ->
     variants = {"default": SearchParams(k=100), "default k=10": SearchParams(k=10)}
     if index.search_defaults.n_centroid:
         # the same index's defaults without the screen by centroid interaction
-        d = index.search_defaults
-        bare = derive_defaults(d.tokens, _trained_tokens(d), screen=False)
-        for name, k in (("unscreened", 100), ("unscreened k=10", 10)):
-            variants[name] = SearchParams(k=k, n_centroid=0).resolved(bare)
+        variants["unscreened"] = SearchParams(k=100, n_centroid=0)
+        variants["unscreened k=10"] = SearchParams(k=10, n_centroid=0)
     if fixed:
-        variants["fixed 64/16/k"] = SearchParams(k=100, k_token=64, nprobe=16, n_rerank=100)
-        variants["fixed 64/16/k k=10"] = SearchParams(k=10, k_token=64, nprobe=16, n_rerank=64)
+        # the settings before the defaults scaled: no screen either
+        variants["fixed 64/16/k"] = SearchParams(
+            k=100, k_token=64, nprobe=16, n_rerank=100, n_centroid=0
+        )
+        variants["fixed 64/16/k k=10"] = SearchParams(
+            k=10, k_token=64, nprobe=16, n_rerank=64, n_centroid=0
+        )
     rows: dict[str, Any] = {}
     runs: dict[str, dict[str, dict[str, float]]] = {}
     for name, params in variants.items():

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sie_index.compiled import LazyKernel
+from sie_index.compiled import LazyKernel, read_only, sum_in_order
 
 __all__ = ["KERNEL", "Kernel", "approximate", "best", "cut"]
 
@@ -43,8 +43,8 @@ def best(
         docs, approx = run(
             np.ascontiguousarray(sims, dtype=np.float32),
             np.ascontiguousarray(rows, dtype=np.int64),
-            _read_only(token_doc, np.int32),
-            _read_only(allowed, np.bool_),
+            read_only(token_doc, np.int32),
+            read_only(allowed, np.bool_),
         )
     return cut(docs, approx, n)
 
@@ -69,7 +69,7 @@ def approximate(
     q_idx = np.broadcast_to(np.arange(nq)[:, None], sims.shape)[valid]
     np.maximum.at(scores, (q_idx, inv), sims[valid])
     # summed over query tokens in order, in float32 (as the kernel sums)
-    return cand.astype(np.int64), scores.sum(axis=0, dtype=np.float32)
+    return cand.astype(np.int64), sum_in_order(scores)
 
 
 def cut(docs: np.ndarray, approx: np.ndarray, n: int) -> np.ndarray:
@@ -83,13 +83,6 @@ def cut(docs: np.ndarray, approx: np.ndarray, n: int) -> np.ndarray:
         tied = tied[np.argsort(docs[tied], kind="stable")[: n - int(above.sum())]]
         docs = np.concatenate([docs[above], docs[tied]])
     return np.sort(docs)
-
-
-def _read_only(array: np.ndarray, dtype: Any) -> np.ndarray:
-    """A contiguous view the kernel's one signature takes (read-only arrays)."""
-    view = np.ascontiguousarray(array, dtype=dtype).view()
-    view.flags.writeable = False
-    return view
 
 
 def _kernel(
@@ -160,8 +153,8 @@ def _jit(numba: Any) -> Kernel:
         types.Array(types.bool_, 1, "C", readonly=True),
     )
     compiled: Kernel = numba.njit(signature, nogil=True, boundscheck=False, cache=False)(_kernel)
-    token_doc = _read_only(np.zeros(1, np.int32), np.int32)
-    allowed = _read_only(np.ones(1, np.bool_), np.bool_)
+    token_doc = read_only(np.zeros(1, np.int32), np.int32)
+    allowed = read_only(np.ones(1, np.bool_), np.bool_)
     # compiled by now (a signature was given); one tiny call proves it runs
     compiled(np.ones((1, 1), np.float32), np.zeros((1, 1), np.int64), token_doc, allowed)
     return compiled

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from sie_index.candidate_scores import cut
-from sie_index.compiled import LazyKernel
+from sie_index.compiled import LazyKernel, read_only, sum_in_order
 from storage import NearLists
 
 __all__ = ["KERNEL", "Kernel", "best", "centroid_scores"]
@@ -68,9 +68,9 @@ def best(
         return np.sort(docs)
     args = (
         np.ascontiguousarray(docs, dtype=np.int64),
-        _read_only(token_start, np.int64),
-        _read_only(token_count, np.int64),
-        _read_only(row_lists, np.int32),
+        read_only(token_start, np.int64),
+        read_only(token_count, np.int64),
+        read_only(row_lists, np.int32),
         np.ascontiguousarray(near.lists[first:stop], dtype=np.int64),
         np.ascontiguousarray(near.sims[first:stop], dtype=np.float32),
         int(near.n_lists),
@@ -121,13 +121,7 @@ def centroid_scores(
         values = table[slot[row_lists[rows]]]  # [tokens, nq]
         best_q[:, has] = np.maximum.reduceat(values, ends - counts[has], axis=0).T
     # summed over query tokens in order, in float32 (as the kernel sums)
-    return best_q.sum(axis=0, dtype=np.float32) if nq else np.zeros(len(docs), np.float32)
-
-
-def _read_only(array: np.ndarray, dtype: Any) -> np.ndarray:
-    view = np.ascontiguousarray(array, dtype=dtype).view()
-    view.flags.writeable = False
-    return view
+    return sum_in_order(best_q)
 
 
 def _kernel(
@@ -214,9 +208,9 @@ def _jit(numba: Any) -> Kernel:
     # compiled by now (a signature was given); one tiny call proves it runs
     compiled(
         np.zeros(1, np.int64),
-        _read_only(np.zeros(1, np.int64), np.int64),
-        _read_only(np.ones(1, np.int64), np.int64),
-        _read_only(np.zeros(1, np.int32), np.int32),
+        read_only(np.zeros(1, np.int64), np.int64),
+        read_only(np.ones(1, np.int64), np.int64),
+        read_only(np.zeros(1, np.int32), np.int32),
         np.zeros((1, 1), np.int64),
         np.ones((1, 1), np.float32),
         1,

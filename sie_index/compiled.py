@@ -17,7 +17,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["LazyKernel"]
+import numpy as np
+
+__all__ = ["LazyKernel", "read_only", "sum_in_order"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +84,22 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def read_only(array: np.ndarray, dtype: Any) -> np.ndarray:
+    """A contiguous read-only view of ``array`` (a copy only where it is not already
+    contiguous ``dtype``): the one array type a kernel's signature takes."""
+    view = np.ascontiguousarray(array, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
+
+
+def sum_in_order(rows: np.ndarray) -> np.ndarray:
+    """``rows [n, m]`` summed over ``n`` in order, in float32, as the kernels sum
+    (``ndarray.sum`` sums a contiguous run pairwise: a single column would differ)."""
+    if len(rows) == 0:
+        return np.zeros(rows.shape[1], np.float32)
+    total = rows[0].astype(np.float32, copy=True)
+    for row in rows[1:]:
+        total += row
+    return total

@@ -31,7 +31,8 @@ class SearchParams:
     - ``nprobe``: inverted lists visited per query token (IVF kinds).
     - ``n_centroid``: candidates, best by approximate score, screened down to
       ``n_rerank`` by centroid interaction (:mod:`sie_index.centroid_scores`; IVF
-      kinds) before exact MaxSim; 0, or at most ``n_rerank``: no screen.
+      kinds) before exact MaxSim; at most ``n_rerank``: no screen; 0: no screen,
+      and the unset settings take the index's unscreened defaults.
 
       These four, left None, take the index's own defaults, derived from its size
       (:mod:`sie_index.search_defaults`; ``Index.info()["search_defaults"]``).
@@ -128,14 +129,18 @@ class SearchParams:
             and self.n_centroid is not None
         ):
             return self  # nothing to fill: no copy (a copy compiles the filter again)
+        if self.n_centroid == 0:  # the screen turned off: the index's unscreened depth
+            defaults = defaults.without_screen()
         n_rerank = max(self.n_rerank or defaults.n_rerank_for(self.k), self.k)
         filtered = self.compiled_filter() is not None
         exact = self.exact_threshold
         if exact is None and self.n_rerank is None:
             # the index's own depth: a small index or a selective filter is still
             # scored exactly up to 8 x 64 documents, as before the defaults went
-            # down to 32 candidates at k=10; a depth the caller sets keeps 8 x it
-            exact = EXACT_FILTER_FACTOR * max(EXACT_MIN_DEPTH, n_rerank)
+            # down to 32 candidates at k=10; a depth the caller sets keeps 8 x it.
+            # Behind a screen, the depth it screens from: the unscreened one
+            bare = max(defaults.without_screen().n_rerank_for(self.k), self.k)
+            exact = EXACT_FILTER_FACTOR * max(EXACT_MIN_DEPTH, bare)
         return replace(
             self,
             k_token=self.k_token or defaults.k_token,

@@ -154,7 +154,10 @@ class Searcher:
         if not snapshot.plan.kind.startswith("ivf") or not isinstance(trained, int):
             trained = None  # only an inverted file's lists outgrow their training
         live_tokens = int(self.token_count[self.live].sum())
-        self.defaults = derive_defaults(live_tokens, trained)
+        # only an inverted file's tokens have lists to stand in for them (the screen)
+        self.defaults = derive_defaults(
+            live_tokens, trained, screen=snapshot.plan.kind.startswith("ivf")
+        )
         """The ``k_token``, ``nprobe``, ``n_rerank`` and ``n_centroid`` a search leaves
         unset takes."""
 

@@ -1,7 +1,8 @@
 """Search settings derived from the index's size: the defaults that scale.
 
-``k_token``, ``nprobe`` and ``n_rerank`` left unset in :class:`SearchParams` (None)
-take the values :func:`derive_defaults` gives for the index searched, made once a
+``k_token``, ``nprobe``, ``n_rerank`` and ``n_centroid`` left unset in
+:class:`SearchParams` (None) take the values :func:`derive_defaults` gives for the
+index searched, made once a
 snapshot from what its manifest records; any value a caller sets wins. The values
 and what they came from are reported by ``Index.info()["search_defaults"]``.
 
@@ -88,7 +89,7 @@ capped, and ``info`` shows what an index derived so it can be checked against
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["SearchDefaults", "derive_defaults"]
@@ -107,7 +108,7 @@ GROWTH_EXPONENT = 0.5  # n_rerank grows with the lists' growth since training
 SCREEN_EXPONENT = 0.56  # n_centroid over the no-screen n_rerank: 1.85x at the mixed corpus
 SCREENED_RERANK_EXPONENT = 0.6  # the n_rerank floor behind the screen: 62 there
 SCREENED_PER_HIT_EXPONENT = 0.2  # and per hit: 1.49 there
-SCREEN_MIN_SCALE = 1.5  # below, a screen would drop fewer than half its candidates
+SCREEN_MIN_SCALE = 1.5  # below, a screen would drop fewer than about half its candidates
 MAX_SCALE = 16.0  # past 16x the reference, grow no further: a sharded index splits it
 MAX_GROWTH = 4.0  # lists past 4x their training (the policy retrains at 2x) add no more
 MAX_K_TOKEN = 2048
@@ -115,7 +116,8 @@ MAX_K_TOKEN = 2048
 
 @dataclass(frozen=True)
 class SearchDefaults:
-    """The index's own ``k_token``, ``nprobe`` and ``n_rerank`` floor, and their basis."""
+    """The index's own ``k_token``, ``nprobe``, ``n_rerank`` floor and ``n_centroid``
+    floor (with their per-hit rates), and their basis."""
 
     k_token: int
     nprobe: int
@@ -129,6 +131,13 @@ class SearchDefaults:
     list_growth: float
     """Tokens a list now holds over what it held when the quantizer was trained (1.0
     when unknown or not an inverted file)."""
+    unscreened: SearchDefaults | None = field(default=None, compare=False)
+    """The same index's defaults without the screen, where these screen: what a
+    search that turns the screen off (``n_centroid=0``) takes."""
+
+    def without_screen(self) -> SearchDefaults:
+        """These defaults, or where they screen, the same index's without the screen."""
+        return self.unscreened or self
 
     def nprobe_for(self, *, filtered: bool) -> int:
         """Inverted lists a search visits: twice as many for a filtered search. The
@@ -157,8 +166,8 @@ def derive_defaults(
 ) -> SearchDefaults:
     """The defaults for an index of ``tokens`` live tokens whose quantizer was trained
     on ``tokens_at_training`` (None: not an inverted file, or not recorded);
-    ``screen=False``: the defaults without a screen, at any size (benchmarks
-    compare the two)."""
+    ``screen=False``: the defaults without a screen, at any size (an index without
+    inverted lists, whose tokens have no list to stand in for them)."""
     scale = min(MAX_SCALE, max(1.0, tokens / REFERENCE_TOKENS))
     growth = 1.0
     if tokens_at_training:
@@ -172,6 +181,7 @@ def derive_defaults(
     wider = scale**SCREEN_EXPONENT
     screened = screen and scale >= SCREEN_MIN_SCALE
     return SearchDefaults(
+        unscreened=derive_defaults(tokens, tokens_at_training, screen=False) if screened else None,
         k_token=min(MAX_K_TOKEN, round(BASE_K_TOKEN * scale**K_TOKEN_EXPONENT)),
         # behind a screen the rows need only reach the candidates, not order them
         nprobe=BASE_NPROBE if screened else round(BASE_NPROBE * scale**NPROBE_EXPONENT),

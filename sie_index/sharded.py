@@ -341,13 +341,16 @@ class ShardedIndex:
 
     @property
     def search_defaults(self) -> SearchDefaults:
-        """The search defaults of an index the size of all the shards together: a
-        shard's own (it resolves its unset settings itself) never exceed them."""
+        """The search defaults of an index the size of all the shards together (a
+        shard resolves its unset settings itself, at its own size: behind a screen a
+        large whole may rerank fewer than a small shard, which screens none)."""
         tokens = 0
+        lists = True
         for path in self.shard_paths:
             m = read_manifest(path)
             tokens += int(m.tokens)
-        return derive_defaults(tokens, None)
+            lists = lists and str(m.token_index.get("kind", "")).startswith("ivf")
+        return derive_defaults(tokens, None, screen=lists)
 
     def _answered(self, answers: list[Any], n_queries: int, allow_partial: bool) -> list[Any]:
         """The shards' answers, or the first shard's error (naming the shard) where

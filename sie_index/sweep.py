@@ -49,13 +49,16 @@ class SweepPoint:
     n_rerank: int
     metrics: dict[str, float]
     latency_ms: dict[str, float]
+    n_centroid: int = 0
+    """Candidates screened down to ``n_rerank`` at this point (0: none): the base
+    parameters' ``n_centroid``, where it is above the point's ``n_rerank``."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SweepReport:
     """Every grid point, the settings the grid varies from (``base_settings``:
-    ``k_token``, ``nprobe``, ``n_rerank`` of the base search parameters, the
-    defaults unless changed), and the exhaustive oracle's metrics and latency."""
+    ``k_token``, ``nprobe``, ``n_rerank`` and ``n_centroid`` of the base search
+    parameters, the defaults unless changed), and the exhaustive oracle's metrics and latency."""
 
     dataset: str
     queries: int
@@ -106,6 +109,7 @@ def sweep(
                 n_rerank=n_rerank,
                 metrics=metrics_of_run(qrels, run),
                 latency_ms=percentiles(times),
+                n_centroid=p.screen_depth(),
             )
         )
     bar.close()
@@ -115,7 +119,7 @@ def sweep(
     return SweepReport(
         dataset=dataset_name,
         queries=len(qids),
-        base_settings={k: getattr(params, k) for k in DEFAULT_GRID},
+        base_settings={k: getattr(params, k) for k in (*DEFAULT_GRID, "n_centroid")},
         points=points,
         exhaustive_metrics=ex,
         exhaustive_latency_ms=ex_latency,

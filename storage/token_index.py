@@ -534,7 +534,11 @@ class TokenIndex:
         """:meth:`search`, and the ``lists`` inverted lists nearest each query token
         with their similarities (:class:`NearLists`; None for a kind without lists,
         or when ``lists`` is 0). The rows found are :meth:`search`'s: the lists it
-        visits are the first ``nprobe`` of the same coarse answer."""
+        visits are the first ``nprobe`` of the same coarse answer (where ``lists``
+        is at most the graph's breadth for ``nprobe``, 64 or more: see
+        :meth:`storage.coarse.CoarseGraph.nearest`)."""
+        if isinstance(lists, bool) or not isinstance(lists, int) or lists < 0:
+            raise InvalidInput(f"lists must be a count of lists (0 or more), got {lists!r}")
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         k = max(1, min(k_token, self.ntotal))
         ivf_kind = self.plan.kind.startswith("ivf")
@@ -557,11 +561,14 @@ class TokenIndex:
             near = None
             if want and ivf is not None:
                 if graph is not None:
-                    near = graph.nearest(Q, want, params.nprobe)
+                    # at least the nprobe lists the scan visits; past the breadth
+                    # nprobe takes, the graph searches wider, and its first nprobe
+                    # lists may be better ones than a plain search's
+                    near = graph.nearest(Q, max(want, params.nprobe), params.nprobe)
                 else:  # a small quantizer: scanned whole, as FAISS's own search does
                     csims, clists = ivf.quantizer.search(Q, min(want, n_lists))
                     near = (np.asarray(csims, np.float32), np.asarray(clists, np.int64))
-                sims_n, lists_n = near
+                sims_n, lists_n = near[0][:, :want], near[1][:, :want]
                 near_parts.append((sims_n, np.where(lists_n >= 0, lists_n + offset, -1)))
             if graph is not None:
                 part_sims, part_rows = graph.search(Q, kp, params.nprobe, params, near)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from sie_index import candidate_scores
+from sie_index import candidate_scores, compiled
 from tests.conftest import synthetic_queries
 from tests.test_fused_maxsim import _spy, needs_numba
 from tests.test_search import MakeIndex
@@ -44,8 +44,8 @@ def test_the_kernel_gives_numpys_documents_and_scores_bit_for_bit(nq: int, k: in
         got_docs, got_approx = _kernel()(
             sims,
             rows,
-            candidate_scores._read_only(token_doc, np.int32),
-            candidate_scores._read_only(allowed, np.bool_),
+            compiled.read_only(token_doc, np.int32),
+            compiled.read_only(allowed, np.bool_),
         )
         order = np.argsort(got_docs)
         np.testing.assert_array_equal(got_docs[order], docs)

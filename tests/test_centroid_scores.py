@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sie_index import Index, SearchParams, centroid_scores
+from sie_index import Index, SearchParams, centroid_scores, compiled
 from sie_index.candidate_scores import cut
+from sie_index.errors import InvalidInput
 from storage import NearLists, coarse
 from storage.coarse import ivf_of
 from tests.conftest import synthetic_corpus, synthetic_queries
@@ -38,7 +39,7 @@ def _args(
 
 
 def _ro(array: np.ndarray, dtype: Any) -> np.ndarray:
-    return centroid_scores._read_only(array, dtype)
+    return compiled.read_only(array, dtype)
 
 
 @needs_numba
@@ -141,6 +142,12 @@ def test_the_near_lists_leave_the_rows_found_unchanged(
         np.testing.assert_allclose(near.sims, want_sims, rtol=1e-5, atol=1e-6)
         if not graph:  # the graph is approximate; FAISS's scan is the quantizer's
             np.testing.assert_array_equal(near.lists, want_lists)
+        # fewer lists asked than the scan visits: the scan still visits nprobe
+        sims, rows, near = token_index.search_with_lists(Q, 20, lists=2, nprobe=3)
+        np.testing.assert_array_equal(rows, plain_rows)
+        assert near is not None and near.lists.shape == (len(Q), 2)
+    with pytest.raises(InvalidInput, match="lists"):
+        token_index.search_with_lists(Q, 20, lists=-1)
 
 
 def _screened_oracle(index: Index, Q: np.ndarray, vectors: list[np.ndarray], p: SearchParams):  # type: ignore[no-untyped-def]
@@ -187,23 +194,29 @@ def test_a_screened_search_reranks_the_best_by_centroid_score(
     assert changed  # the screen chose other candidates than the approximate score would
 
 
-def test_a_screened_search_over_segments_and_deletions(
-    make_index: MakeIndex, ann_calls: list[int]
+def test_a_screened_search_over_segments_deletions_and_a_filter(
+    make_index: MakeIndex, ann_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows added as another segment are in their lists; deleted documents never
-    come back through the screen."""
+    come back through the screen, nor do documents a filter leaves out."""
     index, ids, vectors = make_index(400, dim=32, index_kind="ivf-flat")
     more_ids, more = synthetic_corpus(200, 32, seed=77)
     more_ids = [f"more-{i}" for i in more_ids]
     index.add_vectors(more_ids, more, retrain="never")
     index.delete(ids[::5])
     everything = vectors + more
+    screens = _spy(monkeypatch, centroid_scores, "best")
     p = SearchParams(k=8, k_token=48, nprobe=4, n_rerank=10, n_centroid=80, exact_threshold=0)
+    deleted = set(ids[::5])
+    some = [i for i in ids[1::3] if i not in deleted][:150] + more_ids[::2]
     for Q in synthetic_queries(everything, 6, seed=3):
         want, _ = _screened_oracle(index, Q, everything, p)
-        assert [h.doc_id for h in index.search(Q, params=p)] == want
-        assert all(h.external_id not in set(ids[::5]) for h in index.search(Q, params=p))
-    assert ann_calls
+        hits = index.search(Q, params=p)
+        assert [h.doc_id for h in hits] == want
+        assert not {h.external_id for h in hits} & deleted
+        only = index.search(Q, params=p.with_(ids=some))
+        assert only and {h.external_id for h in only} <= set(some)
+    assert len(screens) == 2 * 6 and ann_calls  # the search's screen, the filtered one's
 
 
 @needs_numba
@@ -228,15 +241,36 @@ def test_the_screen_takes_the_kernel_or_numpys_path_with_the_same_hits(
 
 
 def test_n_centroid_is_checked_and_resolved() -> None:
-    from sie_index.errors import InvalidInput
     from sie_index.search_defaults import derive_defaults
 
     with pytest.raises(InvalidInput, match="n_centroid"):
         SearchParams(n_centroid=-1)
     d = derive_defaults(14_449_621, None)
     r = SearchParams(k=10).resolved(d)
-    assert (r.n_rerank, r.n_centroid, r.screen_depth()) == (62, 346, 346)
-    assert SearchParams(k=10, n_centroid=0).resolved(d).screen_depth() == 0
+    assert (r.n_rerank, r.n_centroid, r.screen_depth(), r.nprobe) == (62, 346, 346, 4)
+    # a selective filter is still scored exactly up to 8 x the depth screened from
+    assert r.exact_below() == 8 * 187
+    # the screen turned off: the index's unscreened depth and lists, not 62 unscreened
+    off = SearchParams(k=10, n_centroid=0).resolved(d)
+    assert (off.screen_depth(), off.n_rerank, off.nprobe) == (0, 187, 6)
+    assert SearchParams(k=100, n_centroid=0).resolved(d).n_rerank == 324
     assert SearchParams(k=10, n_rerank=400).resolved(d).screen_depth() == 0  # not above
     small = derive_defaults(1_000_000, None)
     assert SearchParams(k=100).resolved(small).screen_depth() == 0
+    assert small.without_screen() is small
+
+
+def test_an_index_without_lists_never_screens_however_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hnsw index's tokens have no list to stand in for them: at a size where an
+    IVF index screens, it keeps the unscreened depth, not the depth behind a screen."""
+    from sie_index import search_defaults as sd
+
+    monkeypatch.setattr(sd, "REFERENCE_TOKENS", 1000)  # these small indexes are 'large'
+    ids, vectors = synthetic_corpus(400, 16, seed=6)
+    hnsw = Index.from_vectors(tmp_path / "h", ids, vectors, index_kind="hnsw")
+    ivf = Index.from_vectors(tmp_path / "i", ids, vectors, index_kind="ivf-flat")
+    assert hnsw.search_defaults.n_centroid == 0 and hnsw.search_defaults.unscreened is None
+    assert ivf.search_defaults.n_centroid > ivf.search_defaults.n_rerank
+    assert hnsw.search_defaults.n_rerank == ivf.search_defaults.without_screen().n_rerank

@@ -241,8 +241,14 @@ def test_evaluate_sweep_writes_a_table_and_a_plot(
     points = {(p["k_token"], p["nprobe"]): p for p in report["points"]}
     assert sorted(points) == [(2, 1), (2, 16), (64, 1), (64, 16)]
     assert all(p["n_rerank"] == 4 for p in points.values())
-    # the index's own defaults at the run depth (k=100): n_rerank 1.5 k
-    assert report["base_settings"] == {"k_token": 128, "nprobe": 4, "n_rerank": 120}
+    # the index's own defaults at the run depth (k=100): n_rerank 1.2 k, no screen
+    assert report["base_settings"] == {
+        "k_token": 128,
+        "nprobe": 4,
+        "n_rerank": 120,
+        "n_centroid": 0,
+    }
+    assert all(p["n_centroid"] == 0 for p in points.values())
     assert report["exhaustive_latency_ms"]["p50"] > 0  # the plot's oracle point
     # each point measures what evaluate measures at its settings
     one = tmp_path / "one"

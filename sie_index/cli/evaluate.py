@@ -42,6 +42,7 @@ def _sweep(
             str(p.k_token),
             str(p.nprobe),
             str(p.n_rerank),
+            str(p.n_centroid or "-"),
             f"{p.metrics['MRR@10']:.4f}",
             f"{p.metrics['R@100']:.4f}",
             f"{p.latency_ms['p50']:.1f}",
@@ -50,9 +51,11 @@ def _sweep(
         for p in report.points
     ]
     ex = report.exhaustive_metrics
-    rows.append(("exhaustive", "", "", f"{ex['MRR@10']:.4f}", f"{ex['R@100']:.4f}", "", ""))
+    rows.append(("exhaustive", "", "", "", f"{ex['MRR@10']:.4f}", f"{ex['R@100']:.4f}", "", ""))
     print(f"{report.queries} queries")
-    print_table(rows, ("k_token", "nprobe", "n_rerank", "MRR@10", "R@100", "p50 ms", "p95 ms"))
+    # n_centroid: the candidates screened down to n_rerank ("-": none)
+    head = ("k_token", "nprobe", "n_rerank", "n_centroid", "MRR@10", "R@100", "p50 ms", "p95 ms")
+    print_table(rows, head)
     print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
     return 0
 
