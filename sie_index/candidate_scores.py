@@ -25,7 +25,7 @@ import numpy as np
 
 from sie_index.compiled import LazyKernel, read_only, sum_in_order
 
-__all__ = ["KERNEL", "Kernel", "approximate", "best", "cut"]
+__all__ = ["KERNEL", "Kernel", "approximate", "best", "cut", "least_returned"]
 
 Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(sims [nq, k] f32, rows [nq, k] i64, token_doc [T] i32, allowed [n_docs] bool) ->
@@ -63,13 +63,21 @@ def approximate(
     nq = sims.shape[0]
     # a query token that did not reach a document scores at most the lowest
     # similarity it returned
-    floor = np.where(valid, sims, np.inf).min(axis=1)
-    floor[~np.isfinite(floor)] = 0.0
+    floor = least_returned(sims, valid)
     scores = np.repeat(floor[:, None].astype(np.float32), len(cand), axis=1)
     q_idx = np.broadcast_to(np.arange(nq)[:, None], sims.shape)[valid]
     np.maximum.at(scores, (q_idx, inv), sims[valid])
     # summed over query tokens in order, in float32 (as the kernel sums)
     return cand.astype(np.int64), sum_in_order(scores)
+
+
+def least_returned(sims: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row of ``sims``, the lowest similarity where ``valid`` (float32; 0 where
+    none is): the floor a missed token or list is credited with, here and in
+    :mod:`sie_index.centroid_scores` (their kernels compute the same)."""
+    floor = np.where(valid, sims, np.inf).min(axis=1).astype(np.float32)
+    floor[~np.isfinite(floor)] = 0.0
+    return floor
 
 
 def cut(docs: np.ndarray, approx: np.ndarray, n: int) -> np.ndarray:

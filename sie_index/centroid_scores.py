@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from sie_index.candidate_scores import cut
+from sie_index.candidate_scores import cut, least_returned
 from sie_index.compiled import LazyKernel, read_only, sum_in_order
 from storage import NearLists
 
@@ -100,8 +100,7 @@ def centroid_scores(
     valid = lists >= 0
     if (lists[valid] >= n_lists).any():
         raise IndexError("a near list past the lists")
-    floor = np.where(valid, sims, np.inf).min(axis=1).astype(np.float32)
-    floor[~np.isfinite(floor)] = 0.0
+    floor = least_returned(sims, valid)
     near_ids = np.unique(lists[valid])
     # slot of each near list; every other list the last slot, the floors
     slot = np.full(n_lists, len(near_ids), np.int64)
