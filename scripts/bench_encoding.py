@@ -7,7 +7,9 @@ Measures, each after a warm-up batch:
 1. the default encoder (all-MiniLM-L6-v2 token states), bf16 autocast and fp32, and
    bf16 with its linear layers left plain (not packed for oneDNN,
    ``sie_index/encoders/packed_linear.py``); one query at a time (as a search
-   encodes it), packed against plain in interleaved blocks of 25 dev queries;
+   encodes it), in interleaved blocks of 25 dev queries: the default (packed layers,
+   the BERT replay of ``sie_index/encoders/bert_replay.py``), the same layers through
+   ``model(...)``, and plain layers through ``model(...)``;
 2. a local ColBERT checkpoint: BERT-base-shaped (12 layers, 768 hidden, 128 dims,
    doc_maxlen 180, as colbert-ir/colbertv2.0) with random weights, built on the fly
    in the Stanford layout (the PyLate layout runs the same forward pass);
@@ -71,15 +73,19 @@ def _plain_bf16() -> Any:
         return TokenStatesEncoder(bf16=True)
 
 
-def _queries(packed: Any, plain: Any, n: int) -> dict[str, Any]:
-    """One dev query at a time through each encoder, blocks of 25 interleaved (the
-    order turns every block): p50 ms each, and whether the vectors are the same."""
+def _queries(default: Any, plain: Any, n: int) -> dict[str, Any]:
+    """One dev query at a time through each way of encoding it, blocks of 25
+    interleaved (the order turns every block): p50 ms each, and whether the vectors
+    are the same. ``default`` replays its model; the other two run ``model(...)``."""
     import numpy as np
 
+    from sie_index import TokenStatesEncoder
     from sie_index.corpus import BeirDataset
 
     queries = list(BeirDataset.load("debian-pkgs").queries.values())[:n]
-    encoders = {"packed": packed, "plain": plain}
+    model_call = TokenStatesEncoder(bf16=True)
+    model_call.replay = plain.replay = None
+    encoders = {"replayed": default, "packed": model_call, "plain": plain}
     seen: dict[str, list[float]] = {name: [] for name in encoders}
     for name in encoders:
         encoders[name].encode_queries(queries[:10])  # warm-up
@@ -90,13 +96,18 @@ def _queries(packed: Any, plain: Any, n: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 encoders[name].encode_queries([text])
                 seen[name].append(time.perf_counter() - t0)
+    vectors = {
+        name: [enc.encode_queries([q])[0] for q in queries] for name, enc in encoders.items()
+    }
     same = all(
         np.array_equal(a, b)
-        for a, b in zip(packed.encode_queries(queries), plain.encode_queries(queries), strict=True)
+        for other in ("packed", "plain")
+        for a, b in zip(vectors["replayed"], vectors[other], strict=True)
     )
     return {
         "queries": len(queries),
-        "packed_layers": packed.packed_layers,
+        "packed_layers": default.packed_layers,
+        "replayed": default.replay is not None,
         "p50_ms": {name: 1000 * float(np.median(t)) for name, t in seen.items()},
         "same_vectors": same,
     }
@@ -253,8 +264,11 @@ def table(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"One query at a time ({q['queries']} dev queries, blocks of 25 interleaved): "
-        f"p50 {q['p50_ms']['packed']:.2f} ms with the {q['packed_layers']} linear layers "
-        f"packed, {q['p50_ms']['plain']:.2f} ms plain; "
+        f"p50 {q['p50_ms']['replayed']:.2f} ms replayed "
+        f"({'the replay' if q['replayed'] else 'NO replay: model(...)'}, "
+        f"{q['packed_layers']} linear layers packed), "
+        f"{q['p50_ms']['packed']:.2f} ms through model(...) with the layers packed, "
+        f"{q['p50_ms']['plain']:.2f} ms through model(...) with plain layers; "
         f"the same vectors: {'yes' if q['same_vectors'] else 'NO'}.",
     ]
     s = r["sie_loopback"]

@@ -365,3 +365,37 @@ def test_token_texts_name_every_vector_row(
     ids = enc.token_ids(TEXTS, is_query=is_query)
     for got, want in zip(texts, ids, strict=True):
         assert got == enc.tokenizer.convert_ids_to_tokens(want)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_lone_unpadded_text_replays_the_model_bit_for_bit(
+    checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch, bf16: bool
+) -> None:
+    """One text with every position attended (a document, or a query where expansion
+    tokens are attended or absent) runs the BERT replay (sie_index/encoders/bert_replay.py)
+    and gets the vectors ``model(...)`` gives, bit for bit; a query padded with masked
+    expansion tokens runs the model."""
+    replays, unmasked = {}, {}
+    for layout in ("pylate", "stanford", "pylate-attend", "pylate-noexp"):
+        enc = ColbertEncoder(checkpoints[layout], bf16=bf16)
+        assert enc.replay is not None
+        calls: list[int] = []
+        hook = enc.model.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
+        try:
+            got = [enc.encode_queries([t])[0] for t in TEXTS]
+            got += [enc.encode_documents([t])[0] for t in TEXTS]
+            replays[layout] = len(TEXTS) * 2 - len(calls)
+            full = [enc._tokenize([t], True)["attention_mask"].all() for t in TEXTS]
+            unmasked[layout] = sum(bool(f) for f in full)
+            with monkeypatch.context() as m:
+                m.setattr(enc, "replay", None)
+                want = [enc.encode_queries([t])[0] for t in TEXTS]
+                want += [enc.encode_documents([t])[0] for t in TEXTS]
+        finally:
+            hook.remove()
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # documents always replay; queries where nothing is masked: a query that fills
+    # the query length, or any query where expansion tokens are attended or absent
+    assert unmasked == {"pylate": 1, "stanford": 2, "pylate-attend": 4, "pylate-noexp": 4}
+    assert replays == {k: len(TEXTS) + n for k, n in unmasked.items()}

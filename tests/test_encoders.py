@@ -298,12 +298,20 @@ def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
 
     import torch
 
-    from sie_index.encoders import token_states
+    from sie_index.encoders import threads
+    from sie_index.encoders.bert_replay import BertReplay
 
     torch.set_num_threads(2)  # what the 2-core machines run with
     monkeypatch.setattr(minilm, "_threads", 2)
     seen: list[int] = []
     hook = minilm.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    replayed = BertReplay.__call__  # a lone text takes the replay (bert_replay.py)
+
+    def counted(self: BertReplay, ids: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return replayed(self, ids)
+
+    monkeypatch.setattr(BertReplay, "__call__", counted)
     try:
         texts = ["manage ssh keys", "a tiling window manager for X11 with many layouts"]
         alone = [minilm.encode_queries([t])[0] for t in texts]
@@ -312,7 +320,7 @@ def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
         torch.set_num_threads(1)  # as a thread whose first torch work fell in a block
         together = minilm.encode_queries(texts)  # a batch runs on every thread again
         assert seen[2:] == [2] and torch.get_num_threads() == 2
-        monkeypatch.setattr(token_states, "forward_threads", lambda *_: contextlib.nullcontext())
+        monkeypatch.setattr(threads, "forward_threads", lambda *_: contextlib.nullcontext())
         every_thread = [minilm.encode_queries([t])[0] for t in texts]
         assert seen[3:] == [2, 2]
     finally:
@@ -321,3 +329,83 @@ def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
         np.testing.assert_array_equal(a, b)
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)  # padding in a batch may round apart
+
+
+def test_a_lone_text_replays_the_model_bit_for_bit(
+    minilm: TokenStatesEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One text (a query) runs the BERT replay (sie_index/encoders/bert_replay.py), not
+    ``model(...)``, and gets the vectors ``model(...)`` gives, bit for bit; a batch runs
+    the model as before."""
+    assert minilm.replay is not None
+    calls: list[int] = []
+    hook = minilm.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    texts = [
+        "x",
+        "manage ssh keys",
+        "GNU image manipulation program, for photos!",
+        " ".join(["a tiling window manager for X11 with many layouts"] * 12),  # truncated
+    ]
+    try:
+        replayed = [minilm.encode_queries([t])[0] for t in texts]
+        documents = [minilm.encode_documents([t])[0] for t in texts]
+        assert calls == []  # no text went through model(...)
+        minilm.encode_queries(texts[:2])
+        assert calls == [1]  # a batch does
+        monkeypatch.setattr(minilm, "replay", None)
+        plain = [minilm.encode_queries([t])[0] for t in texts]
+        plain_documents = [minilm.encode_documents([t])[0] for t in texts]
+    finally:
+        hook.remove()
+    assert replayed[-1].shape[0] == minilm.query_maxlen - 2  # [CLS] and [SEP] dropped
+    for a, b in zip(replayed + documents, plain + plain_documents, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _tiny_bert(**overrides: object) -> object:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    settings: dict[str, object] = {
+        "vocab_size": 50,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 24,
+        "max_position_embeddings": 20,
+        "hidden_act": "gelu",
+    }
+    settings.update(overrides)
+    torch.manual_seed(0)
+    return BertModel(BertConfig(**settings), add_pooling_layer=False).eval()
+
+
+def test_the_replay_is_refused_where_it_is_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model the replay does not reproduce bit for bit on its probe keeps ``model(...)``:
+    another activation, eager attention, training mode, not a BERT, or a replay that
+    disagrees. Where it is taken it equals the model on texts of every length that fits."""
+    import contextlib
+    import types
+
+    import torch
+
+    from sie_index.encoders import bert_replay
+
+    context = torch.inference_mode
+    model = _tiny_bert()
+    replay = bert_replay.bert_replay(model, context)
+    assert replay is not None and replay.takes(20) and not replay.takes(21)
+    with context():
+        for length in (1, 2, 7, 20):
+            ids = torch.randint(0, 50, (length,), generator=torch.Generator().manual_seed(length))
+            want = model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None])
+            assert torch.equal(replay(ids), want.last_hidden_state)
+    assert bert_replay.bert_replay(_tiny_bert(hidden_act="relu"), context) is None
+    assert bert_replay.bert_replay(_tiny_bert(attn_implementation="eager"), context) is None
+    assert bert_replay.bert_replay(_tiny_bert().train(), context) is None
+    assert bert_replay.bert_replay(torch.nn.Linear(4, 4), contextlib.nullcontext) is None
+    # a replay that rounds one operator differently is caught by the probe
+    tanh_gelu = types.SimpleNamespace(**vars(torch.nn.functional))
+    tanh_gelu.gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")
+    monkeypatch.setattr(bert_replay, "F", tanh_gelu)
+    assert bert_replay.bert_replay(model, context) is None

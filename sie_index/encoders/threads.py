@@ -1,4 +1,5 @@
-"""How many threads a local encoder's forward pass runs on.
+"""How a local encoder's forward pass runs: on how many threads, under inference mode
+and bfloat16 autocast.
 
 One text (a query, as a search encodes it) runs on one thread. Measured on the
 full debian-pkgs index, 2 cores, 400 dev queries each encoded and then searched
@@ -17,7 +18,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["forward_threads"]
+__all__ = ["forward_context", "forward_threads"]
+
+
+@contextmanager
+def forward_context(torch: Any, rows: int, device: str, threads: int, bf16: bool) -> Iterator[None]:
+    """The context of a forward pass of ``rows`` texts: its threads (``forward_threads``),
+    inference mode, and bfloat16 autocast where ``bf16``. One helper, so that both local
+    encoders, and the replay's check at load (``bert_replay``), run the same one."""
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    with (
+        forward_threads(torch, rows, device, threads),
+        torch.inference_mode(),
+        torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16),
+    ):
+        yield
 
 
 @contextmanager
