@@ -303,26 +303,28 @@ def test_one_text_is_encoded_on_one_thread_into_the_same_vectors(
 
     torch.set_num_threads(2)  # what the 2-core machines run with
     monkeypatch.setattr(minilm, "_threads", 2)
-    seen: list[int] = []
-    hook = minilm.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    seen: list[tuple[str, int]] = []  # torch's thread count in each forward pass: (path, threads)
+    hook = minilm.model.register_forward_pre_hook(
+        lambda *_: seen.append(("model", torch.get_num_threads()))
+    )
     replayed = BertReplay.__call__  # a lone text takes the replay (bert_replay.py)
 
     def counted(self: BertReplay, ids: torch.Tensor) -> torch.Tensor:
-        seen.append(torch.get_num_threads())
+        seen.append(("replay", torch.get_num_threads()))
         return replayed(self, ids)
 
     monkeypatch.setattr(BertReplay, "__call__", counted)
     try:
         texts = ["manage ssh keys", "a tiling window manager for X11 with many layouts"]
         alone = [minilm.encode_queries([t])[0] for t in texts]
-        assert seen == [1, 1]
+        assert seen == [("replay", 1), ("replay", 1)]
         assert torch.get_num_threads() == 2
         torch.set_num_threads(1)  # as a thread whose first torch work fell in a block
         together = minilm.encode_queries(texts)  # a batch runs on every thread again
-        assert seen[2:] == [2] and torch.get_num_threads() == 2
+        assert seen[2:] == [("model", 2)] and torch.get_num_threads() == 2
         monkeypatch.setattr(threads, "forward_threads", lambda *_: contextlib.nullcontext())
         every_thread = [minilm.encode_queries([t])[0] for t in texts]
-        assert seen[3:] == [2, 2]
+        assert seen[3:] == [("replay", 2), ("replay", 2)]
     finally:
         hook.remove()
     for a, b in zip(alone, every_thread, strict=True):
@@ -381,9 +383,11 @@ def _tiny_bert(**overrides: object) -> object:
 
 
 def test_the_replay_is_refused_where_it_is_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model the replay does not reproduce bit for bit on its probe keeps ``model(...)``:
-    another activation, eager attention, training mode, not a BERT, or a replay that
-    disagrees. Where it is taken it equals the model on texts of every length that fits."""
+    """A model the replay does not reproduce at every length keeps ``model(...)``:
+    another activation, eager attention, training mode, a feed-forward chunked along
+    the text, not a BERT (each refused before any replay is made), or a replay the
+    probe finds rounding differently. Where it is taken it equals the model on texts of
+    every length that fits, and it takes only one unmasked text of token type 0."""
     import contextlib
     import types
 
@@ -394,18 +398,38 @@ def test_the_replay_is_refused_where_it_is_not_exact(monkeypatch: pytest.MonkeyP
     context = torch.inference_mode
     model = _tiny_bert()
     replay = bert_replay.bert_replay(model, context)
-    assert replay is not None and replay.takes(20) and not replay.takes(21)
+    assert replay is not None
     with context():
         for length in (1, 2, 7, 20):
-            ids = torch.randint(0, 50, (length,), generator=torch.Generator().manual_seed(length))
-            want = model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None])
+            gen = torch.Generator().manual_seed(length)
+            ids = torch.randint(0, 50, (1, length), generator=gen)
+            want = model(input_ids=ids, attention_mask=torch.ones_like(ids))
             assert torch.equal(replay(ids), want.last_hidden_state)
-    assert bert_replay.bert_replay(_tiny_bert(hidden_act="relu"), context) is None
-    assert bert_replay.bert_replay(_tiny_bert(attn_implementation="eager"), context) is None
-    assert bert_replay.bert_replay(_tiny_bert().train(), context) is None
-    assert bert_replay.bert_replay(torch.nn.Linear(4, 4), contextlib.nullcontext) is None
+    ones = torch.ones((1, 20), dtype=torch.long)
+    assert replay.takes(ones, ones, ones * 0)
+    assert not replay.takes(torch.ones((1, 21), dtype=torch.long))  # past the positions
+    assert not replay.takes(torch.ones((2, 5), dtype=torch.long))  # a batch
+    assert not replay.takes(ones, torch.cat([ones[:, :19], ones[:, :1] * 0], 1))  # masked
+    assert not replay.takes(ones, ones, torch.cat([ones[:, :19] * 0, ones[:, :1]], 1))
+    made: list[object] = []
+
+    class Counted(bert_replay.BertReplay):
+        def __init__(self, model: object) -> None:
+            made.append(model)
+            super().__init__(model)
+
+    monkeypatch.setattr(bert_replay, "BertReplay", Counted)
+    refused = [
+        _tiny_bert(hidden_act="relu"),
+        _tiny_bert(attn_implementation="eager"),
+        _tiny_bert().train(),
+        _tiny_bert(chunk_size_feed_forward=4),
+        torch.nn.Linear(4, 4),
+    ]
+    assert all(bert_replay.bert_replay(m, contextlib.nullcontext) is None for m in refused)
+    assert made == []  # refused by what they are, before any probe
     # a replay that rounds one operator differently is caught by the probe
     tanh_gelu = types.SimpleNamespace(**vars(torch.nn.functional))
     tanh_gelu.gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")
     monkeypatch.setattr(bert_replay, "F", tanh_gelu)
-    assert bert_replay.bert_replay(model, context) is None
+    assert bert_replay.bert_replay(model, context) is None and made == [model]

@@ -30,11 +30,19 @@ import torch.nn.functional as F
 __all__ = ["BertReplay", "bert_replay"]
 
 _PROBE_LENGTH = 12
+"""Word pieces in the probe text: a query's usual length (debian-pkgs' dev queries
+average 12 with [CLS] and [SEP])."""
 
 
 class BertReplay:
-    """Calls ``(ids) -> hidden``: one text's token ids (a 1-D long tensor) to its last
-    hidden states, shaped ``(1, length, hidden)`` as ``last_hidden_state`` is."""
+    """Calls ``(ids) -> hidden``: one text's token ids, a ``(1, length)`` long tensor,
+    to its last hidden states, ``(1, length, hidden)`` as ``last_hidden_state`` is.
+
+    Made by :func:`bert_replay`, which checks it against the model first; one made
+    directly is unchecked. It holds the model's weights and its linear layers' bound
+    ``forward`` methods as they are when it is made: an encoder makes it after moving
+    the model to its device and packing its layers, and changes neither afterwards.
+    It keeps no state between calls, so threads may share it."""
 
     def __init__(self, model: Any) -> None:
         config = model.config
@@ -60,12 +68,25 @@ class BertReplay:
             for layer in model.encoder.layer
         ]
 
-    def takes(self, length: int) -> bool:
-        """Whether a text of ``length`` word pieces fits the position table (``model(...)``
-        refuses a longer one in its own words)."""
-        return 0 < length <= self.max_length
+    def takes(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        types: torch.Tensor | None = None,
+    ) -> bool:
+        """Whether these inputs' hidden states are the replay's: one text, of a length
+        the position table holds (``model(...)`` refuses a longer one in its own
+        words), every position attended (``mask``), token type 0 (``types``)."""
+        return (
+            ids.dim() == 2
+            and int(ids.shape[0]) == 1
+            and 0 < int(ids.shape[1]) <= self.max_length
+            and (mask is None or bool(mask.all()))
+            and (types is None or not bool(types.any()))
+        )
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids[0]
         length = int(ids.shape[0])
         x = F.embedding(ids, self.word) + self.type0
         x = F.layer_norm(x + self.positions[:length], *self.norm0)
@@ -85,7 +106,12 @@ def bert_replay(
 ) -> BertReplay | None:
     """The replay of ``model`` where it is a BERT encoder this module replays and its
     replay equals ``model(...)`` bit for bit on a probe text run inside ``context()``
-    (the context the encoder runs a one-text forward pass in); else None."""
+    (the context the encoder runs a one-text forward pass in); else None.
+
+    The probe runs one length; what the replay does not do at any length is refused
+    before it: another activation or attention, a decoder, relative positions, and a
+    feed-forward chunked along the text (where a length that is not a multiple of the
+    chunk makes ``model(...)`` raise)."""
     try:
         config = model.config
         if (
@@ -96,18 +122,20 @@ def bert_replay(
             or config._attn_implementation != "sdpa"
             or config.hidden_act != "gelu"
             or getattr(config, "position_embedding_type", "absolute") != "absolute"
+            or getattr(config, "chunk_size_feed_forward", 0) != 0
         ):
             return None
         replay = BertReplay(model)
         length = min(_PROBE_LENGTH, replay.max_length)
+        # spread over the vocabulary (a prime step), none of the ids repeated
         probe = (torch.arange(length, dtype=torch.long) * 7919 + 101) % int(config.vocab_size)
-        probe = probe.to(replay.word.device)
+        probe = probe.to(replay.word.device)[None]
         with context():
             expected = model(
-                input_ids=probe[None], attention_mask=torch.ones_like(probe)[None]
+                input_ids=probe, attention_mask=torch.ones_like(probe)
             ).last_hidden_state
             got = replay(probe)
-    except (AttributeError, TypeError, ValueError, RuntimeError):
+    except (AttributeError, TypeError, ValueError, IndexError, RuntimeError):
         return None  # not the BERT this replays, or an operator it cannot run
     same = got.dtype == expected.dtype and torch.equal(got, expected)
     return replay if same else None

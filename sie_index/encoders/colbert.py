@@ -27,6 +27,7 @@ import inspect
 import json
 import string
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,8 @@ class ColbertEncoder:
         self._forward_args = set(inspect.signature(model.forward).parameters)
         from sie_index.encoders.bert_replay import bert_replay
 
-        # a lone query without padding skips transformers' per-call work where that is exact
+        # a lone text skips transformers' per-call work where that is exact; made
+        # after the model is moved to its device (it holds the weights as they are)
         self.replay = bert_replay(self.model, lambda: self._context(1))
         self.query_marker = self._marker_id(settings.query_prefix)
         self.document_marker = self._marker_id(settings.document_prefix)
@@ -344,31 +346,20 @@ class ColbertEncoder:
         skip = self._torch.isin(input_ids, self._torch.tensor(self.skiplist_ids))
         return features["attention_mask"].bool() & ~skip
 
-    def _context(self, rows: int) -> Any:
+    def _context(self, rows: int) -> AbstractContextManager[None]:
         return forward_context(self._torch, rows, self.device, self._threads, self.bf16)
-
-    def _replayable(self, features: Mapping[str, Any]) -> bool:
-        """Whether the replay gives this batch's hidden states: one text, every position
-        attended (no expansion tokens masked out), token type 0."""
-        ids = features["input_ids"]
-        types = features.get("token_type_ids")
-        return (
-            self.replay is not None
-            and len(ids) == 1
-            and self.replay.takes(int(ids.shape[1]))
-            and bool(features["attention_mask"].all())
-            and (types is None or not bool(types.any()))
-        )
 
     def _forward(self, features: Mapping[str, Any]) -> Any:
         torch = self._torch
-        with self._context(len(features["input_ids"])):
-            if self.replay is not None and self._replayable(features):
-                hidden = self.replay(features["input_ids"][0].to(self.device))
+        inputs = {k: v.to(self.device) for k, v in features.items() if k in self._forward_args}
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        with self._context(len(ids)):
+            # a query padded with masked expansion tokens is not the replay's
+            if self.replay is not None and self.replay.takes(
+                ids, mask, inputs.get("token_type_ids")
+            ):
+                hidden = self.replay(ids)
             else:
-                inputs = {
-                    k: v.to(self.device) for k, v in features.items() if k in self._forward_args
-                }
                 hidden = self.model(**inputs).last_hidden_state
             for layer in self._dense:
                 bias = layer["bias"]

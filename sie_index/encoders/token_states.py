@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,8 @@ class TokenStatesEncoder:
         self._threads = torch.get_num_threads()  # what a forward pass of a batch uses
         from sie_index.encoders.bert_replay import bert_replay
 
-        # a lone text (a query) skips transformers' per-call work where that is exact
+        # a lone text (a query) skips transformers' per-call work where that is exact;
+        # made last: it holds the model as moved and packed above
         self.replay = bert_replay(self.model, lambda: self._context(1))
         dim = int(self.model.config.hidden_size)
         name = model_name or (DEFAULT_MODEL if model_dir is None else folder.name)
@@ -231,24 +233,22 @@ class TokenStatesEncoder:
                 out[i] = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return check_encoder_output(out, len(texts), self._spec.dim, who="token-states encoder")
 
-    def _context(self, rows: int) -> Any:
+    def _context(self, rows: int) -> AbstractContextManager[None]:
         return forward_context(self._torch, rows, self.device, self._threads, self.bf16)
 
     def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
         torch = self._torch
-        replay = self.replay
+        width = max(len(x) for x in batch_ids)
+        input_ids = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for row, x in enumerate(batch_ids):
+            input_ids[row, : len(x)] = torch.tensor(x)
+            mask[row, : len(x)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with self._context(len(batch_ids)):
-            if replay is not None and len(batch_ids) == 1 and replay.takes(len(batch_ids[0])):
-                hidden = replay(torch.tensor(batch_ids[0], device=self.device))
+            if self.replay is not None and self.replay.takes(input_ids, mask):
+                hidden = self.replay(input_ids)
             else:
-                width = max(len(x) for x in batch_ids)
-                input_ids = torch.zeros((len(batch_ids), width), dtype=torch.long)
-                mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
-                for row, x in enumerate(batch_ids):
-                    input_ids[row, : len(x)] = torch.tensor(x)
-                    mask[row, : len(x)] = 1
-                hidden = self.model(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
-                ).last_hidden_state
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         result: np.ndarray = hidden.float().cpu().numpy()
         return result
