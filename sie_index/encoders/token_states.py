@@ -8,6 +8,9 @@ Any local BERT-like model folder works the same way.
 Speed on CPU: texts are tokenized once, sorted by length and batched so
 padding stays small, and run under bfloat16 autocast where the CPU supports it
 (about twice as fast as float32 on AVX512-BF16 machines); outputs are float32.
+The linear layers are packed for oneDNN once (``packed_linear.py``), and a lone
+text, what a search encodes, replays the model's forward pass without
+transformers' per-call work where that gives the same vectors (``bert_replay.py``).
 """
 
 from __future__ import annotations
